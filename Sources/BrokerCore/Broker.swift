@@ -1,0 +1,287 @@
+public import Logging
+public import WireProtocol
+import NIOCore
+
+/// The broker's state: exchanges, queues, bindings, sessions. It has one owner, the event loop it was created for,
+/// and is touched only there; that is why nothing in it locks, and why it is not `Sendable`.
+///
+/// The server feeds it frames (``Session/handle(_:)``) and calls ``flush()`` once per read cycle, which writes each
+/// touched session's batch of frames at once.
+public final class Broker {
+    public let logger: Logger
+    public var users: UserStore
+    public let startedAt: ContinuousClock.Instant
+    public static let version = "0.1.0"
+
+    var exchanges: [String: Exchange] = [:]
+    var queues: [String: Queue] = [:]
+    var sessions: [UInt64: Session] = [:]
+    var dirtySessions: [Session] = []
+    private var nextSessionId: UInt64 = 0
+
+    public init(users: UserStore = UserStore(), logger: Logger = Logger(label: "brokerd.core")) {
+        self.users = users
+        self.logger = logger
+        self.startedAt = .now
+        for (name, kind) in [("", ExchangeKind.direct), ("amq.direct", .direct), ("amq.fanout", .fanout), ("amq.topic", .topic)] {
+            exchanges[name] = Exchange(name: name, kind: kind, durable: true, autoDelete: false, builtIn: true)
+        }
+    }
+
+    // MARK: - Sessions
+
+    /// Registers an authenticated connection.
+    public func openSession(user: User, clientName: String, peer: String, transport: any SessionTransport) -> Session {
+        nextSessionId += 1
+        let session = Session(id: nextSessionId, user: user, clientName: clientName, peer: peer, broker: self, transport: transport)
+        sessions[session.id] = session
+        return session
+    }
+
+    /// Releases a closed connection's consumers, unacknowledged messages and exclusive queues.
+    public func closeSession(_ session: Session) {
+        guard sessions.removeValue(forKey: session.id) != nil else { return }
+        session.close()
+        for queue in queues.values where queue.exclusiveOwner == session.id {
+            removeQueue(queue, reason: "exclusive queue's connection closed")
+        }
+        flush()
+    }
+
+    /// Writes every session's pending frames, one buffer per session.
+    public func flush() {
+        guard !dirtySessions.isEmpty else { return }
+        // A flush can't make more sessions dirty: it only writes what is already encoded.
+        let dirty = dirtySessions
+        dirtySessions.removeAll(keepingCapacity: true)
+        for session in dirty { session.flush() }
+    }
+
+    /// The session's connection can take writes again: resume its consumers.
+    public func sessionBecameWritable(_ session: Session) {
+        for consumer in session.consumers.values where !consumer.queue.isDeleted { consumer.queue.dispatch() }
+        flush()
+    }
+
+    public var sessionCount: Int { sessions.count }
+
+    // MARK: - Exchanges
+
+    func declareExchange(_ m: ExchangeDeclare, by session: Session) throws(BrokerError) {
+        if m.name.isEmpty { throw BrokerError(.accessRefused, "the default exchange cannot be declared") }
+        try NameRules.validateName(m.name, kind: "exchange")
+        if let existing = exchanges[m.name] {
+            guard !m.passive else { return }
+            if existing.kind != m.kind {
+                throw BrokerError(.preconditionFailed, "exchange '\(m.name)' exists with type \(existing.kind), not \(m.kind)")
+            }
+            if existing.durable != m.durable {
+                throw BrokerError(.preconditionFailed, "exchange '\(m.name)' exists with durable=\(existing.durable), not \(m.durable)")
+            }
+            if existing.autoDelete != m.autoDelete {
+                throw BrokerError(.preconditionFailed, "exchange '\(m.name)' exists with auto-delete=\(existing.autoDelete), not \(m.autoDelete)")
+            }
+            return
+        }
+        if m.passive { throw BrokerError(.notFound, "no exchange '\(m.name)'") }
+        if m.name.hasPrefix("amq.") { throw BrokerError(.accessRefused, "exchange names starting with 'amq.' are reserved") }
+        if !m.arguments.isEmpty {
+            throw BrokerError(.invalidArgument, "exchange arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
+        }
+        exchanges[m.name] = Exchange(name: m.name, kind: m.kind, durable: m.durable, autoDelete: m.autoDelete)
+        logger.debug("exchange declared", metadata: ["exchange": "\(m.name)", "type": "\(m.kind)"])
+    }
+
+    func deleteExchange(_ m: ExchangeDelete, by session: Session) throws(BrokerError) {
+        try NameRules.validateName(m.name, kind: "exchange")
+        guard let exchange = exchanges[m.name] else { throw BrokerError(.notFound, "no exchange '\(m.name)'") }
+        if exchange.builtIn { throw BrokerError(.accessRefused, "the built-in exchange '\(m.name)' cannot be deleted") }
+        if m.ifUnused && exchange.bindingCount > 0 {
+            throw BrokerError(.preconditionFailed, "exchange '\(m.name)' has \(exchange.bindingCount) bindings (if-unused)")
+        }
+        removeExchange(exchange)
+    }
+
+    private func removeExchange(_ exchange: Exchange) {
+        for (queueName, key) in exchange.bindings {
+            if let queue = queues[queueName] { exchange.unbind(queue, key: key) }
+        }
+        exchanges[exchange.name] = nil
+    }
+
+    // MARK: - Queues
+
+    func declareQueue(_ m: QueueDeclare, by session: Session) throws(BrokerError) -> QueueDeclareOk {
+        var name = m.name
+        if name.isEmpty {
+            if m.passive { throw BrokerError(.invalidArgument, "a passive declare needs a queue name") }
+            repeat { name = Self.generatedName() } while queues[name] != nil
+        } else {
+            try NameRules.validateName(name, kind: "queue")
+        }
+        if let existing = queues[name] {
+            try checkAccess(existing, by: session)
+            if !m.passive {
+                if existing.durable != m.durable {
+                    throw BrokerError(.preconditionFailed, "queue '\(name)' exists with durable=\(existing.durable), not \(m.durable)")
+                }
+                if (existing.exclusiveOwner != nil) != m.exclusive {
+                    throw BrokerError(.preconditionFailed, "queue '\(name)' exists with exclusive=\(existing.exclusiveOwner != nil), not \(m.exclusive)")
+                }
+                if existing.autoDelete != m.autoDelete {
+                    throw BrokerError(.preconditionFailed, "queue '\(name)' exists with auto-delete=\(existing.autoDelete), not \(m.autoDelete)")
+                }
+            }
+            return QueueDeclareOk(requestId: m.requestId, name: name, messageCount: UInt32(clamping: existing.readyCount),
+                                  consumerCount: UInt32(clamping: existing.consumerCount))
+        }
+        if m.passive { throw BrokerError(.notFound, "no queue '\(name)'") }
+        if name.hasPrefix("amq.") && !m.name.isEmpty { throw BrokerError(.accessRefused, "queue names starting with 'amq.' are reserved") }
+        if !m.arguments.isEmpty {
+            throw BrokerError(.invalidArgument, "queue arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
+        }
+        let queue = Queue(name: name, durable: m.durable, autoDelete: m.autoDelete, exclusiveOwner: m.exclusive ? session.id : nil)
+        queues[name] = queue
+        logger.debug("queue declared", metadata: ["queue": "\(name)"])
+        return QueueDeclareOk(requestId: m.requestId, name: name, messageCount: 0, consumerCount: 0)
+    }
+
+    static func generatedName() -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        var generator = SystemRandomNumberGenerator()
+        return "amq.gen-" + String((0..<22).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &generator)] })
+    }
+
+    private func checkAccess(_ queue: Queue, by session: Session) throws(BrokerError) {
+        if let owner = queue.exclusiveOwner, owner != session.id {
+            throw BrokerError(.resourceLocked, "queue '\(queue.name)' is exclusive to another connection")
+        }
+    }
+
+    /// The named queue, if it exists and this session may use it.
+    func accessibleQueue(_ name: String, by session: Session) throws(BrokerError) -> Queue {
+        try NameRules.validateName(name, kind: "queue")
+        guard let queue = queues[name] else { throw BrokerError(.notFound, "no queue '\(name)'") }
+        try checkAccess(queue, by: session)
+        return queue
+    }
+
+    func deleteQueue(_ m: QueueDelete, by session: Session) throws(BrokerError) -> Int {
+        let queue = try accessibleQueue(m.name, by: session)
+        if m.ifUnused && queue.consumerCount > 0 {
+            throw BrokerError(.preconditionFailed, "queue '\(m.name)' has \(queue.consumerCount) consumers (if-unused)")
+        }
+        if m.ifEmpty && queue.readyCount > 0 {
+            throw BrokerError(.preconditionFailed, "queue '\(m.name)' has \(queue.readyCount) messages (if-empty)")
+        }
+        let count = queue.readyCount
+        removeQueue(queue, reason: "queue '\(m.name)' was deleted")
+        return count
+    }
+
+    /// Deletes a queue: its consumers are told, its bindings removed, its ready messages dropped. Deliveries still
+    /// unacknowledged stay with their sessions; requeueing them later drops them.
+    func removeQueue(_ queue: Queue, reason: String) {
+        guard !queue.isDeleted else { return }
+        queue.isDeleted = true
+        queues[queue.name] = nil
+        let consumers = queue.consumers
+        queue.consumers.removeAll()
+        for consumer in consumers { consumer.session.consumerCancelledByBroker(consumer, reason: reason) }
+        for binding in queue.bindings {
+            let exchange = binding.exchange
+            exchange.unbind(queue, key: binding.key)
+            if exchange.shouldAutoDelete { removeExchange(exchange) }
+        }
+        _ = queue.purge()
+        logger.debug("queue deleted", metadata: ["queue": "\(queue.name)", "reason": "\(reason)"])
+    }
+
+    func purgeQueue(_ name: String, by session: Session) throws(BrokerError) -> Int {
+        try accessibleQueue(name, by: session).purge()
+    }
+
+    // MARK: - Bindings
+
+    func bind(_ m: QueueBinding, by session: Session) throws(BrokerError) {
+        let (exchange, queue) = try bindingTargets(m, by: session)
+        if !m.arguments.isEmpty {
+            throw BrokerError(.invalidArgument, "binding arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
+        }
+        exchange.bind(queue, key: m.bindingKey)
+    }
+
+    func unbind(_ m: QueueBinding, by session: Session) throws(BrokerError) {
+        let (exchange, queue) = try bindingTargets(m, by: session)
+        exchange.unbind(queue, key: m.bindingKey)
+        if exchange.shouldAutoDelete { removeExchange(exchange) }
+    }
+
+    private func bindingTargets(_ m: QueueBinding, by session: Session) throws(BrokerError) -> (Exchange, Queue) {
+        if m.exchange.isEmpty { throw BrokerError(.accessRefused, "the default exchange routes by queue name; it takes no bindings") }
+        try NameRules.validateName(m.exchange, kind: "exchange")
+        try NameRules.validateKey(m.bindingKey, kind: "binding key")
+        let queue = try accessibleQueue(m.queue, by: session)
+        guard let exchange = exchanges[m.exchange] else { throw BrokerError(.notFound, "no exchange '\(m.exchange)'") }
+        return (exchange, queue)
+    }
+
+    // MARK: - Routing
+
+    enum RouteOutcome {
+        case routed
+        case unroutable
+        case failed(BrokerError)
+    }
+
+    func route(_ publish: Publish) -> RouteOutcome {
+        guard let exchange = exchanges[publish.exchange] else {
+            return .failed(BrokerError(.notFound, "no exchange '\(publish.exchange)'"))
+        }
+        let message = QueuedMessage(exchange: publish.exchange, routingKey: publish.routingKey, properties: publish.properties,
+                                    body: publish.body)
+        if publish.exchange.isEmpty {
+            guard let queue = queues[publish.routingKey] else { return .unroutable }
+            queue.enqueue(message)
+            return .routed
+        }
+        var routed = false
+        exchange.route(publish.routingKey) { queue in
+            queue.enqueue(message)
+            routed = true
+        }
+        return routed ? .routed : .unroutable
+    }
+
+    // MARK: - Inspection
+
+    /// Broker-wide figures for the management `status` method.
+    public func status() -> FieldTable {
+        var ready = 0
+        var unacked = 0
+        var consumers = 0
+        for queue in queues.values {
+            ready += queue.readyCount
+            unacked += queue.unackedCount
+            consumers += queue.consumerCount
+        }
+        let uptime = ContinuousClock.now - startedAt
+        return [
+            "version": .string(Self.version),
+            "uptime_ms": .int(uptime.components.seconds * 1000 + uptime.components.attoseconds / 1_000_000_000_000_000),
+            "connections": .int(Int64(sessions.count)),
+            "exchanges": .int(Int64(exchanges.count)),
+            "queues": .int(Int64(queues.count)),
+            "consumers": .int(Int64(consumers)),
+            "messages_ready": .int(Int64(ready)),
+            "messages_unacked": .int(Int64(unacked)),
+        ]
+    }
+
+    /// Ready and unacknowledged counts of a queue (nil if it does not exist), for tests and tools.
+    public func queueInfo(_ name: String) -> (ready: Int, unacked: Int, consumers: Int)? {
+        queues[name].map { ($0.readyCount, $0.unackedCount, $0.consumerCount) }
+    }
+
+    public func exchangeExists(_ name: String) -> Bool { exchanges[name] != nil }
+}

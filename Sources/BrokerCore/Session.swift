@@ -1,0 +1,401 @@
+public import NIOCore
+public import WireProtocol
+import DequeModule
+
+/// Where a session's encoded frames go: the server's connection handler implements it.
+public protocol SessionTransport: AnyObject {
+    /// Writes and flushes one batch of encoded frames.
+    func send(_ buffer: ByteBuffer)
+    /// False while the peer is not reading fast enough (the socket's write buffer is above its high watermark).
+    var isWritable: Bool { get }
+}
+
+/// One authenticated connection's broker-side state: its consumers, unacknowledged deliveries, publisher confirms,
+/// and the frames waiting to be written. Owned by the broker's event loop.
+///
+/// Frames are encoded into ``outbound`` as they arise and written once per read cycle by ``Broker/flush()``.
+public final class Session {
+    public let id: UInt64
+    public let user: User
+    public let clientName: String
+    public let peer: String
+    unowned let broker: Broker
+    private(set) var transport: (any SessionTransport)?
+
+    private var outbound = ByteBuffer()
+    private var lastBatchSize = 4096
+    var isDirty = false
+    public private(set) var isClosed = false
+
+    var consumers: [UInt32: Consumer] = [:]
+    private var nextConsumerTag: UInt32 = 0
+    private var nextDeliveryTag: UInt64 = 0
+    private var unacked = Deque<UnackedDelivery>()
+    private var unsettledCount = 0
+
+    public private(set) var confirmMode = false
+    private var publishSequence: UInt64 = 0
+    /// Highest sequence number to confirm with a coalesced `multiple` ack at the next flush (0: none).
+    private var pendingConfirm: UInt64 = 0
+
+    public private(set) var publishedCount: UInt64 = 0
+    public private(set) var deliveredCount: UInt64 = 0
+
+    init(id: UInt64, user: User, clientName: String, peer: String, broker: Broker, transport: any SessionTransport) {
+        self.id = id
+        self.user = user
+        self.clientName = clientName
+        self.peer = peer
+        self.broker = broker
+        self.transport = transport
+    }
+
+    public var consumerCount: Int { consumers.count }
+    public var unackedCount: Int { unsettledCount }
+
+    /// Whether deliveries may be encoded now.
+    var canDeliver: Bool { !isClosed && (transport?.isWritable ?? false) }
+
+    // MARK: - Output
+
+    /// Encodes a frame for this session; it goes out at the next ``Broker/flush()``.
+    public func write(_ message: ServerMessage) {
+        guard !isClosed else { return }
+        message.encode(into: &outbound)
+        markDirty()
+    }
+
+    private func markDirty() {
+        if !isDirty {
+            isDirty = true
+            broker.dirtySessions.append(self)
+        }
+    }
+
+    /// Writes what is pending: first the coalesced confirm, then the batch of frames, as one buffer.
+    func flush() {
+        isDirty = false
+        guard !isClosed, let transport else { return }
+        if pendingConfirm != 0 {
+            ServerMessage.confirmAck(Confirm(sequence: pendingConfirm, multiple: true)).encode(into: &outbound)
+            pendingConfirm = 0
+        }
+        guard outbound.readableBytes > 0 else { return }
+        let batch = outbound
+        lastBatchSize = max(4096, min(batch.readableBytes, 1 << 20))
+        outbound = ByteBufferAllocator().buffer(capacity: lastBatchSize)
+        transport.send(batch)
+    }
+
+    // MARK: - Methods
+
+    /// Handles a method frame of an authenticated connection. Request failures are answered with an `Error` frame
+    /// and leave the connection open; a thrown error is fatal to the connection (the server closes it).
+    public func handle(_ message: ClientMessage) throws(BrokerError) {
+        guard !isClosed else { return }
+        switch message {
+        case .publish(let publish):
+            try self.publish(publish)
+        case .ack(let settle):
+            self.settle(settle, requeue: false, kind: "ack")
+        case .nack(let settle):
+            self.settle(settle, requeue: settle.requeue, kind: "nack")
+        case .reject(let settle):
+            self.settle(Settle(deliveryTag: settle.deliveryTag, multiple: false), requeue: settle.requeue, kind: "reject")
+        case .exchangeDeclare(let m):
+            reply(m.requestId) { () throws(BrokerError) in
+                try broker.declareExchange(m, by: self)
+                return .ok(requestId: m.requestId)
+            }
+        case .exchangeDelete(let m):
+            reply(m.requestId) { () throws(BrokerError) in
+                try broker.deleteExchange(m, by: self)
+                return .ok(requestId: m.requestId)
+            }
+        case .queueDeclare(let m):
+            reply(m.requestId) { () throws(BrokerError) in .queueDeclareOk(try broker.declareQueue(m, by: self)) }
+        case .queueDelete(let m):
+            reply(m.requestId) { () throws(BrokerError) in
+                .countOk(requestId: m.requestId, count: UInt32(clamping: try broker.deleteQueue(m, by: self)))
+            }
+        case .queuePurge(let m):
+            reply(m.requestId) { () throws(BrokerError) in
+                .countOk(requestId: m.requestId, count: UInt32(clamping: try broker.purgeQueue(m.name, by: self)))
+            }
+        case .queueBind(let m):
+            reply(m.requestId) { () throws(BrokerError) in
+                try broker.bind(m, by: self)
+                return .ok(requestId: m.requestId)
+            }
+        case .queueUnbind(let m):
+            reply(m.requestId) { () throws(BrokerError) in
+                try broker.unbind(m, by: self)
+                return .ok(requestId: m.requestId)
+            }
+        case .confirmSelect(let requestId):
+            confirmMode = true
+            write(.ok(requestId: requestId))
+        case .consume(let m):
+            consume(m)
+        case .cancel(let m):
+            reply(m.requestId) { () throws(BrokerError) in
+                guard let consumer = consumers[m.consumerTag] else {
+                    throw BrokerError(.notFound, "no consumer with tag \(m.consumerTag) on this connection")
+                }
+                removeConsumer(consumer)
+                return .ok(requestId: m.requestId)
+            }
+        case .get(let m):
+            get(m)
+        case .status(let requestId):
+            reply(requestId) { () throws(BrokerError) in
+                guard user.isAdmin else {
+                    throw BrokerError(.accessRefused, "user '\(user.name)' is not an administrator; status needs admin rights")
+                }
+                return .statusOk(requestId: requestId, status: broker.status())
+            }
+        case .heartbeat, .closeOk:
+            break
+        case .hello, .authenticate:
+            throw BrokerError(.unexpectedFrame, "the connection is already authenticated")
+        case .close:
+            throw BrokerError(.unexpectedFrame, "close is handled by the connection, not the session")
+        }
+    }
+
+    private func reply(_ requestId: UInt32, _ body: () throws(BrokerError) -> ServerMessage) {
+        do {
+            write(try body())
+        } catch {
+            write(.error(ErrorFrame(requestId: requestId, code: error.code, text: error.message)))
+        }
+    }
+
+    // MARK: - Publishing
+
+    private func publish(_ publish: Publish) throws(BrokerError) {
+        publishedCount &+= 1
+        if confirmMode { publishSequence &+= 1 }
+        // Properties are forwarded untouched, so a malformed block must stop here, not at a consumer.
+        if publish.properties.bytes.readableBytes > 0 { try publish.properties.validateStructure() }
+        switch broker.route(publish) {
+        case .routed:
+            confirmSucceeded()
+        case .unroutable:
+            if publish.mandatory {
+                write(.returned(Returned(code: .noRoute, text: "NO_ROUTE", exchange: publish.exchange, routingKey: publish.routingKey,
+                                         properties: publish.properties, body: publish.body)))
+            }
+            confirmSucceeded()
+        case .failed(let error):
+            if confirmMode {
+                confirmFailed(error)
+            } else {
+                write(.error(ErrorFrame(requestId: 0, code: error.code, text: error.message)))
+            }
+        }
+    }
+
+    private func confirmSucceeded() {
+        guard confirmMode else { return }
+        pendingConfirm = publishSequence
+        markDirty()
+    }
+
+    private func confirmFailed(_ error: BrokerError) {
+        // A nack must not be overtaken by a later coalesced ack that would cover its sequence number,
+        // so the acks before it are written first.
+        if pendingConfirm != 0 {
+            ServerMessage.confirmAck(Confirm(sequence: pendingConfirm, multiple: true)).encode(into: &outbound)
+            pendingConfirm = 0
+        }
+        write(.confirmNack(Confirm(sequence: publishSequence, multiple: false, code: error.code, text: error.message)))
+    }
+
+    // MARK: - Consuming
+
+    private func consume(_ m: Consume) {
+        do throws(BrokerError) {
+            if !m.arguments.isEmpty {
+                throw BrokerError(.invalidArgument, "consume arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
+            }
+            let queue = try broker.accessibleQueue(m.queue, by: self)
+            if queue.hasExclusiveConsumer {
+                throw BrokerError(.resourceLocked, "queue '\(queue.name)' has an exclusive consumer")
+            }
+            if m.exclusive && !queue.consumers.isEmpty {
+                throw BrokerError(.resourceLocked, "queue '\(queue.name)' already has consumers; cannot consume exclusively")
+            }
+            guard consumers.count < Int(UInt16.max) else {
+                throw BrokerError(.resourceError, "this connection already has \(consumers.count) consumers")
+            }
+            nextConsumerTag &+= 1
+            while consumers[nextConsumerTag] != nil || nextConsumerTag == 0 { nextConsumerTag &+= 1 }
+            let consumer = Consumer(tag: nextConsumerTag, session: self, queue: queue, noAck: m.noAck, exclusive: m.exclusive,
+                                    prefetch: Int(m.prefetch))
+            consumers[consumer.tag] = consumer
+            queue.consumers.append(consumer)
+            queue.everConsumed = true
+            // ConsumeOk goes first, so the client knows the tag before the first delivery.
+            write(.consumeOk(ConsumeOk(requestId: m.requestId, consumerTag: consumer.tag)))
+            queue.dispatch()
+        } catch {
+            write(.error(ErrorFrame(requestId: m.requestId, code: error.code, text: error.message)))
+        }
+    }
+
+    /// Removes a consumer (cancel, or its connection closing). Its unacknowledged deliveries stay with the session.
+    func removeConsumer(_ consumer: Consumer) {
+        consumers[consumer.tag] = nil
+        let queue = consumer.queue
+        if let index = queue.consumers.firstIndex(where: { $0 === consumer }) {
+            queue.consumers.remove(at: index)
+            if queue.nextConsumer > index { queue.nextConsumer -= 1 }
+        }
+        if queue.shouldAutoDelete && !queue.isDeleted {
+            broker.removeQueue(queue, reason: "auto-delete queue lost its last consumer")
+        }
+    }
+
+    /// The broker cancelled a consumer because its queue went away.
+    func consumerCancelledByBroker(_ consumer: Consumer, reason: String) {
+        consumers[consumer.tag] = nil
+        write(.consumerCancelled(ConsumerCancelled(consumerTag: consumer.tag, code: .notFound, reason: reason)))
+    }
+
+    /// Encodes a delivery and, unless no-ack, records it as unacknowledged.
+    func deliver(_ message: QueuedMessage, to consumer: Consumer, from queue: Queue) {
+        nextDeliveryTag &+= 1
+        deliveredCount &+= 1
+        Deliver.writeFrame(into: &outbound, consumerTag: consumer.tag, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
+                           exchange: message.exchange, routingKey: message.routingKey, properties: message.properties,
+                           body: message.body)
+        if !consumer.noAck {
+            unacked.append(UnackedDelivery(tag: nextDeliveryTag, queue: queue, consumer: consumer, message: message))
+            unsettledCount += 1
+            consumer.unacked += 1
+            queue.unackedCount += 1
+        }
+        markDirty()
+    }
+
+    private func get(_ m: Get) {
+        do throws(BrokerError) {
+            let queue = try broker.accessibleQueue(m.queue, by: self)
+            guard let message = queue.dequeue() else {
+                write(.getEmpty(requestId: m.requestId))
+                return
+            }
+            nextDeliveryTag &+= 1
+            deliveredCount &+= 1
+            if !m.noAck {
+                unacked.append(UnackedDelivery(tag: nextDeliveryTag, queue: queue, consumer: nil, message: message))
+                unsettledCount += 1
+                queue.unackedCount += 1
+            }
+            write(.getOk(GetOk(requestId: m.requestId, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
+                               messageCount: UInt32(clamping: queue.readyCount), exchange: message.exchange,
+                               routingKey: message.routingKey, properties: message.properties, body: message.body)))
+        } catch {
+            write(.error(ErrorFrame(requestId: m.requestId, code: error.code, text: error.message)))
+        }
+    }
+
+    // MARK: - Settling
+
+    private func settle(_ settle: Settle, requeue: Bool, kind: StaticString) {
+        var returned: [(Queue, QueuedMessage)] = []
+        var touched: [Queue] = []
+        func release(_ index: Int) {
+            let entry = unacked[index]
+            unacked[index].settled = true
+            unacked[index].message = nil
+            unsettledCount -= 1
+            entry.consumer?.unacked -= 1
+            entry.queue.unackedCount -= 1
+            if requeue, let message = entry.message { returned.append((entry.queue, message)) }
+            if !touched.contains(where: { $0 === entry.queue }) { touched.append(entry.queue) }
+        }
+        if settle.multiple {
+            let upTo = settle.deliveryTag == 0 ? UInt64.max : settle.deliveryTag
+            var index = 0
+            while index < unacked.count && unacked[index].tag <= upTo {
+                if !unacked[index].settled { release(index) }
+                index += 1
+            }
+            if touched.isEmpty && settle.deliveryTag != 0 {
+                write(.error(ErrorFrame(requestId: 0, code: .preconditionFailed,
+                                        text: "\(kind) multiple up to delivery tag \(settle.deliveryTag): nothing outstanding")))
+                return
+            }
+        } else {
+            guard let index = indexOfUnacked(settle.deliveryTag) else {
+                write(.error(ErrorFrame(requestId: 0, code: .preconditionFailed,
+                                        text: "\(kind) of unknown or already settled delivery tag \(settle.deliveryTag)")))
+                return
+            }
+            release(index)
+        }
+        while let first = unacked.first, first.settled { unacked.removeFirst() }
+        if !returned.isEmpty { Self.requeue(returned) }
+        for queue in touched where !queue.isDeleted { queue.dispatch() }
+    }
+
+    private func indexOfUnacked(_ tag: UInt64) -> Int? {
+        var low = 0
+        var high = unacked.count - 1
+        while low <= high {
+            let mid = (low + high) / 2
+            let midTag = unacked[mid].tag
+            if midTag == tag { return unacked[mid].settled ? nil : mid }
+            if midTag < tag { low = mid + 1 } else { high = mid - 1 }
+        }
+        return nil
+    }
+
+    /// Returns messages to the heads of their queues, each queue's in the original order.
+    private static func requeue(_ returned: [(Queue, QueuedMessage)]) {
+        var queues: [Queue] = []
+        for (queue, _) in returned where !queues.contains(where: { $0 === queue }) { queues.append(queue) }
+        for queue in queues {
+            queue.requeueAtHead(returned.filter { $0.0 === queue }.map(\.1))
+        }
+    }
+
+    // MARK: - Closing
+
+    /// Releases everything the session holds: consumers are cancelled, unacknowledged messages go back to the heads
+    /// of their queues (marked redelivered), exclusive queues are deleted.
+    func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        transport = nil
+        for consumer in consumers.values.sorted(by: { $0.tag < $1.tag }) { removeConsumer(consumer) }
+        var returned: [(Queue, QueuedMessage)] = []
+        var touched: [Queue] = []
+        for entry in unacked where !entry.settled {
+            entry.queue.unackedCount -= 1
+            if let message = entry.message { returned.append((entry.queue, message)) }
+            if !touched.contains(where: { $0 === entry.queue }) { touched.append(entry.queue) }
+        }
+        unacked.removeAll()
+        unsettledCount = 0
+        Self.requeue(returned)
+        for queue in touched where !queue.isDeleted { queue.dispatch() }
+    }
+}
+
+struct UnackedDelivery {
+    let tag: UInt64
+    let queue: Queue
+    let consumer: Consumer?
+    var message: QueuedMessage?
+    var settled = false
+
+    init(tag: UInt64, queue: Queue, consumer: Consumer?, message: QueuedMessage) {
+        self.tag = tag
+        self.queue = queue
+        self.consumer = consumer
+        self.message = message
+    }
+}
