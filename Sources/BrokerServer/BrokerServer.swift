@@ -1,0 +1,114 @@
+public import BrokerCore
+public import Logging
+import NIOCore
+import NIOPosix
+public import ServiceLifecycle
+import WireProtocol
+
+/// A running broker: one event loop that owns the ``Broker`` and every connection, and a listening socket.
+///
+/// Deviation from a multi-loop design, on purpose: the whole core and all connections share one event loop, like
+/// LavinMQ's single-threaded core. Routing, enqueueing and delivery are then plain function calls with no lock,
+/// Task or hop per message, and a read cycle's deliveries to every consumer leave in one write per connection.
+/// docs/design.md explains the trade-off and how a second loop could take decoding and socket I/O.
+public final class BrokerServer: Sendable {
+    public let configuration: ServerConfiguration
+    /// The port actually bound (useful when the configuration asked for port 0).
+    public let port: Int
+    private let group: MultiThreadedEventLoopGroup
+    private let serverChannel: any Channel
+    private let state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry)>
+    private let logger: Logger
+
+    private init(configuration: ServerConfiguration, port: Int, group: MultiThreadedEventLoopGroup, serverChannel: any Channel,
+                 state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry)>, logger: Logger) {
+        self.configuration = configuration
+        self.port = port
+        self.group = group
+        self.serverChannel = serverChannel
+        self.state = state
+        self.logger = logger
+    }
+
+    /// Binds the listener and starts serving. `makeUsers` runs once to give the broker its users.
+    public static func start(configuration: ServerConfiguration, users: UserStore = UserStore(),
+                             logger: Logger = Logger(label: "brokerd")) async throws -> BrokerServer {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let state = try await loop.submit {
+            NIOLoopBound((broker: Broker(users: users, logger: logger), registry: ConnectionRegistry()), eventLoop: loop)
+        }.get()
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 262_144))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // The group has one loop, so every connection is on the broker's loop.
+                    let (broker, registry) = state.value
+                    let handler = ConnectionHandler(broker: broker, registry: registry, configuration: configuration, logger: logger)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        do {
+            let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
+            let port = channel.localAddress?.port ?? configuration.port
+            logger.info("listening", metadata: ["host": "\(configuration.host)", "port": "\(port)"])
+            return BrokerServer(configuration: configuration, port: port, group: group, serverChannel: channel, state: state, logger: logger)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+    }
+
+    /// Runs `body` on the broker's event loop with the broker (tests and management).
+    public func withBroker<T: Sendable>(_ body: @escaping @Sendable (Broker) -> T) async throws -> T {
+        let state = self.state
+        return try await group.next().submit { body(state.value.broker) }.get()
+    }
+
+    /// Graceful shutdown: stop accepting, tell every connection why it closes, wait briefly for them to go, stop the loop.
+    public func shutdown() async {
+        logger.info("shutting down")
+        try? await serverChannel.close()
+        let state = self.state
+        let loop = group.next()
+        _ = try? await loop.submit {
+            for handler in state.value.registry.all { handler.closeForShutdown() }
+        }.get()
+        // Connections close once their close frame is written; give slow peers up to 2 s.
+        for _ in 0..<40 {
+            let open = (try? await loop.submit { state.value.registry.count }.get()) ?? 0
+            if open == 0 { break }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        try? await group.shutdownGracefully()
+        logger.info("stopped")
+    }
+}
+
+/// Runs a ``BrokerServer`` under swift-service-lifecycle: serve until graceful shutdown (SIGTERM, SIGINT), then
+/// close connections with a reason and stop.
+public struct BrokerService: Service {
+    let configuration: ServerConfiguration
+    let users: UserStore
+    let logger: Logger
+    let onStarted: @Sendable (BrokerServer) -> Void
+
+    public init(configuration: ServerConfiguration, users: UserStore = UserStore(), logger: Logger,
+                onStarted: @escaping @Sendable (BrokerServer) -> Void = { _ in }) {
+        self.configuration = configuration
+        self.users = users
+        self.logger = logger
+        self.onStarted = onStarted
+    }
+
+    public func run() async throws {
+        let server = try await BrokerServer.start(configuration: configuration, users: users, logger: logger)
+        onStarted(server)
+        try? await gracefulShutdown()
+        await server.shutdown()
+    }
+}

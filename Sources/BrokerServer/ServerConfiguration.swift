@@ -1,0 +1,21 @@
+/// The server's settings, each with its default. docs/operations.md lists them for operators.
+public struct ServerConfiguration: Sendable {
+    /// Address to listen on. Default `127.0.0.1`: reachable only from this machine until an operator opens it up.
+    public var host: String = "127.0.0.1"
+    /// TCP port. Default 5680; 0 picks a free port (tests).
+    public var port: Int = 5680
+    /// The broker's data directory. Default `./brokerd-data`.
+    public var dataDirectory: String = "brokerd-data"
+    /// Largest frame accepted, length prefix included; bounds the size of one message. Default 8 MiB.
+    public var maxFrameSize: UInt32 = 8 << 20
+    /// Heartbeat interval the server proposes, in seconds; 0 disables heartbeats unless the client asks. Default 30.
+    public var heartbeatSeconds: UInt16 = 30
+    /// Time a new connection has to complete the handshake. Default 10 s.
+    public var handshakeTimeoutSeconds: Int64 = 10
+    /// Frames a client may pipeline while its password is being checked. Default 1024.
+    public var maxFramesHeldDuringAuth: Int = 1024
+
+    public static let defaultPort = 5680
+
+    public init() {}
+}

@@ -1,0 +1,86 @@
+import ArgumentParser
+import BrokerCore
+import BrokerServer
+import Foundation
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+/// The broker daemon: parse flags, set up logging and the data directory, run the server until SIGTERM/SIGINT.
+@main
+struct Brokerd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "brokerd",
+        abstract: "The brokerd message broker.",
+        discussion: "With no flags it listens on 127.0.0.1:\(ServerConfiguration.defaultPort) and keeps its data in ./brokerd-data. "
+            + "The default user guest/guest may connect only from localhost.",
+        version: Broker.version)
+
+    @Option(help: "Address to listen on.")
+    var host = "127.0.0.1"
+
+    @Option(help: "TCP port to listen on (0 picks a free port).")
+    var port = ServerConfiguration.defaultPort
+
+    @Option(name: .customLong("data-dir"), help: "Data directory (created if missing).")
+    var dataDir = "brokerd-data"
+
+    @Option(help: "Heartbeat interval to propose to clients, in seconds (0 disables).")
+    var heartbeat: UInt16 = 30
+
+    @Option(name: .customLong("max-frame-size"), help: "Largest frame accepted, in bytes (bounds one message's size).")
+    var maxFrameSize: UInt32 = 8 << 20
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel = "info"
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535, got \(port)") }
+        guard maxFrameSize >= 4096 else { throw ValidationError("--max-frame-size must be at least 4096 bytes") }
+        guard !host.isEmpty else { throw ValidationError("--host must not be empty") }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "brokerd")
+
+        do {
+            try FileManager.default.createDirectory(atPath: dataDir, withIntermediateDirectories: true)
+        } catch {
+            logger.critical("cannot create the data directory", metadata: ["path": "\(dataDir)", "error": "\(error.localizedDescription)"])
+            throw ExitCode(73)  // EX_CANTCREAT
+        }
+
+        var configuration = ServerConfiguration()
+        configuration.host = host
+        configuration.port = port
+        configuration.dataDirectory = dataDir
+        configuration.heartbeatSeconds = heartbeat
+        configuration.maxFrameSize = maxFrameSize
+
+        let service = BrokerService(configuration: configuration, logger: logger) { server in
+            // A line scripts and tests can wait for; with --port 0 it tells the port chosen.
+            logger.notice("brokerd ready", metadata: ["port": "\(server.port)", "version": "\(Broker.version)"])
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup,
+                             failureTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            logger.critical("brokerd failed", metadata: ["error": "\(error)"])
+            throw ExitCode(69)  // EX_UNAVAILABLE: could not bind, for example
+        }
+    }
+}
+
