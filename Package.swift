@@ -60,6 +60,7 @@ let package = Package(
             name: "BrokerClient",
             dependencies: [
                 "WireProtocol",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

@@ -16,8 +16,7 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     private let configuration: ServerConfiguration
     private var logger: Logger
     private var machine: ConnectionStateMachine
-    private var decoder = FrameDecoder(maxFrameSize: Frame.handshakeMaxSize, expectsMagic: true)
-    private var cumulation: ByteBuffer?
+    private var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: Frame.handshakeMaxSize, expectsMagic: true))
     private var session: Session?
     private var held: [ClientMessage] = []
     private var context: ChannelHandlerContext?
@@ -72,49 +71,22 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = unwrapInboundIn(data)
         if heartbeat != nil { heartbeat?.lastReceivedNanos = NIODeadline.now().uptimeNanoseconds.asInt64 }
-        if var pending = cumulation, pending.readableBytes > 0 {
-            pending.writeBuffer(&buffer)
-            cumulation = nil
-            process(&pending)
-            cumulation = pending
-        } else {
-            process(&buffer)
-            cumulation = buffer
-        }
-        if let pending = cumulation, pending.readableBytes == 0 { cumulation = nil }
-    }
-
-    /// The hand-written decode loop: every complete frame in `buffer`, in order, without a pipeline hop per frame.
-    private func process(_ buffer: inout ByteBuffer) {
-        while true {
-            switch machine.state {
-            case .closing, .closed:
-                buffer.moveReaderIndex(to: buffer.writerIndex)
-                return
-            default: break
-            }
-            let frame: Frame?
-            do {
-                frame = try decoder.decode(buffer: &buffer)
-            } catch let error as BrokerError {
-                run(machine.fail(error.code, error.message))
-                return
-            } catch {
-                run(machine.fail(.frameError, "\(error)"))
-                return
-            }
-            guard let frame else { return }
+        reader.append(unwrapInboundIn(data))
+        // Every complete frame of this read, in order, without a pipeline hop per frame.
+        while machine.acceptsFrames {
             let message: ClientMessage
             do {
+                guard let frame = try reader.next() else { return }
                 message = try ClientMessage.decode(frame)
             } catch {
+                reader.discard()
                 run(machine.fail(error.code, error.message))
                 return
             }
             run(machine.received(message))
         }
+        reader.discard()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -213,7 +185,7 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     private func open(_ authOk: AuthOk, _ tuning: Tuning) {
         handshakeTimeout?.cancel()
         handshakeTimeout = nil
-        decoder.maxFrameSize = tuning.maxFrameSize
+        reader.decoder.maxFrameSize = tuning.maxFrameSize
         writeNow(.authOk(authOk))
         logger.info("connection opened", metadata: ["heartbeat": "\(tuning.heartbeatSeconds)", "max_frame": "\(tuning.maxFrameSize)"])
         if tuning.heartbeatSeconds > 0, let context {

@@ -120,6 +120,14 @@ struct ConnectionStateMachine {
 
     var isOpen: Bool { if case .open = state { true } else { false } }
 
+    /// Whether incoming frames are still read (not once we are closing).
+    var acceptsFrames: Bool {
+        switch state {
+        case .closing, .closed: false
+        default: true
+        }
+    }
+
     private mutating func closeRequested() -> Action {
         state = .closing
         return .sendAndClose(.closeOk)
