@@ -1,0 +1,117 @@
+import NIOCore
+import Testing
+import WireProtocol
+
+@Suite("Codec round trips")
+struct CodecTests {
+    @Test("every frame type has a sample")
+    func samplesCoverEveryFrameType() {
+        let covered = Set(Samples.client.map(\.frameType) + Samples.server.map(\.frameType))
+        #expect(covered == Set(FrameType.allCases))
+    }
+
+    @Test("client frames round-trip", arguments: Samples.client)
+    func clientRoundTrip(_ message: ClientMessage) throws {
+        var buffer = ByteBuffer()
+        message.encode(into: &buffer)
+        var decoder = FrameDecoder(maxFrameSize: 1 << 20, expectsMagic: false)
+        let frame = try #require(try decoder.decode(buffer: &buffer))
+        #expect(buffer.readableBytes == 0)
+        #expect(try ClientMessage.decode(frame) == message)
+    }
+
+    @Test("server frames round-trip", arguments: Samples.server)
+    func serverRoundTrip(_ message: ServerMessage) throws {
+        var buffer = ByteBuffer()
+        message.encode(into: &buffer)
+        var decoder = FrameDecoder(maxFrameSize: 1 << 20, expectsMagic: false)
+        let frame = try #require(try decoder.decode(buffer: &buffer))
+        #expect(try ServerMessage.decode(frame) == message)
+    }
+
+    @Test("properties round-trip through the raw block")
+    func propertiesRoundTrip() throws {
+        #expect(try Samples.raw.decode() == Samples.properties)
+        #expect(Samples.raw.isPersistent)
+        #expect(try RawProperties(MessageProperties()).decode() == MessageProperties())
+        #expect(RawProperties(MessageProperties()).bytes.readableBytes == 0)
+    }
+
+    @Test("a 16-byte publish costs well under 40 bytes of framing")
+    func publishOverhead() {
+        var buffer = ByteBuffer()
+        ClientMessage.publish(Publish(exchange: "", routingKey: "q", body: ByteBuffer(repeating: 7, count: 16))).encode(into: &buffer)
+        #expect(buffer.readableBytes - 16 == 11)
+    }
+
+    @Test("unknown property bits are skipped by length")
+    func unknownPropertyBitsSkipped() throws {
+        // A newer peer sets bit 11 and appends its field after the known ones.
+        var block = ByteBuffer()
+        block.writeInteger(MessageProperties.Bit.messageId | (1 << 11))
+        block.writeInteger(UInt8(2))
+        block.writeString("id")
+        block.writeBytes([1, 2, 3])  // the unknown field
+        var frame = ByteBuffer()
+        frame.writeInteger(UInt16(block.readableBytes))
+        frame.writeBuffer(&block)
+        let raw = try frame.readRawProperties()
+        #expect(try raw.decode().messageId == "id")
+    }
+
+    @Test("version negotiation picks the highest common version")
+    func versionNegotiation() {
+        let v1_1 = ProtocolVersion(major: 1, minor: 1)
+        #expect(ProtocolVersion.negotiate(offered: [.v1_0, v1_1], supported: [.v1_0, v1_1]) == v1_1)
+        #expect(ProtocolVersion.negotiate(offered: [v1_1, .v1_0]) == .v1_0)
+        #expect(ProtocolVersion.negotiate(offered: [ProtocolVersion(major: 2, minor: 0)]) == nil)
+    }
+}
+
+@Suite("Stream splitting")
+struct SplitTests {
+    /// Decodes a byte stream delivered in the given chunk boundaries.
+    static func decode(_ bytes: [UInt8], splits: [Int], magic: Bool) throws -> [ClientMessage] {
+        var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: 1 << 20, expectsMagic: magic))
+        var out: [ClientMessage] = []
+        var start = 0
+        for end in splits + [bytes.count] where end >= start {
+            reader.append(ByteBuffer(bytes: bytes[start..<end]))
+            start = end
+            while let frame = try reader.next() { out.append(try ClientMessage.decode(frame)) }
+        }
+        #expect(reader.bufferedBytes == 0)
+        return out
+    }
+
+    @Test("any single split of the stream decodes the same")
+    func everySingleSplit() throws {
+        var stream = ByteBuffer(bytes: protocolMagic)
+        var frames = Samples.encode(Samples.client)
+        stream.writeBuffer(&frames)
+        let bytes = Array(stream.readableBytesView)
+        for split in 0...bytes.count {
+            #expect(try Self.decode(bytes, splits: [split], magic: true) == Samples.client)
+        }
+    }
+
+    @Test("byte-at-a-time delivery decodes the same")
+    func byteAtATime() throws {
+        let bytes = Array(Samples.encode(Samples.client).readableBytesView)
+        #expect(try Self.decode(bytes, splits: Array(0..<bytes.count), magic: false) == Samples.client)
+    }
+
+    @Test("server stream split at every byte decodes the same")
+    func serverStreamEverySplit() throws {
+        let bytes = Array(Samples.encode(Samples.server).readableBytesView)
+        for split in 0...bytes.count {
+            var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: 1 << 20, expectsMagic: false))
+            reader.append(ByteBuffer(bytes: bytes[0..<split]))
+            var out: [ServerMessage] = []
+            while let frame = try reader.next() { out.append(try ServerMessage.decode(frame)) }
+            reader.append(ByteBuffer(bytes: bytes[split...]))
+            while let frame = try reader.next() { out.append(try ServerMessage.decode(frame)) }
+            #expect(out == Samples.server)
+        }
+    }
+}
