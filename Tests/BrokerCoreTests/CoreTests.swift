@@ -1,0 +1,262 @@
+import BrokerCore
+import NIOCore
+import Testing
+import WireProtocol
+
+/// Collects what the broker writes to a session, decoded. A real transport's role without a socket.
+final class CapturingTransport: SessionTransport {
+    var frames: [ServerMessage] = []
+    var batches = 0
+    var isWritable = true
+
+    func send(_ buffer: ByteBuffer) {
+        batches += 1
+        var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: 1 << 24, expectsMagic: false))
+        reader.append(buffer)
+        while let frame = try? reader.next() {
+            if let message = try? ServerMessage.decode(frame) { frames.append(message) }
+        }
+    }
+
+    var deliveries: [Deliver] { frames.compactMap { if case .deliver(let d) = $0 { d } else { nil } } }
+    var bodies: [String] { deliveries.map { String(buffer: $0.body) } }
+    func take() -> [ServerMessage] {
+        defer { frames.removeAll() }
+        return frames
+    }
+}
+
+/// A broker with sessions, driven the way the server drives it: frames in, `flush()` at the end of a read cycle.
+struct Harness {
+    let broker = Broker(users: UserStore())
+    var user: User { broker.users.user(named: "guest")! }
+
+    func connect() -> (Session, CapturingTransport) {
+        let transport = CapturingTransport()
+        return (broker.openSession(user: user, clientName: "test", peer: "local", transport: transport), transport)
+    }
+
+    func send(_ session: Session, _ messages: ClientMessage...) throws {
+        for m in messages { try session.handle(m) }
+        broker.flush()
+    }
+
+    func publish(_ session: Session, exchange: String = "", key: String, _ body: String, mandatory: Bool = false) throws {
+        try send(session, .publish(Publish(exchange: exchange, routingKey: key, mandatory: mandatory, body: ByteBuffer(string: body))))
+    }
+
+    func declare(_ session: Session, queue: String, exclusive: Bool = false, autoDelete: Bool = false) throws {
+        try send(session, .queueDeclare(QueueDeclare(requestId: 1, name: queue, exclusive: exclusive, autoDelete: autoDelete)))
+    }
+
+    func consume(_ session: Session, queue: String, prefetch: UInt16 = 0, noAck: Bool = false) throws {
+        try send(session, .consume(Consume(requestId: 2, queue: queue, noAck: noAck, prefetch: prefetch)))
+    }
+}
+
+@Suite("Topic matching")
+struct TopicTests {
+    @Test("patterns", arguments: [
+        ("trip.*.created", "trip.eu.created", true),
+        ("trip.*.created", "trip.created", false),
+        ("trip.*.created", "trip.eu.west.created", false),
+        ("trip.#", "trip", true),
+        ("trip.#", "trip.eu.created", true),
+        ("#", "anything.at.all", true),
+        ("#", "", true),
+        ("#.created", "trip.eu.created", true),
+        ("#.created", "created", true),
+        ("trip.#.created", "trip.created", true),
+        ("trip.#.created", "trip.a.b.c.created", true),
+        ("trip.#.created", "trip.a.b.c.cancelled", false),
+        ("*", "one", true),
+        ("*", "one.two", false),
+        ("*.*", "one.two", true),
+        ("#.#", "a.b", true),
+        ("a.*.#", "a", false),
+        ("a.*.#", "a.b", true),
+        ("exact", "exact", true),
+        ("exact", "exactly", false),
+        ("", "", true),
+    ])
+    func matches(pattern: String, key: String, expected: Bool) {
+        #expect(TopicPattern.matches(pattern: pattern, routingKey: key) == expected)
+    }
+}
+
+@Suite("Queue and consumer state")
+struct CoreTests {
+    @Test("consumers get messages round-robin")
+    func roundRobin() throws {
+        let h = Harness()
+        let (s, t) = h.connect()
+        try h.declare(s, queue: "work")
+        try h.consume(s, queue: "work")
+        try h.consume(s, queue: "work")
+        _ = t.take()
+        for i in 1...4 { try h.publish(s, key: "work", "m\(i)") }
+        let tags = t.deliveries.map(\.consumerTag)
+        #expect(tags.count == 4)
+        #expect(Set(tags).count == 2)
+        #expect(tags[0] == tags[2] && tags[1] == tags[3] && tags[0] != tags[1])
+    }
+
+    @Test("prefetch bounds unacknowledged deliveries and an ack frees credit")
+    func prefetch() throws {
+        let h = Harness()
+        let (s, t) = h.connect()
+        try h.declare(s, queue: "q")
+        try h.consume(s, queue: "q", prefetch: 2)
+        for i in 1...5 { try h.publish(s, key: "q", "m\(i)") }
+        #expect(t.bodies == ["m1", "m2"])
+        #expect(h.broker.queueInfo("q")?.ready == 3)
+        let first = t.deliveries[0].deliveryTag
+        try h.send(s, .ack(Settle(deliveryTag: first)))
+        #expect(t.bodies == ["m1", "m2", "m3"])
+        let third = t.deliveries[2].deliveryTag
+        try h.send(s, .ack(Settle(deliveryTag: third, multiple: true)))
+        #expect(t.bodies == ["m1", "m2", "m3", "m4", "m5"])
+        #expect(h.broker.queueInfo("q")?.unacked == 2)
+    }
+
+    @Test("a nack with requeue puts the message back at the head, marked redelivered")
+    func nackRequeue() throws {
+        let h = Harness()
+        let (s, t) = h.connect()
+        try h.declare(s, queue: "q")
+        for i in 1...3 { try h.publish(s, key: "q", "m\(i)") }
+        try h.consume(s, queue: "q", prefetch: 1)
+        #expect(t.bodies == ["m1"])
+        try h.send(s, .nack(Settle(deliveryTag: t.deliveries[0].deliveryTag, requeue: true)))
+        let second = t.deliveries[1]
+        #expect(String(buffer: second.body) == "m1")
+        #expect(second.redelivered)
+        try h.send(s, .reject(Settle(deliveryTag: second.deliveryTag, requeue: false)))
+        #expect(t.bodies == ["m1", "m1", "m2"])
+        #expect(t.deliveries[2].redelivered == false)
+    }
+
+    @Test("closing a session returns its unacknowledged messages to the head in order")
+    func closeRequeues() throws {
+        let h = Harness()
+        let (a, ta) = h.connect()
+        let (b, tb) = h.connect()
+        try h.declare(a, queue: "q")
+        for i in 1...4 { try h.publish(a, key: "q", "m\(i)") }
+        try h.consume(a, queue: "q", prefetch: 3)
+        #expect(ta.bodies == ["m1", "m2", "m3"])
+        try h.send(a, .ack(Settle(deliveryTag: ta.deliveries[1].deliveryTag)))  // m2 acked, which frees credit for m4
+        #expect(ta.bodies == ["m1", "m2", "m3", "m4"])
+        try h.publish(b, key: "q", "m5")
+        h.broker.closeSession(a)
+        try h.consume(b, queue: "q")
+        #expect(tb.bodies == ["m1", "m3", "m4", "m5"])
+        #expect(tb.deliveries.map(\.redelivered) == [true, true, true, false])
+    }
+
+    @Test("an unwritable connection gets no deliveries until it drains")
+    func writability() throws {
+        let h = Harness()
+        let (s, t) = h.connect()
+        try h.declare(s, queue: "q")
+        try h.consume(s, queue: "q", noAck: true)
+        t.isWritable = false
+        for i in 1...3 { try h.publish(s, key: "q", "m\(i)") }
+        #expect(t.deliveries.isEmpty)
+        t.isWritable = true
+        h.broker.sessionBecameWritable(s)
+        #expect(t.bodies == ["m1", "m2", "m3"])
+    }
+
+    @Test("confirms of one read cycle are coalesced into one multiple ack")
+    func coalescedConfirms() throws {
+        let h = Harness()
+        let (s, t) = h.connect()
+        try h.declare(s, queue: "q")
+        try h.send(s, .confirmSelect(requestId: 9))
+        _ = t.take()
+        for i in 1...3 { try s.handle(.publish(Publish(exchange: "", routingKey: "q", body: ByteBuffer(string: "m\(i)")))) }
+        h.broker.flush()
+        #expect(t.take() == [.confirmAck(Confirm(sequence: 3, multiple: true))])
+    }
+
+    @Test("a refused publish is nacked after the acks before it")
+    func nackOrdering() throws {
+        let h = Harness()
+        let (s, t) = h.connect()
+        try h.send(s, .confirmSelect(requestId: 9))
+        _ = t.take()
+        try s.handle(.publish(Publish(exchange: "", routingKey: "nowhere", body: ByteBuffer())))
+        try s.handle(.publish(Publish(exchange: "missing", routingKey: "k", body: ByteBuffer())))
+        try s.handle(.publish(Publish(exchange: "", routingKey: "nowhere", body: ByteBuffer())))
+        h.broker.flush()
+        let frames = t.take()
+        #expect(frames.count == 3)
+        #expect(frames.first == .confirmAck(Confirm(sequence: 1, multiple: true)))
+        guard case .confirmNack(let nack) = frames[1] else {
+            Issue.record("expected a nack, got \(frames[1])")
+            return
+        }
+        #expect(nack.sequence == 2 && nack.code == .notFound)
+        #expect(frames.last == .confirmAck(Confirm(sequence: 3, multiple: true)))
+    }
+
+    @Test("an exclusive queue goes with its connection; an auto-delete queue with its last consumer")
+    func lifetimes() throws {
+        let h = Harness()
+        let (s, t) = h.connect()
+        try h.declare(s, queue: "mine", exclusive: true)
+        try h.declare(s, queue: "auto", autoDelete: true)
+        try h.consume(s, queue: "auto")
+        let tag = t.frames.compactMap { if case .consumeOk(let ok) = $0 { ok.consumerTag } else { nil } }.last!
+        try h.send(s, .cancel(Cancel(requestId: 5, consumerTag: tag)))
+        #expect(h.broker.queueInfo("auto") == nil)
+        #expect(h.broker.queueInfo("mine") != nil)
+        h.broker.closeSession(s)
+        #expect(h.broker.queueInfo("mine") == nil)
+    }
+
+    @Test("an auto-delete exchange goes with its last binding")
+    func autoDeleteExchange() throws {
+        let h = Harness()
+        let (s, _) = h.connect()
+        try h.declare(s, queue: "q")
+        try h.send(s, .exchangeDeclare(ExchangeDeclare(requestId: 1, name: "x", kind: .fanout, autoDelete: true)))
+        try h.send(s, .queueBind(QueueBinding(requestId: 2, queue: "q", exchange: "x", bindingKey: "")))
+        #expect(h.broker.exchangeExists("x"))
+        try h.send(s, .queueUnbind(QueueBinding(requestId: 3, queue: "q", exchange: "x", bindingKey: "")))
+        #expect(!h.broker.exchangeExists("x"))
+    }
+
+    @Test("a fanned-out message reaches each queue once, even when bound twice")
+    func topicDedup() throws {
+        let h = Harness()
+        let (s, t) = h.connect()
+        try h.declare(s, queue: "q")
+        try h.send(s, .exchangeDeclare(ExchangeDeclare(requestId: 1, name: "t", kind: .topic)))
+        try h.send(s, .queueBind(QueueBinding(requestId: 2, queue: "q", exchange: "t", bindingKey: "a.*")))
+        try h.send(s, .queueBind(QueueBinding(requestId: 3, queue: "q", exchange: "t", bindingKey: "#")))
+        try h.publish(s, exchange: "t", key: "a.b", "once")
+        #expect(h.broker.queueInfo("q")?.ready == 1)
+        _ = t
+    }
+
+    @Test("passwords are stored salted and hashed")
+    func passwordStorage() {
+        let a = PasswordHash(password: "secret")
+        let b = PasswordHash(password: "secret")
+        #expect(a.salt != b.salt && a.hash != b.hash)
+        #expect(!a.hash.isEmpty && a.hash != Array("secret".utf8))
+        #expect(a.verify("secret") && !a.verify("Secret"))
+    }
+
+    @Test("the default user is refused from outside loopback and wrong passwords are refused")
+    func authRules() {
+        let store = UserStore()
+        let guest = store.user(named: "guest")
+        #expect((try? UserStore.authenticate(guest, password: "guest", fromLoopback: true).get())?.name == "guest")
+        #expect(throws: BrokerError.self) { try UserStore.authenticate(guest, password: "guest", fromLoopback: false).get() }
+        #expect(throws: BrokerError.self) { try UserStore.authenticate(guest, password: "nope", fromLoopback: true).get() }
+        #expect(throws: BrokerError.self) { try UserStore.authenticate(nil, password: "guest", fromLoopback: true).get() }
+    }
+}
