@@ -119,7 +119,7 @@ public final class Queue {
 }
 
 /// A consumer: a session's subscription to one queue.
-public final class Consumer {
+final class Consumer {
     public let tag: UInt32
     unowned let session: Session
     unowned let queue: Queue

@@ -1,0 +1,122 @@
+import BrokerClient
+import Foundation
+import NIOCore
+import Testing
+import WireProtocol
+
+/// Tests against the built `brokerd` and `brokerctl` executables, run as subprocesses.
+@Suite("The brokerd executable", .serialized)
+struct DaemonTests {
+    /// The directory holding the built products (beside the test bundle).
+    static var productsDirectory: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    }
+
+    static func executable(_ name: String) throws -> URL {
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<4 {
+            let candidate = directory.appendingPathComponent(name)
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+            directory = directory.deletingLastPathComponent()
+        }
+        throw BrokerError(.notFound, "\(name) is not built next to the tests; run `swift build` first")
+    }
+
+    /// Starts brokerd on an ephemeral port with a temporary data directory and returns it with its port.
+    static func startDaemon(dataDirectory: URL) throws -> (Process, Int, Pipe) {
+        let process = Process()
+        process.executableURL = try executable("brokerd")
+        process.arguments = ["--port", "0", "--data-dir", dataDirectory.path, "--log-level", "info"]
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        // Wait for the ready line, which names the port.
+        var output = ""
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline {
+            let data = stderr.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            output += String(decoding: data, as: UTF8.self)
+            if let line = output.split(separator: "\n").first(where: { $0.contains("brokerd ready") }),
+               let range = line.range(of: "port="),
+               let port = Int(line[range.upperBound...].prefix(while: \.isNumber)) {
+                return (process, port, stderr)
+            }
+        }
+        process.terminate()
+        throw BrokerError(.timeout, "brokerd did not report ready; output so far:\n\(output)")
+    }
+
+    static func temporaryDirectory() -> URL {
+        FileManager.default.temporaryDirectory.appendingPathComponent("brokerd-test-\(UUID().uuidString)")
+    }
+
+    @Test("brokerd serves clients and shuts down cleanly on SIGTERM")
+    func daemonLifecycle() async throws {
+        let dataDirectory = Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        let (process, port, stderr) = try Self.startDaemon(dataDirectory: dataDirectory)
+        #expect(FileManager.default.fileExists(atPath: dataDirectory.path))
+        do {
+            try await withConnection(ClientConfiguration(port: port)) { c in
+                #expect(c.serverName.hasPrefix("brokerd"))
+                try await c.declareQueue("rides")
+                try await c.enableConfirms()
+                try await c.publish(routingKey: "rides", body: "from a real daemon")
+                #expect(try await c.get(queue: "rides", noAck: true)?.bodyString == "from a real daemon")
+            }
+        } catch {
+            process.terminate()
+            throw error
+        }
+        let watcher = try await BrokerConnection.connect(ClientConfiguration(port: port))
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let log = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(log.contains("shutting down"))
+        await watcher.closed()
+    }
+
+    @Test("brokerctl status reports the broker and fails clearly when it cannot connect")
+    func brokerctlStatus() async throws {
+        let dataDirectory = Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        let (process, port, _) = try Self.startDaemon(dataDirectory: dataDirectory)
+        defer {
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+        }
+        let (ok, okOut, _) = try Self.run("brokerctl", ["status", "--port", "\(port)", "--format", "json"])
+        #expect(ok == 0)
+        let json = try JSONSerialization.jsonObject(with: Data(okOut.utf8)) as? [String: Any]
+        #expect(json?["version"] as? String != nil)
+        #expect(json?["connections"] as? Int == 1)
+
+        let (refused, _, refusedErr) = try Self.run("brokerctl", ["status", "--port", "\(port)", "--password", "wrong"])
+        #expect(refused == 77)
+        #expect(refusedErr.contains("access refused"))
+
+        process.terminate()
+        process.waitUntilExit()
+        let (down, _, downErr) = try Self.run("brokerctl", ["status", "--port", "\(port)"])
+        #expect(down == 69)
+        #expect(downErr.contains("cannot reach brokerd"))
+    }
+
+    static func run(_ name: String, _ arguments: [String]) throws -> (Int32, String, String) {
+        let process = Process()
+        process.executableURL = try executable(name)
+        process.arguments = arguments
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        let errData = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+}

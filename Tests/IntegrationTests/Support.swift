@@ -1,0 +1,154 @@
+import BrokerClient
+import BrokerCore
+import BrokerServer
+import Foundation
+import Logging
+import NIOCore
+import Testing
+import WireProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs `body` against a real broker on an ephemeral loopback port, shutting it down whether `body` succeeds or not.
+func withBroker(users: UserStore = UserStore(), heartbeat: UInt16 = 0, maxFrameSize: UInt32 = 1 << 20,
+                _ body: (BrokerServer, ClientConfiguration) async throws -> Void) async throws {
+    var configuration = ServerConfiguration()
+    configuration.host = "127.0.0.1"
+    configuration.port = 0
+    configuration.heartbeatSeconds = heartbeat
+    configuration.maxFrameSize = maxFrameSize
+    configuration.handshakeTimeoutSeconds = 5
+    let server = try await BrokerServer.start(configuration: configuration, users: users,
+                                              logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    let client = ClientConfiguration(port: server.port, clientName: "tests", connectTimeout: .seconds(5), requestTimeout: .seconds(5))
+    do {
+        try await body(server, client)
+    } catch {
+        await server.shutdown()
+        throw error
+    }
+    await server.shutdown()
+}
+
+/// Connects a client, runs `body`, closes the client.
+@discardableResult
+func withConnection<T>(_ configuration: ClientConfiguration, _ body: (BrokerConnection) async throws -> T) async throws -> T {
+    let connection = try await BrokerConnection.connect(configuration)
+    do {
+        let result = try await body(connection)
+        await connection.close()
+        return result
+    } catch {
+        await connection.close()
+        throw error
+    }
+}
+
+/// Expects `body` to throw a BrokerError with `code`.
+func expectBrokerError(_ code: BrokerError.Code, _ body: () async throws -> Void,
+                       sourceLocation: SourceLocation = #_sourceLocation) async {
+    do {
+        try await body()
+        Issue.record("expected \(code), but the call succeeded", sourceLocation: sourceLocation)
+    } catch let error as BrokerError {
+        #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("expected BrokerError \(code), got \(error)", sourceLocation: sourceLocation)
+    }
+}
+
+/// The next message of a consumer, or a test failure after `timeout`.
+func next(_ consumer: Consumer, timeout: Duration = .seconds(5)) async throws -> Message {
+    try await withThrowingTaskGroup(of: Message?.self) { group in
+        group.addTask {
+            var iterator = consumer.makeAsyncIterator()
+            return try await iterator.next()
+        }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let message = first else {
+            throw BrokerError(.timeout, "no delivery within \(timeout)")
+        }
+        return message
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+func eventually(timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    return try await condition()
+}
+
+/// A bare TCP client speaking raw bytes, for handshake and malformed-input tests. Blocking, with a receive timeout.
+final class RawSocket {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else {
+            close(fd)
+            throw BrokerError(.connectionClosed, "raw connect failed: errno \(errno)")
+        }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    func send(_ message: ClientMessage) {
+        var buffer = ByteBuffer()
+        message.encode(into: &buffer)
+        send(Array(buffer.readableBytesView))
+    }
+
+    private var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: 1 << 24, expectsMagic: false))
+
+    /// The next frame from the server, or nil when the server closed the connection (or the timeout passed).
+    func receive() throws -> ServerMessage? {
+        while true {
+            if let frame = try reader.next() { return try ServerMessage.decode(frame) }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { return nil }
+            reader.append(ByteBuffer(bytes: chunk[0..<n]))
+        }
+    }
+
+    /// Frames until the server closes the connection.
+    func receiveUntilClosed() throws -> [ServerMessage] {
+        var frames: [ServerMessage] = []
+        while let frame = try receive() { frames.append(frame) }
+        return frames
+    }
+
+    /// Magic, hello and authenticate as guest; returns the server's answers.
+    func handshake(heartbeat: UInt16 = 0, versions: [ProtocolVersion] = ProtocolVersion.supported) throws -> [ServerMessage] {
+        send(protocolMagic)
+        send(.hello(Hello(versions: versions, clientName: "raw")))
+        guard let hello = try receive() else { return [] }
+        guard case .helloOk = hello else { return [hello] }
+        send(.authenticate(Authenticate(user: "guest", password: "guest", heartbeatSeconds: heartbeat)))
+        guard let auth = try receive() else { return [hello] }
+        return [hello, auth]
+    }
+}
