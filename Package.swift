@@ -96,6 +96,11 @@ let package = Package(
             swiftSettings: upcoming
         ),
         .testTarget(
+            name: "BrokerServerTests",
+            dependencies: ["BrokerServer", "WireProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
             name: "IntegrationTests",
             dependencies: [
                 "BrokerServer", "BrokerClient", "BrokerCore", "WireProtocol",

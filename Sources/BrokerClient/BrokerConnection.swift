@@ -204,13 +204,13 @@ public final class BrokerConnection: Sendable {
                         mandatory: Bool = false) async throws {
         try NameRules.validateKey(routingKey)
         if exchange.utf8.count > NameRules.maxShortStringBytes { try NameRules.validateName(exchange, kind: "exchange") }
-        try properties.validate()
-        let frameSize = Frame.headerSize + 4 + exchange.utf8.count + routingKey.utf8.count + 2 + body.readableBytes
-            + RawProperties(properties).bytes.readableBytes
+        let raw = try RawProperties(validating: properties)
+        let frameSize = Frame.headerSize + 3 + exchange.utf8.count + routingKey.utf8.count + 2 + raw.bytes.readableBytes
+            + body.readableBytes
         if frameSize > Int(maxFrameSize) {
             throw BrokerError(.frameTooLarge, "message of \(body.readableBytes) bytes exceeds the broker's frame limit of \(maxFrameSize)")
         }
-        let publish = Publish(exchange: exchange, routingKey: routingKey, mandatory: mandatory, properties: RawProperties(properties), body: body)
+        let publish = Publish(exchange: exchange, routingKey: routingKey, mandatory: mandatory, properties: raw, body: body)
         let loop = channel.eventLoop
         let promise = loop.makePromise(of: Void.self)
         let handler = self.handler

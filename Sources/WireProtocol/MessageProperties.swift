@@ -54,8 +54,12 @@ public struct MessageProperties: Hashable, Sendable {
         public static let known: UInt16 = (1 << 11) - 1
     }
 
-    /// Checks the string properties' lengths, so that encoding never has to cut them.
+    /// Checks the limits encoding must respect: strings of at most 255 bytes, an encoded block of at most 65,535.
     public func validate() throws(BrokerError) {
+        _ = try RawProperties(validating: self)
+    }
+
+    func validateStrings() throws(BrokerError) {
         for (name, value) in [
             ("message id", messageId), ("correlation id", correlationId), ("reply-to", replyTo),
             ("content type", contentType), ("type", type),
@@ -65,10 +69,6 @@ public struct MessageProperties: Hashable, Sendable {
             }
         }
         if let headers { for key in headers.keys { try NameRules.validateKey(key, kind: "header name") } }
-        let encoded = RawProperties(self).bytes.readableBytes
-        if encoded > Int(UInt16.max) {
-            throw BrokerError(.invalidArgument, "properties encode to \(encoded) bytes; the limit is 65535")
-        }
     }
 }
 
@@ -114,6 +114,15 @@ public struct RawProperties: Hashable, Sendable {
         if let v = properties.priority { buffer.writeInteger(v) }
         if let v = properties.headers { buffer.writeFieldTable(v) }
         self.bytes = buffer
+    }
+
+    /// Encodes properties after checking their limits (the client's path: encode once, refuse what cannot travel).
+    public init(validating properties: MessageProperties) throws(BrokerError) {
+        try properties.validateStrings()
+        self.init(properties)
+        if bytes.readableBytes > Int(UInt16.max) {
+            throw BrokerError(.invalidArgument, "properties encode to \(bytes.readableBytes) bytes; the limit is 65535")
+        }
     }
 
     /// The presence flags (0 when there are no properties).
