@@ -15,12 +15,15 @@ public final class BrokerConnection: Sendable {
     public let heartbeatSeconds: UInt16
     /// Mandatory messages the broker could not route.
     public let returns: AsyncStream<ReturnedMessage>
+    /// Errors the broker reported about frames that have no answer of their own: a publish outside confirm mode
+    /// (for example to a missing exchange) or an ack, nack or reject of an unknown delivery tag.
+    public let errors: AsyncStream<BrokerError>
 
     private let channel: any Channel
     private let handler: NIOLoopBound<ClientHandler>
 
     private init(configuration: ClientConfiguration, channel: any Channel, handler: NIOLoopBound<ClientHandler>, helloOk: HelloOk,
-                 authOk: AuthOk, returns: AsyncStream<ReturnedMessage>) {
+                 authOk: AuthOk, returns: AsyncStream<ReturnedMessage>, errors: AsyncStream<BrokerError>) {
         self.configuration = configuration
         self.channel = channel
         self.handler = handler
@@ -30,6 +33,7 @@ public final class BrokerConnection: Sendable {
         self.maxFrameSize = authOk.maxFrameSize
         self.heartbeatSeconds = authOk.heartbeatSeconds
         self.returns = returns
+        self.errors = errors
     }
 
     /// Connects, negotiates the protocol version and authenticates.
@@ -37,7 +41,8 @@ public final class BrokerConnection: Sendable {
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> BrokerConnection {
         let loop = group.next()
         let handshake = loop.makePromise(of: (HelloOk, AuthOk).self)
-        let (returns, returnsContinuation) = AsyncStream<ReturnedMessage>.makeStream()
+        let (returns, returnsContinuation) = AsyncStream<ReturnedMessage>.makeStream(bufferingPolicy: .bufferingNewest(1024))
+        let (errors, errorsContinuation) = AsyncStream<BrokerError>.makeStream(bufferingPolicy: .bufferingNewest(256))
         let timeout = TimeAmount.nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000
                                              + configuration.connectTimeout.components.attoseconds / 1_000_000_000)
         let channel: any Channel
@@ -49,6 +54,7 @@ public final class BrokerConnection: Sendable {
                     channel.eventLoop.makeCompletedFuture {
                         let handler = ClientHandler(configuration: configuration, handshake: handshake)
                         handler.returns = returnsContinuation
+                        handler.errors = errorsContinuation
                         try channel.pipeline.syncOperations.addHandler(handler)
                     }
                 }
@@ -68,7 +74,7 @@ public final class BrokerConnection: Sendable {
                 NIOLoopBound(try channel.pipeline.syncOperations.handler(type: ClientHandler.self), eventLoop: loop)
             }.get()
             let connection = BrokerConnection(configuration: configuration, channel: channel, handler: handler, helloOk: helloOk,
-                                              authOk: authOk, returns: returns)
+                                              authOk: authOk, returns: returns, errors: errors)
             try await loop.submit { handler.value.connection = connection }.get()
             return connection
         } catch {

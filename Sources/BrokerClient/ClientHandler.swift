@@ -35,6 +35,7 @@ final class ClientHandler: ChannelInboundHandler {
     private var writabilityWaiters: [EventLoopPromise<Void>] = []
     private var flushScheduled = false
     var returns: AsyncStream<ReturnedMessage>.Continuation?
+    var errors: AsyncStream<BrokerError>.Continuation?
 
     private var heartbeatTask: RepeatedTask?
     private var lastReceived = NIODeadline.now()
@@ -133,8 +134,9 @@ final class ClientHandler: ChannelInboundHandler {
             complete(ok.requestId, message)
         case .error(let error):
             if error.requestId == 0 {
-                // About a publish without confirms or a settle: nothing awaits it; surface it as a return-less error.
-                lastAsyncError = error.error
+                // About a publish without confirms, or an ack/nack/reject: nothing awaits it, so it goes to the
+                // connection's error stream.
+                errors?.yield(error.error)
             } else {
                 pendingConsumers[error.requestId]?.finish(throwing: error.error)
                 pendingConsumers[error.requestId] = nil
@@ -159,9 +161,6 @@ final class ClientHandler: ChannelInboundHandler {
                 .finish(throwing: BrokerError(cancelled.code, "consumer cancelled by the broker: \(cancelled.reason)"))
         }
     }
-
-    /// The last error the broker reported about a publish or settle that had no request id.
-    private(set) var lastAsyncError: BrokerError?
 
     private func complete(_ requestId: UInt32, _ message: ServerMessage) {
         pending.removeValue(forKey: requestId)?.succeed(message)
@@ -306,6 +305,7 @@ final class ClientHandler: ChannelInboundHandler {
         consumers.removeAll()
         pendingConsumers.removeAll()
         returns?.finish()
+        errors?.finish()
         heartbeatTask?.cancel()
     }
 }

@@ -125,7 +125,11 @@ struct ConsumerTests {
             try await withConnection(config) { c in
                 try await c.declareQueue("q")
                 try await c.ack(12345)
-                // The broker answered with an error frame (no request id); later requests still work.
+                var errors = c.errors.makeAsyncIterator()
+                let error = try #require(await errors.next())
+                #expect(error.code == .preconditionFailed)
+                #expect(error.message.contains("12345"))
+                // The connection is still open.
                 #expect(try await c.declareQueue("q", passive: true).name == "q")
             }
         }

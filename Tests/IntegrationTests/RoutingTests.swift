@@ -150,6 +150,19 @@ struct RoutingTests {
         }
     }
 
+    @Test("without confirms, a publish to a missing exchange is reported on the error stream")
+    func publishErrorWithoutConfirms() async throws {
+        try await withBroker { _, config in
+            try await withConnection(config) { c in
+                try await c.publish(exchange: "missing", routingKey: "k", body: "lost")
+                var errors = c.errors.makeAsyncIterator()
+                let error = try #require(await errors.next())
+                #expect(error.code == .notFound)
+                #expect(error.message.contains("missing"))
+            }
+        }
+    }
+
     @Test("many concurrent confirmed publishes all complete")
     func concurrentConfirms() async throws {
         try await withBroker { server, config in
