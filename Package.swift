@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "BrokerClient", targets: ["BrokerClient"]),
         .executable(name: "brokerd", targets: ["brokerd"]),
         .executable(name: "brokerctl", targets: ["brokerctl"]),
+        .executable(name: "brokerbench", targets: ["brokerbench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -22,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // Frames, codec and errors of the wire protocol. NIOCore only, so it tests without sockets.
@@ -82,6 +84,18 @@ let package = Package(
             dependencies: [
                 "BrokerClient", "WireProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: upcoming
+        ),
+        // The load generator: RabbitMQ PerfTest's idea, with amqp_bench's option names (../shared/bench-rabbitmq).
+        .executableTarget(
+            name: "brokerbench",
+            dependencies: [
+                "BrokerClient", "WireProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: upcoming
         ),

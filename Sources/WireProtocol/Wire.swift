@@ -50,7 +50,7 @@ extension ByteBuffer {
     /// Writes a `shortstr`. Callers validate lengths first (``NameRules``); an over-long string is cut at a
     /// character boundary rather than trapping, so the frame stays well-formed.
     @inlinable
-    mutating func writeShortString(_ string: String) {
+    public mutating func writeShortString(_ string: String) {
         var count = string.utf8.count
         if count > 255 {
             count = 0
@@ -66,14 +66,14 @@ extension ByteBuffer {
 
     /// Writes a `longstr` (u32 length + UTF-8).
     @inlinable
-    mutating func writeLongString(_ string: String) {
+    public mutating func writeLongString(_ string: String) {
         self.writeInteger(UInt32(truncatingIfNeeded: string.utf8.count))
         self.writeString(string)
     }
 
     /// Writes `bytes` (u32 length + raw bytes).
     @inlinable
-    mutating func writeLongBytes(_ bytes: ByteBuffer) {
+    public mutating func writeLongBytes(_ bytes: ByteBuffer) {
         self.writeInteger(UInt32(truncatingIfNeeded: bytes.readableBytes))
         self.writeImmutableBuffer(bytes)
     }
