@@ -8,6 +8,8 @@ public protocol SessionTransport: AnyObject {
     func send(_ buffer: ByteBuffer)
     /// False while the peer is not reading fast enough (the socket's write buffer is above its high watermark).
     var isWritable: Bool { get }
+    /// Asks for ``Broker/sessionBecameWritable(_:)`` on a later turn of the event loop, if the socket is writable then.
+    func resumeSoon()
 }
 
 /// One authenticated connection's broker-side state: its consumers, unacknowledged deliveries, publisher confirms,
@@ -38,6 +40,8 @@ public final class Session {
     /// Highest sequence number to confirm with a coalesced `multiple` ack at the next flush (0: none).
     private var pendingConfirm: UInt64 = 0
 
+    private var routeCache: Broker.RouteCache?
+
     public private(set) var publishedCount: UInt64 = 0
     public private(set) var deliveredCount: UInt64 = 0
 
@@ -53,8 +57,14 @@ public final class Session {
     public var consumerCount: Int { consumers.count }
     public var unackedCount: Int { unsettledCount }
 
+    /// Most bytes of deliveries encoded for one flush. Past it the session takes no more deliveries until the batch
+    /// is written, so a consumer with a deep backlog cannot make one write, or the broker's memory, grow without bound.
+    static let outboundLimit = 1 << 20
+
     /// Whether deliveries may be encoded now.
-    var canDeliver: Bool { !isClosed && (transport?.isWritable ?? false) }
+    var canDeliver: Bool {
+        !isClosed && outbound.readableBytes < Self.outboundLimit && (transport?.isWritable ?? false)
+    }
 
     // MARK: - Output
 
@@ -82,9 +92,13 @@ public final class Session {
         }
         guard outbound.readableBytes > 0 else { return }
         let batch = outbound
-        lastBatchSize = max(4096, min(batch.readableBytes, 1 << 20))
+        let wasFull = batch.readableBytes >= Self.outboundLimit
+        lastBatchSize = max(4096, min(batch.readableBytes, Self.outboundLimit))
         outbound = ByteBufferAllocator().buffer(capacity: lastBatchSize)
         transport.send(batch)
+        // Deliveries stopped at the limit: resume them on a later turn of the event loop (so reads are served in
+        // between), unless the socket pushes back, in which case its writability change resumes them.
+        if wasFull { transport.resumeSoon() }
     }
 
     // MARK: - Methods
@@ -178,7 +192,7 @@ public final class Session {
         if confirmMode { publishSequence &+= 1 }
         // Properties are forwarded untouched, so a malformed block must stop here, not at a consumer.
         if publish.properties.bytes.readableBytes > 0 { try publish.properties.validateStructure() }
-        switch broker.route(publish) {
+        switch broker.route(publish, cache: &routeCache) {
         case .routed:
             confirmSucceeded()
         case .unroutable:

@@ -233,6 +233,15 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
+    func resumeSoon() {
+        guard let context else { return }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let handler = bound.value
+            if handler.isWritable, let session = handler.session { handler.broker.sessionBecameWritable(session) }
+        }
+    }
+
     static func isLoopback(_ address: SocketAddress?) -> Bool {
         switch address {
         case .v4?: return address?.ipAddress?.hasPrefix("127.") == true

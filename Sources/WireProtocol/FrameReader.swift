@@ -3,31 +3,78 @@ public import NIOCore
 /// Accumulates reads and yields whole frames: the hand-written decode loop both the server's and the client's
 /// handlers run inside `channelRead` (DESIGN.md: no `fireChannelRead` per frame).
 ///
-/// When a read starts on a frame boundary the read buffer itself is decoded, so frame payloads are slices of it
-/// with no copy; only a frame split across reads is copied, once, into the cumulation.
+/// Frames are decoded straight out of the read buffer, so their payloads are slices of it with no copy. Only a frame
+/// split across two reads is copied, and only that frame: its head moves into a small buffer of its own, and the
+/// next read supplies exactly the bytes it lacks. (Appending reads to one growing cumulation instead would copy the
+/// whole cumulation whenever queued messages still hold slices of it, which profiling showed as ~15% of the broker's
+/// CPU.)
 public struct FrameReader {
     public var decoder: FrameDecoder
-    private var cumulation: ByteBuffer?
+    /// The read being decoded.
+    private var current: ByteBuffer?
+    /// The head of a frame split across reads (owned copy), or bytes of an unfinished handshake.
+    private var partial: ByteBuffer?
+    /// A split frame completed by the latest read, decoded before `current`.
+    private var completed: ByteBuffer?
 
     public init(decoder: FrameDecoder) { self.decoder = decoder }
 
-    /// Adds bytes from a read.
+    /// Adds bytes from a read. Call ``next()`` until it returns nil before appending again.
     public mutating func append(_ buffer: ByteBuffer) {
-        if var pending = cumulation, pending.readableBytes > 0 {
-            cumulation = nil  // keep `pending` uniquely referenced, so the append does not copy
-            var incoming = buffer
-            pending.writeBuffer(&incoming)
-            cumulation = pending
+        var incoming = buffer
+        if var unread = current, unread.readableBytes > 0 {
+            // Not drained: keep byte order by treating what is left as a partial frame.
+            current = nil
+            keepPartial(&unread)
+        }
+        guard var head = partial else {
+            current = incoming
+            return
+        }
+        partial = nil
+        if decoder.expectsMagic {
+            head.writeBuffer(&incoming)  // handshake bytes only: tiny
+            current = head
+            return
+        }
+        if head.readableBytes < 4 {
+            var lengthBytes = incoming.readSlice(length: min(4 - head.readableBytes, incoming.readableBytes)) ?? ByteBuffer()
+            head.writeBuffer(&lengthBytes)
+        }
+        if let length = head.getInteger(at: head.readerIndex, as: UInt32.self), UInt64(length) + 4 <= UInt64(decoder.maxFrameSize) {
+            let missing = Int(length) + 4 - head.readableBytes
+            var rest = incoming.readSlice(length: min(max(missing, 0), incoming.readableBytes)) ?? ByteBuffer()
+            head.writeBuffer(&rest)
+            if head.readableBytes == Int(length) + 4 {
+                completed = head
+                current = incoming
+            } else {
+                partial = head
+            }
         } else {
-            cumulation = buffer
+            // Too short to know the length yet, or a length the decoder will refuse: let it decide.
+            head.writeBuffer(&incoming)
+            current = head
         }
     }
 
     /// The next whole frame, nil until more bytes arrive; throws ``BrokerError`` for a malformed stream.
     public mutating func next() throws(BrokerError) -> Frame? {
-        guard var buffer = cumulation else { return nil }
-        cumulation = nil
-        defer { cumulation = buffer.readableBytes > 0 ? buffer : nil }
+        if var frame = completed {
+            completed = nil
+            return try decode(&frame)
+        }
+        guard var buffer = current else { return nil }
+        current = nil
+        if let frame = try decode(&buffer) {
+            current = buffer
+            return frame
+        }
+        if buffer.readableBytes > 0 { keepPartial(&buffer) }
+        return nil
+    }
+
+    private mutating func decode(_ buffer: inout ByteBuffer) throws(BrokerError) -> Frame? {
         do {
             return try decoder.decode(buffer: &buffer)
         } catch let error as BrokerError {
@@ -37,9 +84,33 @@ public struct FrameReader {
         }
     }
 
+    /// Copies an incomplete frame's bytes into a buffer of their own, sized for the whole frame when its length
+    /// is known, so the read buffer they came from is not kept alive or copied again.
+    private mutating func keepPartial(_ bytes: inout ByteBuffer) {
+        var capacity = bytes.readableBytes
+        if !decoder.expectsMagic, let length = bytes.getInteger(at: bytes.readerIndex, as: UInt32.self),
+           UInt64(length) + 4 <= UInt64(decoder.maxFrameSize) {
+            capacity = max(capacity, Int(length) + 4)
+        }
+        var owned = ByteBufferAllocator().buffer(capacity: capacity)
+        owned.writeBuffer(&bytes)
+        if var earlier = partial {
+            earlier.writeBuffer(&owned)
+            partial = earlier
+        } else {
+            partial = owned
+        }
+    }
+
     /// Bytes received but not yet part of a whole frame.
-    public var bufferedBytes: Int { cumulation?.readableBytes ?? 0 }
+    public var bufferedBytes: Int {
+        (current?.readableBytes ?? 0) + (partial?.readableBytes ?? 0) + (completed?.readableBytes ?? 0)
+    }
 
     /// Drops everything buffered (after a fatal error).
-    public mutating func discard() { cumulation = nil }
+    public mutating func discard() {
+        current = nil
+        partial = nil
+        completed = nil
+    }
 }

@@ -8,6 +8,8 @@ final class CapturingTransport: SessionTransport {
     var frames: [ServerMessage] = []
     var batches = 0
     var isWritable = true
+    var resumeRequests = 0
+    func resumeSoon() { resumeRequests += 1 }
 
     func send(_ buffer: ByteBuffer) {
         batches += 1
@@ -166,6 +168,25 @@ struct CoreTests {
         t.isWritable = true
         h.broker.sessionBecameWritable(s)
         #expect(t.bodies == ["m1", "m2", "m3"])
+    }
+
+    @Test("a deep backlog is delivered in bounded batches, each resumed after the previous is written")
+    func boundedBatches() throws {
+        let h = Harness()
+        let (s, t) = h.connect()
+        try h.declare(s, queue: "q")
+        let body = String(repeating: "x", count: 10_000)
+        for _ in 0..<300 { try h.publish(s, key: "q", body) }  // ~3 MB backlog
+        try h.consume(s, queue: "q", noAck: true)
+        #expect(t.deliveries.count > 50 && t.deliveries.count < 300)
+        #expect(t.resumeRequests == 1)
+        var rounds = 0
+        while t.deliveries.count < 300 && rounds < 10 {
+            h.broker.sessionBecameWritable(s)
+            rounds += 1
+        }
+        #expect(t.deliveries.count == 300)
+        #expect(rounds >= 2)
     }
 
     @Test("confirms of one read cycle are coalesced into one multiple ack")

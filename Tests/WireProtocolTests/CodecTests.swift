@@ -101,6 +101,28 @@ struct SplitTests {
         #expect(try Self.decode(bytes, splits: Array(0..<bytes.count), magic: false) == Samples.client)
     }
 
+    @Test("random chunkings of a long stream of varied frames decode the same", arguments: 0..<8)
+    func randomChunkings(seed: Int) throws {
+        var rng = SplitMix(seed: UInt64(seed) &* 7919)
+        var messages: [ClientMessage] = []
+        for i in 0..<300 {
+            let size = [0, 1, 3, 16, 200, 5000, 70000].randomElement(using: &rng)!
+            messages.append(.publish(Publish(exchange: "x", routingKey: "k\(i)", body: ByteBuffer(repeating: UInt8(i % 251), count: size))))
+            if i % 7 == 0 { messages.append(.heartbeat) }
+        }
+        var stream = ByteBuffer(bytes: protocolMagic)
+        var frames = Samples.encode(messages)
+        stream.writeBuffer(&frames)
+        let bytes = Array(stream.readableBytesView)
+        var splits: [Int] = []
+        var at = 0
+        while at < bytes.count {
+            at += Int.random(in: 1...9000, using: &rng)
+            if at < bytes.count { splits.append(at) }
+        }
+        #expect(try Self.decode(bytes, splits: splits, magic: true) == messages)
+    }
+
     @Test("server stream split at every byte decodes the same")
     func serverStreamEverySplit() throws {
         let bytes = Array(Samples.encode(Samples.server).readableBytesView)
