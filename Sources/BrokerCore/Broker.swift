@@ -241,36 +241,40 @@ public final class Broker {
         case failed(BrokerError)
     }
 
-    /// A session's last route: valid while the topology version is unchanged. Saves two dictionary lookups (and
-    /// the topic match) per message for the common case of a publisher sending to one destination.
+    /// A session's last route: valid while the topology version is unchanged. On a hit a publish costs no string,
+    /// no UTF-8 check, no dictionary lookup and no topic match: its names are compared byte for byte.
     struct RouteCache {
-        var exchange: String
-        var routingKey: String
+        var names: [UInt8]
         var version: UInt64
         var queues: [Queue]
     }
 
-    func route(_ publish: Publish, cache: inout RouteCache?) -> RouteOutcome {
+    func route(_ publish: PublishView, cache: inout RouteCache?) -> RouteOutcome {
         let destinations: [Queue]
-        if let cached = cache, cached.version == topologyVersion, cached.routingKey == publish.routingKey,
-           cached.exchange == publish.exchange {
+        if let cached = cache, cached.version == topologyVersion, publish.envelope.namesEqual(cached.names) {
             destinations = cached.queues
         } else {
-            guard let exchange = exchanges[publish.exchange] else {
-                return .failed(BrokerError(.notFound, "no exchange '\(publish.exchange)'"))
+            let exchangeName: String
+            let routingKey: String
+            do {
+                (exchangeName, routingKey) = try publish.envelope.names()
+            } catch {
+                return .failed(error)
+            }
+            guard let exchange = exchanges[exchangeName] else {
+                return .failed(BrokerError(.notFound, "no exchange '\(exchangeName)'"))
             }
             var found: [Queue] = []
-            if publish.exchange.isEmpty {
-                if let queue = queues[publish.routingKey] { found.append(queue) }
+            if exchangeName.isEmpty {
+                if let queue = queues[routingKey] { found.append(queue) }
             } else {
-                exchange.route(publish.routingKey) { found.append($0) }
+                exchange.route(routingKey) { found.append($0) }
             }
             destinations = found
-            cache = RouteCache(exchange: publish.exchange, routingKey: publish.routingKey, version: topologyVersion, queues: found)
+            cache = RouteCache(names: publish.envelope.nameBytes, version: topologyVersion, queues: found)
         }
         guard !destinations.isEmpty else { return .unroutable }
-        let message = QueuedMessage(exchange: publish.exchange, routingKey: publish.routingKey, properties: publish.properties,
-                                    body: publish.body)
+        let message = QueuedMessage(envelope: publish.envelope)
         for queue in destinations { queue.enqueue(message) }
         return .routed
     }

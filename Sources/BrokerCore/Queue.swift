@@ -1,21 +1,16 @@
-public import NIOCore
+import NIOCore
 public import WireProtocol
 import DequeModule
 
-/// A message as a queue holds it. A struct of buffer slices: the same message fanned out to several queues shares
-/// its bytes, and no class is allocated per message.
+/// A message as a queue holds it: its envelope (names, properties and body as one slice of the bytes it was
+/// published in) and whether it was delivered before. No class is allocated per message, and a message fanned out
+/// to several queues shares its bytes.
 public struct QueuedMessage: Sendable {
-    public var exchange: String
-    public var routingKey: String
-    public var properties: RawProperties
-    public var body: ByteBuffer
+    public var envelope: MessageEnvelope
     public var redelivered: Bool
 
-    public init(exchange: String, routingKey: String, properties: RawProperties, body: ByteBuffer, redelivered: Bool = false) {
-        self.exchange = exchange
-        self.routingKey = routingKey
-        self.properties = properties
-        self.body = body
+    public init(envelope: MessageEnvelope, redelivered: Bool = false) {
+        self.envelope = envelope
         self.redelivered = redelivered
     }
 }

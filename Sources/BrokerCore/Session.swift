@@ -109,7 +109,7 @@ public final class Session {
         guard !isClosed else { return }
         switch message {
         case .publish(let publish):
-            try self.publish(publish)
+            try self.publish(PublishView(publish))
         case .ack(let settle):
             self.settle(settle, requeue: false, kind: "ack")
         case .nack(let settle):
@@ -187,21 +187,23 @@ public final class Session {
 
     // MARK: - Publishing
 
-    private func publish(_ publish: Publish) throws(BrokerError) {
+    /// Routes one published message (the server calls this directly for `publish` frames: the hot path).
+    /// Invalid names are a frame error (fatal to the connection), like any malformed frame.
+    public func publish(_ publish: PublishView) throws(BrokerError) {
+        guard !isClosed else { return }
         publishedCount &+= 1
         if confirmMode { publishSequence &+= 1 }
-        // Properties are forwarded untouched, so a malformed block must stop here, not at a consumer.
-        if publish.properties.bytes.readableBytes > 0 { try publish.properties.validateStructure() }
         switch broker.route(publish, cache: &routeCache) {
         case .routed:
             confirmSucceeded()
         case .unroutable:
             if publish.mandatory {
-                write(.returned(Returned(code: .noRoute, text: "NO_ROUTE", exchange: publish.exchange, routingKey: publish.routingKey,
-                                         properties: publish.properties, body: publish.body)))
+                Returned.writeFrame(into: &outbound, code: .noRoute, text: "NO_ROUTE", envelope: publish.envelope)
+                markDirty()
             }
             confirmSucceeded()
         case .failed(let error):
+            if error.code == .frameError { throw error }
             if confirmMode {
                 confirmFailed(error)
             } else {
@@ -282,8 +284,7 @@ public final class Session {
         nextDeliveryTag &+= 1
         deliveredCount &+= 1
         Deliver.writeFrame(into: &outbound, consumerTag: consumer.tag, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
-                           exchange: message.exchange, routingKey: message.routingKey, properties: message.properties,
-                           body: message.body)
+                           envelope: message.envelope)
         if !consumer.noAck {
             unacked.append(UnackedDelivery(tag: nextDeliveryTag, queue: queue, consumer: consumer, message: message))
             unsettledCount += 1
@@ -307,9 +308,9 @@ public final class Session {
                 unsettledCount += 1
                 queue.unackedCount += 1
             }
-            write(.getOk(GetOk(requestId: m.requestId, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
-                               messageCount: UInt32(clamping: queue.readyCount), exchange: message.exchange,
-                               routingKey: message.routingKey, properties: message.properties, body: message.body)))
+            GetOk.writeFrame(into: &outbound, requestId: m.requestId, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
+                             messageCount: UInt32(clamping: queue.readyCount), envelope: message.envelope)
+            markDirty()
         } catch {
             write(.error(ErrorFrame(requestId: m.requestId, code: error.code, text: error.message)))
         }

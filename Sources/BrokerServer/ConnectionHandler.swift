@@ -78,6 +78,11 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
             let message: ClientMessage
             do {
                 guard let frame = try reader.next() else { return }
+                if frame.type == FrameType.publish.rawValue, let session {
+                    // The hot path: a publish on an open connection goes straight to the session, parsed in place.
+                    try session.publish(PublishView(parsing: frame.payload))
+                    continue
+                }
                 message = try ClientMessage.decode(frame)
             } catch {
                 reader.discard()

@@ -52,13 +52,16 @@ extension ByteBuffer {
     @inlinable
     public mutating func writeShortString(_ string: String) {
         var count = string.utf8.count
-        if count > 255 {
-            count = 0
-            for scalar in string.unicodeScalars {
-                let width = UTF8.width(scalar)
-                if count + width > 255 { break }
-                count += width
-            }
+        if count <= 255 {
+            self.writeInteger(UInt8(count))
+            self.writeString(string)
+            return
+        }
+        count = 0
+        for scalar in string.unicodeScalars {
+            let width = UTF8.width(scalar)
+            if count + width > 255 { break }
+            count += width
         }
         self.writeInteger(UInt8(count))
         self.writeBytes(string.utf8.prefix(count))

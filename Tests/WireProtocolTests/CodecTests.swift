@@ -137,3 +137,63 @@ struct SplitTests {
         }
     }
 }
+
+@Suite("Message envelopes: the broker's pass-through path")
+struct EnvelopeTests {
+    @Test("frames written around an envelope equal the frames encoded field by field")
+    func sameBytes() throws {
+        let envelope = MessageEnvelope(exchange: "trips", routingKey: "trip.eu", properties: Samples.raw, body: Samples.body)
+        var viaEnvelope = ByteBuffer()
+        Deliver.writeFrame(into: &viaEnvelope, consumerTag: 3, deliveryTag: 99, redelivered: true, envelope: envelope)
+        GetOk.writeFrame(into: &viaEnvelope, requestId: 5, deliveryTag: 100, redelivered: false, messageCount: 7, envelope: envelope)
+        Returned.writeFrame(into: &viaEnvelope, code: .noRoute, text: "NO_ROUTE", envelope: envelope)
+        let expected = Samples.encode([
+            ServerMessage.deliver(Deliver(consumerTag: 3, deliveryTag: 99, redelivered: true, exchange: "trips", routingKey: "trip.eu",
+                                          properties: Samples.raw, body: Samples.body)),
+            .getOk(GetOk(requestId: 5, deliveryTag: 100, redelivered: false, messageCount: 7, exchange: "trips", routingKey: "trip.eu",
+                         properties: Samples.raw, body: Samples.body)),
+            .returned(Returned(code: .noRoute, text: "NO_ROUTE", exchange: "trips", routingKey: "trip.eu", properties: Samples.raw,
+                               body: Samples.body)),
+        ])
+        #expect(viaEnvelope == expected)
+    }
+
+    @Test("a parsed publish exposes its names, properties and body")
+    func parsePublish() throws {
+        var payload = ByteBuffer()
+        Publish(exchange: "x", routingKey: "k.é", mandatory: true, properties: Samples.raw, body: Samples.body).encode(into: &payload)
+        let view = try PublishView(parsing: payload)
+        #expect(view.mandatory)
+        #expect(try view.envelope.names() == ("x", "k.é"))
+        #expect(try view.envelope.properties.decode() == Samples.properties)
+        #expect(view.envelope.body == Samples.body)
+        #expect(view.envelope.isPersistent)
+        #expect(view.envelope.namesEqual(MessageEnvelope(exchange: "x", routingKey: "k.é", body: ByteBuffer()).nameBytes))
+        #expect(!view.envelope.namesEqual(MessageEnvelope(exchange: "x", routingKey: "k.e", body: ByteBuffer()).nameBytes))
+    }
+
+    @Test("every truncation of a publish payload is refused or parses a shorter body, never traps")
+    func truncatedPublish() throws {
+        var payload = ByteBuffer()
+        Publish(exchange: "x", routingKey: "key", properties: Samples.raw, body: Samples.body).encode(into: &payload)
+        let bytes = Array(payload.readableBytesView)
+        let bodyStart = bytes.count - Samples.body.readableBytes
+        for length in 0..<bytes.count {
+            let cut = ByteBuffer(bytes: bytes[0..<length])
+            if length >= bodyStart {
+                #expect(try PublishView(parsing: cut).envelope.body.readableBytes == length - bodyStart)
+            } else {
+                #expect(throws: BrokerError.self) { try PublishView(parsing: cut) }
+            }
+        }
+    }
+
+    @Test("invalid UTF-8 in a name is caught when the names are read")
+    func invalidNames() throws {
+        var payload = ByteBuffer(bytes: [0, 1, 0xFF, 1, 0x41, 0, 0])
+        let view = try PublishView(parsing: payload)
+        #expect(throws: BrokerError.self) { try view.envelope.names() }
+        payload = ByteBuffer(bytes: [0x02, 0, 0, 0, 0])
+        #expect(throws: BrokerError.self) { try PublishView(parsing: payload) }  // undefined flag bit
+    }
+}
