@@ -106,6 +106,12 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+        // Micro-benchmarks of the hot path's parts (codec, topic matching, core without sockets). Not tests.
+        .executableTarget(
+            name: "brokermicro",
+            dependencies: ["BrokerCore", "WireProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: hotPath
+        ),
         .testTarget(
             name: "WireProtocolTests",
             dependencies: ["WireProtocol", .product(name: "NIOCore", package: "swift-nio")],

@@ -109,14 +109,24 @@ public struct PublishView: Sendable {
 }
 
 extension Deliver {
-    /// Encodes a whole `deliver` frame around an envelope: one integer write and one copy (the broker's hot path).
+    /// Encodes a whole `deliver` frame around an envelope in one reservation and one copy (the broker's hot path:
+    /// profiling showed ByteBuffer's per-field writes at ~2/3 of the cost of a delivery).
     @inlinable
     public static func writeFrame(into buffer: inout ByteBuffer, consumerTag: UInt32, deliveryTag: UInt64, redelivered: Bool,
                                   envelope: MessageEnvelope) {
-        let start = buffer.writerIndex
-        buffer.writeMultipleIntegers(UInt32(0), FrameType.deliver.rawValue, consumerTag, deliveryTag, UInt8(redelivered ? 1 : 0))
-        buffer.writeImmutableBuffer(envelope.bytes)
-        buffer.setInteger(UInt32(truncatingIfNeeded: buffer.writerIndex - start - 4), at: start)
+        let headerSize = 18  // length 4, type 1, consumer tag 4, delivery tag 8, flags 1
+        let total = headerSize + envelope.bytes.readableBytes
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { out in
+            out.storeBytes(of: UInt32(truncatingIfNeeded: total - 4).bigEndian, toByteOffset: 0, as: UInt32.self)
+            out.storeBytes(of: FrameType.deliver.rawValue, toByteOffset: 4, as: UInt8.self)
+            out.storeBytes(of: consumerTag.bigEndian, toByteOffset: 5, as: UInt32.self)
+            out.storeBytes(of: deliveryTag.bigEndian, toByteOffset: 9, as: UInt64.self)
+            out.storeBytes(of: UInt8(redelivered ? 1 : 0), toByteOffset: 17, as: UInt8.self)
+            envelope.bytes.withUnsafeReadableBytes { source in
+                UnsafeMutableRawBufferPointer(rebasing: out[headerSize..<total]).copyMemory(from: source)
+            }
+            return total
+        }
     }
 }
 

@@ -1,0 +1,136 @@
+import BrokerCore
+import Foundation
+import NIOCore
+import WireProtocol
+
+// brokermicro: micro-benchmarks of the hot path's parts, without sockets, so a regression shows up in isolation.
+// Run in release: `swift run -c release brokermicro`. Each case runs 5 times; the median ns per operation is printed.
+
+/// A transport that drops what it is given (the broker's cost without the socket's).
+final class DiscardingTransport: SessionTransport {
+    var bytes = 0
+    var resumeRequested = false
+    func send(_ buffer: ByteBuffer) { bytes &+= buffer.readableBytes }
+    var isWritable: Bool { true }
+    func resumeSoon() { resumeRequested = true }
+}
+
+/// Keeps results alive so the optimiser cannot drop the work.
+nonisolated(unsafe) var sink = 0  // written only by the single benchmark thread
+
+func measure(_ name: String, operations: Int, _ body: () throws -> Void) rethrows {
+    var samples: [Double] = []
+    for _ in 0..<5 {
+        let start = ContinuousClock.now
+        try body()
+        let elapsed = ContinuousClock.now - start
+        let nanos = Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9
+        samples.append(nanos / Double(operations))
+    }
+    samples.sort()
+    let median = samples[2]
+    let padded = name.padding(toLength: 46, withPad: " ", startingAt: 0)
+    print("\(padded) \(String(format: "%8.1f", median)) ns/op  \(String(format: "%10.0f", 1e9 / median)) op/s")
+}
+
+@main
+struct Micro {
+    static func main() throws {
+        let n = 1_000_000
+        let body16 = ByteBuffer(repeating: 0x78, count: 16)
+        let body1k = ByteBuffer(repeating: 0x78, count: 1024)
+
+        // MARK: codec
+        measure("encode publish 16 B", operations: n) {
+            var buffer = ByteBuffer()
+            buffer.reserveCapacity(64 * 1024)
+            for _ in 0..<n {
+                ClientMessage.publish(Publish(exchange: "", routingKey: "bench.q0", body: body16)).encode(into: &buffer)
+                if buffer.readableBytes > 60_000 { buffer.clear() }
+            }
+            sink &+= buffer.readableBytes
+        }
+
+        var stream = ByteBuffer()
+        for _ in 0..<n { ClientMessage.publish(Publish(exchange: "", routingKey: "bench.q0", body: body16)).encode(into: &stream) }
+        try measure("frame split + parse publish in place 16 B", operations: n) {
+            var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: 1 << 20, expectsMagic: false))
+            reader.append(stream)
+            var count = 0
+            while let frame = try reader.next() {
+                let view = try PublishView(parsing: frame.payload)
+                count &+= view.envelope.namesLength
+            }
+            sink &+= count
+        }
+        try measure("frame split + full decode publish 16 B", operations: n) {
+            var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: 1 << 20, expectsMagic: false))
+            reader.append(stream)
+            var count = 0
+            while let frame = try reader.next() {
+                if case .publish(let p) = try ClientMessage.decode(frame) { count &+= p.body.readableBytes }
+            }
+            sink &+= count
+        }
+        let envelope16 = MessageEnvelope(exchange: "", routingKey: "bench.q0", body: body16)
+        let envelope1k = MessageEnvelope(exchange: "", routingKey: "bench.q0", body: body1k)
+        for (label, envelope) in [("16 B", envelope16), ("1 KiB", envelope1k)] {
+            measure("encode deliver around envelope \(label)", operations: n) {
+                var buffer = ByteBuffer()
+                buffer.reserveCapacity(1 << 20)
+                for i in 0..<n {
+                    Deliver.writeFrame(into: &buffer, consumerTag: 1, deliveryTag: UInt64(i), redelivered: false, envelope: envelope)
+                    if buffer.readableBytes > 1_000_000 { buffer.clear() }
+                }
+                sink &+= buffer.readableBytes
+            }
+        }
+
+        // MARK: topic matching
+        let patterns = ["trip.*.created", "trip.#", "#.cancelled", "driver.*.*.moved", "payment.#.failed"]
+        let keys = ["trip.eu.created", "trip.us.west.cancelled", "driver.eu.7.moved", "payment.card.visa.failed", "other"]
+        measure("topic match (5 patterns x 5 keys)", operations: n) {
+            var hits = 0
+            for i in 0..<(n / 25) {
+                for p in patterns {
+                    for k in keys where TopicPattern.matches(pattern: p, routingKey: k) { hits &+= i & 1 }
+                }
+            }
+            sink &+= hits
+        }
+
+        // MARK: core, no sockets
+        for (label, envelope, ackEvery) in [("16 B no-ack", envelope16, 0), ("16 B ack every 100", envelope16, 100),
+                                             ("1 KiB no-ack", envelope1k, 0)] {
+            try measure("core publish → queue → deliver \(label)", operations: n) {
+                let broker = Broker(users: UserStore(includeDefaultUser: false))
+                let user = User(name: "bench", password: PasswordHash(rounds: 1, salt: [0], hash: [0]), isAdmin: true)
+                let transport = DiscardingTransport()
+                let session = broker.openSession(user: user, clientName: "micro", peer: "local", transport: transport)
+                try session.handle(.queueDeclare(QueueDeclare(requestId: 1, name: "bench.q0")))
+                try session.handle(.consume(Consume(requestId: 2, queue: "bench.q0", noAck: ackEvery == 0, prefetch: ackEvery == 0 ? 0 : 1000)))
+                broker.flush()
+                let view = PublishView(mandatory: false, envelope: envelope)
+                var tag: UInt64 = 0
+                for i in 1...n {
+                    try session.publish(view)
+                    if ackEvery > 0 && i % ackEvery == 0 {
+                        tag += UInt64(ackEvery)
+                        try session.handle(.ack(Settle(deliveryTag: tag, multiple: true)))
+                    }
+                    if i % 256 == 0 {
+                        broker.flush()
+                        if transport.resumeRequested {
+                            transport.resumeRequested = false
+                            broker.sessionBecameWritable(session)
+                        }
+                    }
+                }
+                broker.flush()
+                precondition(broker.queueInfo("bench.q0")?.ready == 0, "every message must have been delivered")
+                sink &+= transport.bytes
+            }
+        }
+        print("(checksum \(sink & 0xFF))")
+    }
+}
