@@ -176,25 +176,28 @@ final class BenchConnection: ChannelInboundHandler {
     // MARK: - Consumer
 
     /// Parses a `deliver` payload in place: tags, then skip exchange, key and properties; the body starts with the
-    /// send timestamp.
+    /// send timestamp. One pass over the raw bytes, bounds-checked.
     private func consumeDelivery(_ payload: ByteBuffer) {
-        var payload = payload
-        guard case .consumer(let plan) = role,
-              let (_, deliveryTag, _) = payload.readMultipleIntegers(as: (UInt32, UInt64, UInt8).self),
-              let exchangeLength = payload.readInteger(as: UInt8.self) else { return }
-        payload.moveReaderIndex(forwardBy: min(Int(exchangeLength), payload.readableBytes))
-        guard let keyLength = payload.readInteger(as: UInt8.self) else { return }
-        payload.moveReaderIndex(forwardBy: min(Int(keyLength), payload.readableBytes))
-        guard let propertiesLength = payload.readInteger(as: UInt16.self) else { return }
-        payload.moveReaderIndex(forwardBy: min(Int(propertiesLength), payload.readableBytes))
-        let now = Self.nowNanos()
-        if let sentNanos = payload.readInteger(endianness: .little, as: UInt64.self), now >= sentNanos {
-            _ = e2eLatency.record((now - sentNanos) / 1000)
+        guard case .consumer(let plan) = role else { return }
+        let parsed: (tag: UInt64, sent: UInt64?)? = payload.withUnsafeReadableBytes { raw in
+            guard raw.count >= 14 else { return nil }
+            let tag = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 4, as: UInt64.self))
+            var offset = 13
+            offset += 1 + Int(raw[offset])  // exchange
+            guard offset < raw.count else { return nil }
+            offset += 1 + Int(raw[offset])  // routing key
+            guard offset + 2 <= raw.count else { return nil }
+            offset += 2 + Int(UInt16(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt16.self)))  // properties
+            guard offset + 8 <= raw.count else { return (tag, nil) }
+            return (tag, UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)))
         }
+        guard let parsed else { return }
+        let now = Self.nowNanos()
+        if let sent = parsed.sent, now >= sent { _ = e2eLatency.record((now - sent) / 1000) }
         counters.consumed += 1
         counters.lastConsumedNanos = now
         if plan.ackEvery > 0 {
-            lastDeliveryTag = deliveryTag
+            lastDeliveryTag = parsed.tag
             unacked += 1
             if unacked >= plan.ackEvery { queueAck() }
         }
@@ -285,18 +288,26 @@ final class BenchConnection: ChannelInboundHandler {
             }
             return  // otherwise a confirm will call pump again
         }
-        var buffer = context.channel.allocator.buffer(capacity: template.readableBytes * allowed)
-        let bodyOffset = template.readableBytes - plan.size
-        for _ in 0..<allowed {
-            let frameStart = buffer.writerIndex
-            var frame = template
-            buffer.writeBuffer(&frame)
-            let sequence = counters.sent
-            buffer.setInteger(now, at: frameStart + bodyOffset, endianness: .little)
-            if plan.size >= 16 { buffer.setInteger(sequence, at: frameStart + bodyOffset + 8, endianness: .little) }
-            counters.sent += 1
-            if plan.confirmWindow > 0 {
-                let slot = Int(counters.sent) & ringMask
+        let frameSize = template.readableBytes
+        var buffer = context.channel.allocator.buffer(capacity: frameSize * allowed)
+        let bodyOffset = frameSize - plan.size
+        let firstSequence = counters.sent
+        // Copy the template once per message and patch the timestamp and sequence number in place.
+        template.withUnsafeReadableBytes { frame in
+            _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: frameSize * allowed) { out in
+                for k in 0..<allowed {
+                    let base = k * frameSize
+                    UnsafeMutableRawBufferPointer(rebasing: out[base..<(base + frameSize)]).copyMemory(from: frame)
+                    out.storeBytes(of: now.littleEndian, toByteOffset: base + bodyOffset, as: UInt64.self)
+                    out.storeBytes(of: (firstSequence + UInt64(k)).littleEndian, toByteOffset: base + bodyOffset + 8, as: UInt64.self)
+                }
+                return frameSize * allowed
+            }
+        }
+        counters.sent += UInt64(allowed)
+        if plan.confirmWindow > 0 {
+            for sequence in (firstSequence + 1)...counters.sent {
+                let slot = Int(sequence) & ringMask
                 sentAt[slot] = now
                 settled[slot] = false
             }

@@ -105,6 +105,33 @@ struct DaemonTests {
         #expect(downErr.contains("cannot reach brokerd"))
     }
 
+    @Test("brokerbench runs a short scenario end to end and its JSON parses")
+    func brokerbenchScenario() async throws {
+        let dataDirectory = Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        let (process, port, _) = try Self.startDaemon(dataDirectory: dataDirectory)
+        defer {
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+        }
+        let (status, out, err) = try Self.run("brokerbench", [
+            "--port", "\(port)", "--size", "64", "--count", "3000", "--confirm", "100", "--prefetch", "200", "--ack-every", "10",
+            "--duration", "10", "--drain", "10", "--label", "suite", "--json",
+        ])
+        #expect(status == 0, "stderr: \(err)")
+        let last = try #require(out.split(separator: "\n").last)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])
+        #expect(json["label"] as? String == "suite")
+        #expect(json["published"] as? Int == 3000)
+        #expect(json["confirmed"] as? Int == 3000)
+        #expect(json["consumed"] as? Int == 3000)
+        #expect((json["publish_rate"] as? Double ?? 0) > 0 || (json["publish_rate"] as? Int ?? 0) > 0)
+        for key in ["consume_rate", "e2e_p50_us", "e2e_p99_us", "e2e_p999_us", "e2e_max_us", "confirm_p50_us", "confirm_p99_us"] {
+            #expect(json[key] != nil, "missing \(key)")
+        }
+        #expect(out.contains("RESULT label=suite"))
+    }
+
     static func run(_ name: String, _ arguments: [String]) throws -> (Int32, String, String) {
         let process = Process()
         process.executableURL = try executable(name)
