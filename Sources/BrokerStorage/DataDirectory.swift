@@ -1,0 +1,110 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The broker's data directory, held exclusively with a lock file for as long as the broker runs.
+///
+/// Layout (docs/operations.md, "Data directory"):
+/// ```
+/// <dir>/brokerd.lock        lock file: flock(2)-held by the running broker, holds its PID
+/// <dir>/metadata.json       durable exchanges, queues, bindings and users, replaced atomically
+/// <dir>/log/NNNNNNNNNNNNNNNNNNNN.seg   message log segments, in order
+/// ```
+public final class DataDirectory: Sendable {
+    public let path: String
+    public var logPath: String { path + "/log" }
+    public var metadataPath: String { path + "/metadata.json" }
+    private let lockDescriptor: Int32
+
+    /// Opens (creating it if missing) and locks the directory. Throws ``StorageError`` with a message a person can
+    /// act on: another broker holds it, it cannot be created, it is not writable.
+    public init(path: String) throws {
+        self.path = path
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else { throw StorageError("data directory \(path) exists but is not a directory") }
+        } else {
+            do {
+                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            } catch {
+                throw StorageError("cannot create the data directory \(path): \(Self.reason(error))")
+            }
+        }
+        guard access(path, R_OK | W_OK | X_OK) == 0 else {
+            throw StorageError("data directory \(path) is not readable and writable by this user (\(String(cString: strerror(errno))))")
+        }
+        let lockPath = path + "/brokerd.lock"
+        let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw StorageError("cannot open the lock file \(lockPath): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            var buffer = [UInt8](repeating: 0, count: 32)
+            let n = pread(fd, &buffer, 31, 0)
+            let holder = n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+            close(fd)
+            throw StorageError("another brokerd (pid \(holder)) is using the data directory \(path); stop it or choose another --data-dir")
+        }
+        let pid = "\(getpid())\n"
+        _ = ftruncate(fd, 0)
+        _ = pid.withCString { pwrite(fd, $0, strlen($0), 0) }
+        lockDescriptor = fd
+        do {
+            try FileManager.default.createDirectory(atPath: path + "/log", withIntermediateDirectories: true)
+        } catch {
+            close(fd)
+            throw StorageError("cannot create \(path)/log: \(Self.reason(error))")
+        }
+    }
+
+    deinit {
+        flock(lockDescriptor, LOCK_UN)
+        close(lockDescriptor)
+    }
+
+    static func reason(_ error: any Error) -> String {
+        (error as NSError).localizedFailureReason ?? (error as NSError).localizedDescription
+    }
+
+    /// Writes a file atomically: a temporary file, fsync, rename over the target, fsync of the directory.
+    public static func writeAtomically(_ data: [UInt8], to path: String) throws {
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw StorageError("cannot write \(temporary): \(String(cString: strerror(errno)))") }
+        var written = 0
+        while written < data.count {
+            let n = data[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                let message = String(cString: strerror(errno))
+                close(fd)
+                unlink(temporary)
+                throw StorageError("cannot write \(temporary): \(message)")
+            }
+            written += n
+        }
+        guard fsync(fd) == 0 else {
+            let message = String(cString: strerror(errno))
+            close(fd)
+            unlink(temporary)
+            throw StorageError("cannot fsync \(temporary): \(message)")
+        }
+        close(fd)
+        guard rename(temporary, path) == 0 else { throw StorageError("cannot rename \(temporary): \(String(cString: strerror(errno)))") }
+        try syncDirectory(of: path)
+    }
+
+    /// fsync of the directory holding `path`, so a rename or a new file survives a crash.
+    public static func syncDirectory(of path: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw StorageError("cannot open \(directory): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw StorageError("cannot fsync \(directory): \(String(cString: strerror(errno)))") }
+    }
+}
+
+/// A storage failure, with a message for the operator.
+public struct StorageError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,49 @@
+// CRC-32C for the message log's records. Hardware crc32 (SSE 4.2) when available: the log checks every record on
+// recovery and computes one per persistent message, so a byte-at-a-time table would cost more than the copy itself.
+#include "crc32c.h"
+
+#include <string.h>
+
+static uint32_t table[256];
+static int table_ready;
+
+static void build_table(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        table[i] = c;
+    }
+    table_ready = 1;
+}
+
+static uint32_t crc32c_software(uint32_t crc, const unsigned char *p, size_t n) {
+    if (!table_ready) build_table();
+    while (n--) crc = table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hardware(uint32_t crc, const unsigned char *p, size_t n) {
+    uint64_t c = crc;
+    while (n >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        c = __builtin_ia32_crc32di(c, word);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return c32;
+}
+#endif
+
+uint32_t brokerd_crc32c(uint32_t crc, const void *data, size_t length) {
+    const unsigned char *p = (const unsigned char *)data;
+    crc = ~crc;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("sse4.2")) return ~crc32c_hardware(crc, p, length);
+#endif
+    return ~crc32c_software(crc, p, length);
+}
