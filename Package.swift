@@ -39,11 +39,23 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: hotPath
         ),
+        // CRC-32C with the SSE 4.2 instruction when the CPU has it (the message log checks every record).
+        .target(name: "CCRC32C"),
+        // The message log, its recovery, and the data directory. Knows nothing of exchanges or queues.
+        .target(
+            name: "BrokerStorage",
+            dependencies: [
+                "CCRC32C",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: hotPath
+        ),
         // Exchanges, queues, consumers, acks, confirms and users. Knows frames, not sockets.
         .target(
             name: "BrokerCore",
             dependencies: [
-                "WireProtocol",
+                "WireProtocol", "BrokerStorage",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -56,7 +68,7 @@ let package = Package(
         .target(
             name: "BrokerServer",
             dependencies: [
-                "WireProtocol", "BrokerCore",
+                "WireProtocol", "BrokerCore", "BrokerStorage",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -78,7 +90,7 @@ let package = Package(
         .executableTarget(
             name: "brokerd",
             dependencies: [
-                "BrokerServer", "BrokerCore",
+                "BrokerServer", "BrokerCore", "BrokerStorage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,5 +1,6 @@
 public import Logging
 public import WireProtocol
+import BrokerStorage
 import NIOCore
 
 /// The broker's state: exchanges, queues, bindings, sessions. It has one owner, the event loop it was created for,
@@ -20,16 +21,36 @@ public final class Broker {
     private var nextSessionId: UInt64 = 0
     /// Bumped by every change that can alter where a message routes (queues, exchanges, bindings), so sessions can
     /// cache their last route.
-    private(set) var topologyVersion: UInt64 = 0
+    var topologyVersion: UInt64 = 0
 
-    public init(users: UserStore = UserStore(), logger: Logger = Logger(label: "brokerd.core")) {
+    // Persistence (nil when the broker keeps nothing on disk, as in core tests).
+    let store: MessageStore?
+    let metadataPath: String?
+    let eventLoop: (any EventLoop)?
+    var nextQueueId: UInt32 = 1
+    /// The log batch this cycle's records go into.
+    var openBatch: UInt64 = 1
+
+    public init(users: UserStore = UserStore(), logger: Logger = Logger(label: "brokerd.core"), persistence: PersistenceContext? = nil) {
         self.users = users
         self.logger = logger
         self.startedAt = .now
+        self.store = persistence?.store
+        self.metadataPath = persistence?.metadataPath
+        self.eventLoop = persistence?.eventLoop
         for (name, kind) in [("", ExchangeKind.direct), ("amq.direct", .direct), ("amq.fanout", .fanout), ("amq.topic", .topic)] {
             exchanges[name] = Exchange(name: name, kind: kind, durable: true, autoDelete: false, builtIn: true)
         }
+        if let persistence {
+            let (queues, messages) = restore(persistence.definitions, persistence.recovered)
+            logger.info("recovered", metadata: ["queues": "\(queues)", "messages": "\(messages)",
+                                                "records": "\(persistence.recovered.recordsScanned)",
+                                                "bytes": "\(persistence.recovered.bytesScanned)"])
+        }
     }
+
+    /// Whether messages and definitions are kept on disk.
+    public var persists: Bool { store != nil }
 
     // MARK: - Sessions
 
@@ -53,6 +74,7 @@ public final class Broker {
 
     /// Writes every session's pending frames, one buffer per session.
     public func flush() {
+        commitLog()
         guard !dirtySessions.isEmpty else { return }
         // A flush can't make more sessions dirty: it only writes what is already encoded.
         let dirty = dirtySessions
@@ -93,6 +115,14 @@ public final class Broker {
         }
         exchanges[m.name] = Exchange(name: m.name, kind: m.kind, durable: m.durable, autoDelete: m.autoDelete)
         topologyVersion &+= 1
+        if m.durable {
+            do {
+                try saveDefinitions()
+            } catch {
+                exchanges[m.name] = nil
+                throw error
+            }
+        }
         logger.debug("exchange declared", metadata: ["exchange": "\(m.name)", "type": "\(m.kind)"])
     }
 
@@ -112,6 +142,7 @@ public final class Broker {
         }
         exchanges[exchange.name] = nil
         topologyVersion &+= 1
+        if exchange.durable { try? saveDefinitions() }
     }
 
     // MARK: - Queues
@@ -148,6 +179,17 @@ public final class Broker {
         let queue = Queue(name: name, durable: m.durable, autoDelete: m.autoDelete, exclusiveOwner: m.exclusive ? session.id : nil)
         queues[name] = queue
         topologyVersion &+= 1
+        if m.durable && !m.exclusive && store != nil {
+            // An exclusive queue ends with its connection, so it is never kept across restarts.
+            queue.durableId = nextQueueId
+            nextQueueId += 1
+            do {
+                try saveDefinitions()
+            } catch {
+                queues[name] = nil
+                throw error
+            }
+        }
         logger.debug("queue declared", metadata: ["queue": "\(name)"])
         return QueueDeclareOk(requestId: m.requestId, name: name, messageCount: 0, consumerCount: 0)
     }
@@ -200,12 +242,13 @@ public final class Broker {
             exchange.unbind(queue, key: binding.key)
             if exchange.shouldAutoDelete { removeExchange(exchange) }
         }
-        _ = queue.purge()
+        _ = queue.purge(store: store)
+        if queue.durableId != nil { try? saveDefinitions() }
         logger.debug("queue deleted", metadata: ["queue": "\(queue.name)", "reason": "\(reason)"])
     }
 
     func purgeQueue(_ name: String, by session: Session) throws(BrokerError) -> Int {
-        try accessibleQueue(name, by: session).purge()
+        try accessibleQueue(name, by: session).purge(store: store)
     }
 
     // MARK: - Bindings
@@ -215,12 +258,18 @@ public final class Broker {
         if !m.arguments.isEmpty {
             throw BrokerError(.invalidArgument, "binding arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
         }
-        if exchange.bind(queue, key: m.bindingKey) { topologyVersion &+= 1 }
+        if exchange.bind(queue, key: m.bindingKey) {
+            topologyVersion &+= 1
+            if exchange.durable && queue.durableId != nil { try saveDefinitions() }
+        }
     }
 
     func unbind(_ m: QueueBinding, by session: Session) throws(BrokerError) {
         let (exchange, queue) = try bindingTargets(m, by: session)
-        if exchange.unbind(queue, key: m.bindingKey) { topologyVersion &+= 1 }
+        if exchange.unbind(queue, key: m.bindingKey) {
+            topologyVersion &+= 1
+            if exchange.durable && queue.durableId != nil { try saveDefinitions() }
+        }
         if exchange.shouldAutoDelete { removeExchange(exchange) }
     }
 
@@ -236,7 +285,8 @@ public final class Broker {
     // MARK: - Routing
 
     enum RouteOutcome {
-        case routed
+        /// Routed; `logged` when the message went into the log and its confirm must wait for the write.
+        case routed(logged: Bool)
         case unroutable
         case failed(BrokerError)
     }
@@ -274,9 +324,24 @@ public final class Broker {
             cache = RouteCache(names: publish.envelope.nameBytes, version: topologyVersion, queues: found)
         }
         guard !destinations.isEmpty else { return .unroutable }
-        let message = QueuedMessage(envelope: publish.envelope)
-        for queue in destinations { queue.enqueue(message) }
-        return .routed
+        var message = QueuedMessage(envelope: publish.envelope)
+        guard let store, publish.envelope.isPersistent else {
+            for queue in destinations { queue.enqueue(message) }
+            return .routed(logged: false)
+        }
+        // A persistent message is written once, whatever the number of durable queues it reaches.
+        var durableIds: [UInt32] = []
+        for queue in destinations { if let id = queue.durableId { durableIds.append(id) } }
+        guard !durableIds.isEmpty else {
+            for queue in destinations { queue.enqueue(message) }
+            return .routed(logged: false)
+        }
+        let logId = store.appendPublish(envelope: publish.envelope.bytes, queues: durableIds)
+        for queue in destinations {
+            message.logId = queue.durableId == nil ? 0 : logId
+            queue.enqueue(message)
+        }
+        return .routed(logged: true)
     }
 
     // MARK: - Inspection

@@ -1,4 +1,5 @@
 import NIOCore
+import BrokerStorage
 public import WireProtocol
 import DequeModule
 
@@ -8,10 +9,13 @@ import DequeModule
 public struct QueuedMessage: Sendable {
     public var envelope: MessageEnvelope
     public var redelivered: Bool
+    /// Its id in the message log when it is persistent and this queue is durable; 0 otherwise.
+    public var logId: UInt64
 
-    public init(envelope: MessageEnvelope, redelivered: Bool = false) {
+    public init(envelope: MessageEnvelope, redelivered: Bool = false, logId: UInt64 = 0) {
         self.envelope = envelope
         self.redelivered = redelivered
+        self.logId = logId
     }
 }
 
@@ -22,6 +26,8 @@ public final class Queue {
     public let autoDelete: Bool
     /// The connection that owns an exclusive queue.
     public let exclusiveOwner: UInt64?
+    /// The queue's number in the message log, when it is durable and the broker persists.
+    public internal(set) var durableId: UInt32?
 
     var messages = Deque<QueuedMessage>()
     var consumers: [Consumer] = []
@@ -81,8 +87,13 @@ public final class Queue {
     }
 
     /// Puts settled-with-requeue messages back at the head, in their original order, marked redelivered.
-    func requeueAtHead(_ returned: [QueuedMessage]) {
-        guard !isDeleted else { return }
+    func requeueAtHead(_ returned: [QueuedMessage], store: MessageStore?) {
+        guard !isDeleted else {
+            if let store, let durableId {
+                for message in returned where message.logId != 0 { store.appendSettle(id: message.logId, queue: durableId) }
+            }
+            return
+        }
         for var message in returned.reversed() {
             message.redelivered = true
             messages.prepend(message)
@@ -105,9 +116,12 @@ public final class Queue {
         return message
     }
 
-    /// Drops every ready message; unacknowledged ones stay with their consumers.
-    func purge() -> Int {
+    /// Drops every ready message (recording that in the log); unacknowledged ones stay with their consumers.
+    func purge(store: MessageStore?) -> Int {
         let count = messages.count
+        if let store, let durableId {
+            for message in messages where message.logId != 0 { store.appendSettle(id: message.logId, queue: durableId) }
+        }
         messages.removeAll()
         return count
     }

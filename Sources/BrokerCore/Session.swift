@@ -1,5 +1,6 @@
 public import NIOCore
 public import WireProtocol
+import BrokerStorage
 import DequeModule
 
 /// Where a session's encoded frames go: the server's connection handler implements it.
@@ -39,6 +40,11 @@ public final class Session {
     private var publishSequence: UInt64 = 0
     /// Highest sequence number to confirm with a coalesced `multiple` ack at the next flush (0: none).
     private var pendingConfirm: UInt64 = 0
+    /// Highest sequence number confirmed (acked or nacked) so far.
+    private var confirmedThrough: UInt64 = 0
+    /// Persistent publishes whose log batch is not yet durable: per batch, the first sequence number in it. Nothing
+    /// from the first of them on may be confirmed yet.
+    private var awaitingLog = Deque<(batch: UInt64, firstSequence: UInt64)>()
 
     private var routeCache: Broker.RouteCache?
 
@@ -86,10 +92,7 @@ public final class Session {
     func flush() {
         isDirty = false
         guard !isClosed, let transport else { return }
-        if pendingConfirm != 0 {
-            ServerMessage.confirmAck(Confirm(sequence: pendingConfirm, multiple: true)).encode(into: &outbound)
-            pendingConfirm = 0
-        }
+        writePendingConfirm()
         guard outbound.readableBytes > 0 else { return }
         let batch = outbound
         let wasFull = batch.readableBytes >= Self.outboundLimit
@@ -194,14 +197,14 @@ public final class Session {
         publishedCount &+= 1
         if confirmMode { publishSequence &+= 1 }
         switch broker.route(publish, cache: &routeCache) {
-        case .routed:
-            confirmSucceeded()
+        case .routed(let logged):
+            confirmSucceeded(logged: logged)
         case .unroutable:
             if publish.mandatory {
                 Returned.writeFrame(into: &outbound, code: .noRoute, text: "NO_ROUTE", envelope: publish.envelope)
                 markDirty()
             }
-            confirmSucceeded()
+            confirmSucceeded(logged: false)
         case .failed(let error):
             if error.code == .frameError { throw error }
             if confirmMode {
@@ -212,20 +215,51 @@ public final class Session {
         }
     }
 
-    private func confirmSucceeded() {
+    private func confirmSucceeded(logged: Bool) {
         guard confirmMode else { return }
-        pendingConfirm = publishSequence
-        markDirty()
+        if logged && awaitingLog.last?.batch != broker.openBatch {
+            awaitingLog.append((broker.openBatch, publishSequence))
+        }
+        updateConfirmable()
+    }
+
+    /// Everything before the first publish still waiting for the log may be confirmed.
+    private func updateConfirmable() {
+        let confirmable = awaitingLog.first.map { $0.firstSequence - 1 } ?? publishSequence
+        if confirmable > confirmedThrough && confirmable > pendingConfirm {
+            pendingConfirm = confirmable
+            markDirty()
+        }
+    }
+
+    private func writePendingConfirm() {
+        guard pendingConfirm != 0 else { return }
+        ServerMessage.confirmAck(Confirm(sequence: pendingConfirm, multiple: true)).encode(into: &outbound)
+        confirmedThrough = pendingConfirm
+        pendingConfirm = 0
     }
 
     private func confirmFailed(_ error: BrokerError) {
         // A nack must not be overtaken by a later coalesced ack that would cover its sequence number,
         // so the acks before it are written first.
-        if pendingConfirm != 0 {
-            ServerMessage.confirmAck(Confirm(sequence: pendingConfirm, multiple: true)).encode(into: &outbound)
-            pendingConfirm = 0
-        }
+        writePendingConfirm()
         write(.confirmNack(Confirm(sequence: publishSequence, multiple: false, code: error.code, text: error.message)))
+    }
+
+    /// A log batch is durable (or failed): release the confirms that waited for it. A failed write nacks every
+    /// publish from the first one in the failed batch up to the next batch still pending.
+    func logBatchFinished(_ batch: UInt64, failed: Bool) {
+        guard confirmMode, let first = awaitingLog.first, first.batch <= batch else { return }
+        while let entry = awaitingLog.first, entry.batch <= batch { awaitingLog.removeFirst() }
+        if failed {
+            writePendingConfirm()
+            let through = awaitingLog.first.map { $0.firstSequence - 1 } ?? publishSequence
+            write(.confirmNack(Confirm(sequence: through, multiple: true, code: .internalError,
+                                       text: "the broker could not write the message log; publish again")))
+            confirmedThrough = through
+        } else {
+            updateConfirmable()
+        }
     }
 
     // MARK: - Consuming
@@ -291,6 +325,7 @@ public final class Session {
             consumer.unacked += 1
             queue.unackedCount += 1
         }
+        if message.logId != 0 { recordDelivery(message, from: queue, settled: consumer.noAck) }
         markDirty()
     }
 
@@ -308,11 +343,23 @@ public final class Session {
                 unsettledCount += 1
                 queue.unackedCount += 1
             }
+            if message.logId != 0 { recordDelivery(message, from: queue, settled: m.noAck) }
             GetOk.writeFrame(into: &outbound, requestId: m.requestId, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
                              messageCount: UInt32(clamping: queue.readyCount), envelope: message.envelope)
             markDirty()
         } catch {
             write(.error(ErrorFrame(requestId: m.requestId, code: error.code, text: error.message)))
+        }
+    }
+
+    /// Logs that a persistent message left its queue (no-ack delivery) or was delivered (so it comes back marked
+    /// redelivered after a crash; only the first delivery needs the record).
+    private func recordDelivery(_ message: QueuedMessage, from queue: Queue, settled: Bool) {
+        guard let store = broker.store, let id = queue.durableId else { return }
+        if settled {
+            store.appendSettle(id: message.logId, queue: id)
+        } else if !message.redelivered {
+            store.appendDelivered(id: message.logId, queue: id)
         }
     }
 
@@ -328,7 +375,11 @@ public final class Session {
             unsettledCount -= 1
             entry.consumer?.unacked -= 1
             entry.queue.unackedCount -= 1
-            if requeue, let message = entry.message { returned.append((entry.queue, message)) }
+            if requeue, let message = entry.message {
+                returned.append((entry.queue, message))
+            } else if let message = entry.message, message.logId != 0, let store = broker.store, let id = entry.queue.durableId {
+                store.appendSettle(id: message.logId, queue: id)
+            }
             if !touched.contains(where: { $0 === entry.queue }) { touched.append(entry.queue) }
         }
         if settle.multiple {
@@ -352,7 +403,7 @@ public final class Session {
             release(index)
         }
         while let first = unacked.first, first.settled { unacked.removeFirst() }
-        if !returned.isEmpty { Self.requeue(returned) }
+        if !returned.isEmpty { self.requeue(returned) }
         for queue in touched where !queue.isDeleted { queue.dispatch() }
     }
 
@@ -369,11 +420,11 @@ public final class Session {
     }
 
     /// Returns messages to the heads of their queues, each queue's in the original order.
-    private static func requeue(_ returned: [(Queue, QueuedMessage)]) {
+    private func requeue(_ returned: [(Queue, QueuedMessage)]) {
         var queues: [Queue] = []
         for (queue, _) in returned where !queues.contains(where: { $0 === queue }) { queues.append(queue) }
         for queue in queues {
-            queue.requeueAtHead(returned.filter { $0.0 === queue }.map(\.1))
+            queue.requeueAtHead(returned.filter { $0.0 === queue }.map(\.1), store: broker.store)
         }
     }
 
@@ -395,7 +446,7 @@ public final class Session {
         }
         unacked.removeAll()
         unsettledCount = 0
-        Self.requeue(returned)
+        requeue(returned)
         for queue in touched where !queue.isDeleted { queue.dispatch() }
     }
 }

@@ -50,6 +50,9 @@ public struct User: Hashable, Sendable, Codable {
     /// May connect only from a loopback address (the default `guest` user).
     public var loopbackOnly: Bool
 
+    /// The default user, created at every start rather than stored.
+    public var isBuiltIn: Bool { name == UserStore.defaultUserName && loopbackOnly }
+
     public init(name: String, password: PasswordHash, isAdmin: Bool, loopbackOnly: Bool = false) {
         self.name = name
         self.password = password

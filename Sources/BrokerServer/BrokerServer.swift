@@ -1,4 +1,5 @@
 public import BrokerCore
+import BrokerStorage
 public import Logging
 import NIOCore
 import NIOPosix
@@ -19,24 +20,56 @@ public final class BrokerServer: Sendable {
     private let serverChannel: any Channel
     private let state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry)>
     private let logger: Logger
+    private let directory: DataDirectory?
+    private let writer: LogWriter?
 
     private init(configuration: ServerConfiguration, port: Int, group: MultiThreadedEventLoopGroup, serverChannel: any Channel,
-                 state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry)>, logger: Logger) {
+                 state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry)>, logger: Logger, directory: DataDirectory?,
+                 writer: LogWriter?) {
         self.configuration = configuration
         self.port = port
         self.group = group
         self.serverChannel = serverChannel
         self.state = state
         self.logger = logger
+        self.directory = directory
+        self.writer = writer
     }
 
     /// Binds the listener and starts serving. `makeUsers` runs once to give the broker its users.
     public static func start(configuration: ServerConfiguration, users: UserStore = UserStore(),
                              logger: Logger = Logger(label: "brokerd")) async throws -> BrokerServer {
+        // Lock the data directory and recover before anything listens: READY means recovered.
+        var directory: DataDirectory?
+        var recovery: (Definitions, RecoveredLog)?
+        if let path = configuration.dataDirectory {
+            let opened = try DataDirectory(path: path)
+            let start = ContinuousClock.now
+            let definitions = try Definitions.load(from: opened.metadataPath) ?? Definitions()
+            let recovered = try LogRecovery.recover(directory: opened.logPath)
+            for repair in recovered.repairs { logger.warning("message log repaired", metadata: ["repair": "\(repair)"]) }
+            logger.info("recovery scanned the log", metadata: [
+                "records": "\(recovered.recordsScanned)", "bytes": "\(recovered.bytesScanned)",
+                "live_messages": "\(recovered.messages.count)", "duration": "\(ContinuousClock.now - start)",
+            ])
+            directory = opened
+            recovery = (definitions, recovered)
+        }
+        let writer = directory.map {
+            LogWriter(directory: $0.logPath, policy: configuration.fsyncPolicy, intervalMilliseconds: configuration.fsyncIntervalMilliseconds)
+        }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
+        let recoveryResult = recovery
         let state = try await loop.submit {
-            NIOLoopBound((broker: Broker(users: users, logger: logger), registry: ConnectionRegistry()), eventLoop: loop)
+            var persistence: PersistenceContext?
+            if let writer, let (definitions, recovered) = recoveryResult {
+                let store = MessageStore(writer: writer, recovered: recovered, maxSegmentSize: configuration.segmentSize)
+                persistence = PersistenceContext(metadataPath: configuration.dataDirectory.map { $0 + "/metadata.json" } ?? "",
+                                                 store: store, eventLoop: loop, definitions: definitions, recovered: recovered)
+            }
+            let broker = Broker(users: users, logger: logger, persistence: persistence)
+            return NIOLoopBound((broker: broker, registry: ConnectionRegistry()), eventLoop: loop)
         }.get()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -59,9 +92,12 @@ public final class BrokerServer: Sendable {
             let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
             let port = channel.localAddress?.port ?? configuration.port
             logger.info("listening", metadata: ["host": "\(configuration.host)", "port": "\(port)"])
-            return BrokerServer(configuration: configuration, port: port, group: group, serverChannel: channel, state: state, logger: logger)
+            return BrokerServer(configuration: configuration, port: port, group: group, serverChannel: channel, state: state, logger: logger,
+                                directory: directory, writer: writer)
         } catch {
             try? await group.shutdownGracefully()
+            writer?.shutdown()
+            directory?.unlock()
             throw error
         }
     }
@@ -87,7 +123,13 @@ public final class BrokerServer: Sendable {
             if open == 0 { break }
             try? await Task.sleep(for: .milliseconds(50))
         }
+        // Hand the last records to the log and wait for them (their completions still need the loop), then stop.
+        _ = try? await loop.submit { state.value.broker.flush() }.get()
+        await writer?.barrier()
+        _ = try? await loop.submit {}.get()
         try? await group.shutdownGracefully()
+        writer?.shutdown()
+        directory?.unlock()
         logger.info("stopped")
     }
 }

@@ -1,11 +1,20 @@
+public import BrokerStorage
+
 /// The server's settings, each with its default. docs/operations.md lists them for operators.
 public struct ServerConfiguration: Sendable {
     /// Address to listen on. Default `127.0.0.1`: reachable only from this machine until an operator opens it up.
     public var host: String = "127.0.0.1"
     /// TCP port. Default 5680; 0 picks a free port (tests).
     public var port: Int = 5680
-    /// The broker's data directory. Default `./brokerd-data`.
-    public var dataDirectory: String = "brokerd-data"
+    /// The broker's data directory, locked while the broker runs; nil keeps everything in memory (tests of
+    /// behaviour that needs no disk). Default `./brokerd-data`.
+    public var dataDirectory: String? = "brokerd-data"
+    /// When the message log is flushed to disk (docs/operations.md, "Durability"). Default `always`.
+    public var fsyncPolicy: FsyncPolicy = .always
+    /// With `fsyncPolicy = .interval`: the longest time between flushes, in milliseconds. Default 100.
+    public var fsyncIntervalMilliseconds: Int = 100
+    /// Size at which the message log starts a new segment file. Default 64 MiB.
+    public var segmentSize: Int = 64 << 20
     /// Largest frame accepted, length prefix included; bounds the size of one message. Default 8 MiB.
     public var maxFrameSize: UInt32 = 8 << 20
     /// Heartbeat interval the server proposes, in seconds; 0 disables heartbeats unless the client asks. Default 30.

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,7 +16,7 @@ public final class DataDirectory: Sendable {
     public let path: String
     public var logPath: String { path + "/log" }
     public var metadataPath: String { path + "/metadata.json" }
-    private let lockDescriptor: Int32
+    private let lockDescriptor: Mutex<Int32?>
 
     /// Opens (creating it if missing) and locks the directory. Throws ``StorageError`` with a message a person can
     /// act on: another broker holds it, it cannot be created, it is not writable.
@@ -47,7 +48,7 @@ public final class DataDirectory: Sendable {
         let pid = "\(getpid())\n"
         _ = ftruncate(fd, 0)
         _ = pid.withCString { pwrite(fd, $0, strlen($0), 0) }
-        lockDescriptor = fd
+        lockDescriptor = Mutex(fd)
         do {
             try FileManager.default.createDirectory(atPath: path + "/log", withIntermediateDirectories: true)
         } catch {
@@ -56,9 +57,16 @@ public final class DataDirectory: Sendable {
         }
     }
 
-    deinit {
-        flock(lockDescriptor, LOCK_UN)
-        close(lockDescriptor)
+    deinit { unlock() }
+
+    /// Releases the lock (at shutdown); another broker may then use the directory.
+    public func unlock() {
+        guard let fd = lockDescriptor.withLock({ fd -> Int32? in
+            defer { fd = nil }
+            return fd
+        }) else { return }
+        flock(fd, LOCK_UN)
+        close(fd)
     }
 
     static func reason(_ error: any Error) -> String {

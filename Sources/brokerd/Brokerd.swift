@@ -1,6 +1,7 @@
 import ArgumentParser
 import BrokerCore
 import BrokerServer
+import BrokerStorage
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -31,6 +32,12 @@ struct Brokerd: AsyncParsableCommand {
     @Option(name: .customLong("max-frame-size"), help: "Largest frame accepted, in bytes (bounds one message's size).")
     var maxFrameSize: UInt32 = 8 << 20
 
+    @Option(help: "When the message log is flushed to disk: always (before every confirm), interval, or never.")
+    var fsync = "always"
+
+    @Option(name: .customLong("fsync-interval-ms"), help: "With --fsync interval: longest time between flushes, in ms.")
+    var fsyncIntervalMs = 100
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -38,6 +45,10 @@ struct Brokerd: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535, got \(port)") }
         guard maxFrameSize >= 4096 else { throw ValidationError("--max-frame-size must be at least 4096 bytes") }
         guard !host.isEmpty else { throw ValidationError("--host must not be empty") }
+        guard FsyncPolicy(rawValue: fsync) != nil else {
+            throw ValidationError("--fsync must be one of always, interval, never")
+        }
+        guard fsyncIntervalMs >= 1 else { throw ValidationError("--fsync-interval-ms must be at least 1") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -52,19 +63,14 @@ struct Brokerd: AsyncParsableCommand {
         }
         let logger = Logger(label: "brokerd")
 
-        do {
-            try FileManager.default.createDirectory(atPath: dataDir, withIntermediateDirectories: true)
-        } catch {
-            logger.critical("cannot create the data directory", metadata: ["path": "\(dataDir)", "error": "\(error.localizedDescription)"])
-            throw ExitCode(73)  // EX_CANTCREAT
-        }
-
         var configuration = ServerConfiguration()
         configuration.host = host
         configuration.port = port
         configuration.dataDirectory = dataDir
         configuration.heartbeatSeconds = heartbeat
         configuration.maxFrameSize = maxFrameSize
+        configuration.fsyncPolicy = FsyncPolicy(rawValue: fsync) ?? .always
+        configuration.fsyncIntervalMilliseconds = fsyncIntervalMs
 
         let service = BrokerService(configuration: configuration, logger: logger) { server in
             // A line scripts and tests can wait for; with --port 0 it tells the port chosen.
@@ -77,6 +83,10 @@ struct Brokerd: AsyncParsableCommand {
             logger: logger))
         do {
             try await group.run()
+        } catch let error as StorageError {
+            // The data directory: locked by another broker, not writable, damaged beyond repair.
+            logger.critical("\(error.description)")
+            throw ExitCode(73)  // EX_CANTCREAT
         } catch {
             logger.critical("brokerd failed", metadata: ["error": "\(error)"])
             throw ExitCode(69)  // EX_UNAVAILABLE: could not bind, for example

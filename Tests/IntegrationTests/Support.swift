@@ -12,9 +12,13 @@ import Glibc
 #endif
 
 /// Runs `body` against a real broker on an ephemeral loopback port, shutting it down whether `body` succeeds or not.
-func withBroker(users: UserStore = UserStore(), heartbeat: UInt16 = 0, maxFrameSize: UInt32 = 1 << 20,
+func withBroker(users: UserStore = UserStore(), heartbeat: UInt16 = 0, maxFrameSize: UInt32 = 1 << 20, dataDirectory: String? = nil,
                 _ body: (BrokerServer, ClientConfiguration) async throws -> Void) async throws {
+    // Each broker gets its own data directory (parallel-safe), removed afterwards unless the caller owns it.
+    let directory = dataDirectory ?? temporaryDirectory()
+    defer { if dataDirectory == nil { try? FileManager.default.removeItem(atPath: directory) } }
     var configuration = ServerConfiguration()
+    configuration.dataDirectory = directory
     configuration.host = "127.0.0.1"
     configuration.port = 0
     configuration.heartbeatSeconds = heartbeat
@@ -30,6 +34,11 @@ func withBroker(users: UserStore = UserStore(), heartbeat: UInt16 = 0, maxFrameS
         throw error
     }
     await server.shutdown()
+}
+
+/// A fresh path under the system's temporary directory.
+func temporaryDirectory() -> String {
+    FileManager.default.temporaryDirectory.appendingPathComponent("brokerd-test-\(UUID().uuidString)").path
 }
 
 /// Connects a client, runs `body`, closes the client.

@@ -1,0 +1,164 @@
+public import BrokerStorage
+import Foundation
+public import NIOCore
+import WireProtocol
+import Logging
+
+/// The durable definitions, saved atomically to `metadata.json` after every change to a durable exchange, queue,
+/// binding or user.
+public struct Definitions: Codable, Sendable, Equatable {
+    public struct ExchangeDefinition: Codable, Sendable, Equatable {
+        public var name: String
+        public var type: String
+        public var autoDelete: Bool
+    }
+    public struct QueueDefinition: Codable, Sendable, Equatable {
+        public var name: String
+        /// The queue's number in the message log's records. Never reused.
+        public var id: UInt32
+        public var autoDelete: Bool
+    }
+    public struct BindingDefinition: Codable, Sendable, Equatable {
+        public var exchange: String
+        public var queue: String
+        public var key: String
+    }
+
+    public var version = 1
+    public var exchanges: [ExchangeDefinition] = []
+    public var queues: [QueueDefinition] = []
+    public var bindings: [BindingDefinition] = []
+    public var users: [User] = []
+    public var nextQueueId: UInt32 = 1
+
+    public init() {}
+
+    /// Reads `metadata.json`; a missing file is an empty broker.
+    public static func load(from path: String) throws -> Definitions? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw StorageError("cannot read \(path)")
+        }
+        do {
+            return try JSONDecoder().decode(Definitions.self, from: data)
+        } catch {
+            throw StorageError("\(path) is not valid brokerd metadata (\(error)); restore it from a backup")
+        }
+    }
+
+    public func save(to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try DataDirectory.writeAtomically(Array(try encoder.encode(self)), to: path)
+    }
+}
+
+/// What the broker needs to persist: where metadata goes, the log, and the loop to hear back on.
+public struct PersistenceContext {
+    public var metadataPath: String
+    public var store: MessageStore
+    public var eventLoop: any EventLoop
+    public var definitions: Definitions
+    public var recovered: RecoveredLog
+
+    public init(metadataPath: String, store: MessageStore, eventLoop: any EventLoop, definitions: Definitions, recovered: RecoveredLog) {
+        self.metadataPath = metadataPath
+        self.store = store
+        self.eventLoop = eventLoop
+        self.definitions = definitions
+        self.recovered = recovered
+    }
+}
+
+extension Broker {
+    /// Rebuilds durable exchanges, queues, bindings and users, then puts every live message back in its queues,
+    /// in publish order, marked redelivered where it had been delivered before.
+    func restore(_ definitions: Definitions, _ recovered: RecoveredLog) -> (queues: Int, messages: Int) {
+        nextQueueId = max(definitions.nextQueueId, 1)
+        for user in definitions.users { users.add(user) }
+        for e in definitions.exchanges {
+            guard let kind = ExchangeKind(name: e.type), exchanges[e.name] == nil else { continue }
+            exchanges[e.name] = Exchange(name: e.name, kind: kind, durable: true, autoDelete: e.autoDelete)
+        }
+        var byId: [UInt32: Queue] = [:]
+        for q in definitions.queues {
+            let queue = Queue(name: q.name, durable: true, autoDelete: q.autoDelete, exclusiveOwner: nil)
+            queue.durableId = q.id
+            queues[q.name] = queue
+            byId[q.id] = queue
+        }
+        for b in definitions.bindings {
+            guard let exchange = exchanges[b.exchange], let queue = queues[b.queue] else { continue }
+            exchange.bind(queue, key: b.key)
+        }
+        var restored = 0
+        for message in recovered.messages {
+            guard let envelope = try? MessageEnvelope(parsing: message.envelope) else {
+                logger.error("recovery: message \(message.id) has an unreadable envelope; skipped")
+                continue
+            }
+            for id in message.queues {
+                guard let queue = byId[id] else { continue }  // its queue was deleted
+                queue.messages.append(QueuedMessage(envelope: envelope, redelivered: message.delivered.contains(id), logId: message.id))
+                restored += 1
+            }
+        }
+        topologyVersion &+= 1
+        return (byId.count, restored)
+    }
+
+    /// The durable definitions as they stand.
+    func currentDefinitions() -> Definitions {
+        var d = Definitions()
+        d.nextQueueId = nextQueueId
+        d.users = users.users.values.filter { !$0.isBuiltIn }.sorted { $0.name < $1.name }
+        for exchange in exchanges.values where exchange.durable && !exchange.builtIn {
+            d.exchanges.append(.init(name: exchange.name, type: exchange.kind.description, autoDelete: exchange.autoDelete))
+        }
+        for queue in queues.values {
+            guard let id = queue.durableId else { continue }
+            d.queues.append(.init(name: queue.name, id: id, autoDelete: queue.autoDelete))
+            for binding in queue.bindings where binding.exchange.durable && !binding.exchange.builtIn {
+                d.bindings.append(.init(exchange: binding.exchange.name, queue: queue.name, key: binding.key))
+            }
+        }
+        d.exchanges.sort { $0.name < $1.name }
+        d.queues.sort { $0.name < $1.name }
+        d.bindings.sort { ($0.exchange, $0.queue, $0.key) < ($1.exchange, $1.queue, $1.key) }
+        return d
+    }
+
+    /// Saves the definitions if this broker persists and something durable changed.
+    func saveDefinitions() throws(BrokerError) {
+        guard let metadataPath else { return }
+        do {
+            try currentDefinitions().save(to: metadataPath)
+        } catch {
+            logger.error("cannot save metadata", metadata: ["error": "\(error)"])
+            throw BrokerError(.internalError, "the broker could not save its metadata: \(error)")
+        }
+    }
+
+    /// Writes this cycle's log records; confirms of persistent messages wait for the result.
+    func commitLog() {
+        guard let store, store.hasPendingWrites, let eventLoop else { return }
+        let batch = openBatch
+        openBatch &+= 1
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        store.commit { result in
+            eventLoop.execute { bound.value.logBatchFinished(batch, result) }
+        }
+    }
+
+    func logBatchFinished(_ batch: UInt64, _ result: Result<Void, StorageError>) {
+        if case .failure(let error) = result {
+            logger.error("message log write failed", metadata: ["error": "\(error)"])
+        }
+        for session in sessions.values { session.logBatchFinished(batch, failed: result.isFailure) }
+        flush()
+    }
+}
+
+extension Result {
+    var isFailure: Bool { if case .failure = self { true } else { false } }
+}

@@ -1,0 +1,157 @@
+import Foundation
+public import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What recovery found in the log.
+public struct RecoveredLog: Sendable {
+    /// A message still in at least one queue.
+    public struct Message: Sendable {
+        public var id: UInt64
+        public var envelope: ByteBuffer
+        /// Queues it is still in.
+        public var queues: [UInt32]
+        /// Queues it had been delivered from (its redelivered flag there).
+        public var delivered: [UInt32]
+        /// The segment holding its publish record.
+        public var segment: UInt64
+    }
+
+
+    /// The message ids each remaining segment holds publish records for.
+    public var segmentRanges: [(segment: UInt64, firstId: UInt64, lastId: UInt64)]
+    /// Live messages in publish order.
+    public var messages: [Message]
+    /// Segments left on disk, oldest first.
+    public var segments: [UInt64]
+    public var nextMessageId: UInt64
+    /// One line per repair (torn or corrupt tail cut), for the log.
+    public var repairs: [String]
+    public var recordsScanned: Int
+    public var bytesScanned: Int
+}
+
+/// Reads the log at start: checks every record's CRC, cuts a torn or corrupt tail (and says what it cut), and
+/// rebuilds which messages are still in which queues.
+public enum LogRecovery {
+    public static func recover(directory: String) throws -> RecoveredLog {
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: directory)
+        } catch {
+            throw StorageError("cannot list the message log \(directory): \(DataDirectory.reason(error))")
+        }
+        let segments = names.compactMap { name -> UInt64? in
+            guard name.hasSuffix(".seg") else { return nil }
+            return UInt64(name.dropLast(4))
+        }.sorted()
+
+        struct Entry {
+            var envelope: ByteBuffer
+            var queues: [UInt32]
+            var delivered: [UInt32]
+            var segment: UInt64
+        }
+        var ranges: [(segment: UInt64, firstId: UInt64, lastId: UInt64)] = []
+        var entries: [UInt64: Entry] = [:]
+        var order: [UInt64] = []
+        var maxId: UInt64 = 0
+        var repairs: [String] = []
+        var records = 0
+        var bytes = 0
+
+        for segment in segments {
+            let path = LogWriter.segmentPath(directory, segment)
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw StorageError("cannot read log segment \(path)")
+            }
+            bytes += data.count
+            var buffer = ByteBuffer(bytes: data)
+            let header = LogRecord.segmentHeader
+            guard buffer.readableBytes >= header.count, buffer.readBytes(length: header.count) == header else {
+                // A segment created but never written (crash right after creation) or not ours.
+                if data.count < header.count {
+                    repairs.append("\(path): \(data.count)-byte segment without a complete header removed")
+                    unlink(path)
+                    continue
+                }
+                throw StorageError("\(path) is not a brokerd log segment (bad header); move it out of the data directory")
+            }
+            var validEnd = header.count
+            var problem: String?
+            var firstId = UInt64.max
+            var lastId: UInt64 = 0
+            while buffer.readableBytes > 0 {
+                guard buffer.readableBytes >= 9,
+                      let (length, crc) = buffer.getMultipleIntegers(at: buffer.readerIndex, as: (UInt32, UInt32).self) else {
+                    problem = "torn record header"
+                    break
+                }
+                guard length >= 1, Int(length) <= LogRecord.maxRecordSize else {
+                    problem = "impossible record length \(length)"
+                    break
+                }
+                guard buffer.readableBytes >= 8 + Int(length) else {
+                    problem = "torn record (\(buffer.readableBytes) of \(8 + Int(length)) bytes)"
+                    break
+                }
+                let actual = buffer.withUnsafeReadableBytes { raw in
+                    LogRecord.crc(UnsafeRawBufferPointer(rebasing: raw[8..<(8 + Int(length))]))
+                }
+                guard actual == crc else {
+                    problem = "CRC mismatch"
+                    break
+                }
+                buffer.moveReaderIndex(forwardBy: 8)
+                var record = buffer.readSlice(length: Int(length)) ?? ByteBuffer()
+                records += 1
+                let type = record.readInteger(as: UInt8.self) ?? 0
+                switch type {
+                case LogRecord.publishType:
+                    guard let (id, count) = record.readMultipleIntegers(as: (UInt64, UInt16).self),
+                          record.readableBytes >= Int(count) * 4 else {
+                        problem = "malformed publish record"
+                        break
+                    }
+                    var queues: [UInt32] = []
+                    for _ in 0..<count { queues.append(record.readInteger(as: UInt32.self) ?? 0) }
+                    if entries[id] == nil { order.append(id) }
+                    entries[id] = Entry(envelope: record, queues: queues, delivered: [], segment: segment)
+                    maxId = max(maxId, id)
+                    firstId = min(firstId, id)
+                    lastId = max(lastId, id)
+                case LogRecord.settleType, LogRecord.deliveredType:
+                    guard let (id, queue) = record.readMultipleIntegers(as: (UInt64, UInt32).self) else {
+                        problem = "malformed marker record"
+                        break
+                    }
+                    if type == LogRecord.settleType {
+                        entries[id]?.queues.removeAll { $0 == queue }
+                    } else if entries[id]?.delivered.contains(queue) == false {
+                        entries[id]?.delivered.append(queue)
+                    }
+                default:
+                    problem = "unknown record type \(type)"
+                }
+                if problem != nil { break }
+                validEnd = buffer.readerIndex
+            }
+            if firstId <= lastId { ranges.append((segment, firstId, lastId)) }
+            if let problem {
+                let cut = data.count - validEnd
+                repairs.append("\(path): \(problem) at byte \(validEnd); cut \(cut) bytes, kept \(validEnd) bytes of intact records")
+                guard truncate(path, off_t(validEnd)) == 0 else {
+                    throw StorageError("cannot cut the damaged tail of \(path): \(String(cString: strerror(errno)))")
+                }
+            }
+        }
+        let live = order.compactMap { id -> RecoveredLog.Message? in
+            guard let entry = entries[id], !entry.queues.isEmpty else { return nil }
+            return RecoveredLog.Message(id: id, envelope: entry.envelope, queues: entry.queues, delivered: entry.delivered,
+                                        segment: entry.segment)
+        }
+        return RecoveredLog(segmentRanges: ranges, messages: live, segments: segments.filter { FileManager.default.fileExists(atPath: LogWriter.segmentPath(directory, $0)) },
+                            nextMessageId: maxId + 1, repairs: repairs, recordsScanned: records, bytesScanned: bytes)
+    }
+}
