@@ -135,6 +135,11 @@ let package = Package(
             swiftSettings: upcoming
         ),
         .testTarget(
+            name: "BrokerStorageTests",
+            dependencies: ["BrokerStorage", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
             name: "BrokerServerTests",
             dependencies: ["BrokerServer", "WireProtocol", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: upcoming

@@ -1,0 +1,173 @@
+import BrokerStorage
+import Foundation
+import NIOCore
+import Testing
+
+/// A fresh directory for one test.
+func scratchDirectory() -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("brokerd-storage-\(UUID().uuidString)").path
+    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+/// Writes through a real writer and store, then waits until the batch is on disk.
+func writeBatch(_ store: MessageStore, _ body: (MessageStore) -> Void) async throws {
+    body(store)
+    let result: Result<Void, StorageError> = await withCheckedContinuation { continuation in
+        store.commit { continuation.resume(returning: $0) }
+    }
+    try result.get()
+}
+
+func segmentFiles(_ directory: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".seg") }.sorted()
+}
+
+@Suite("Message log: records, recovery, repair, segment deletion")
+struct LogTests {
+    @Test("messages, settles and deliveries survive a reopen")
+    func roundTrip() async throws {
+        let dir = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let writer = LogWriter(directory: dir, policy: .always)
+        let store = MessageStore(writer: writer, recovered: try LogRecovery.recover(directory: dir))
+        var ids: [UInt64] = []
+        try await writeBatch(store) { s in
+            for i in 0..<5 { ids.append(s.appendPublish(envelope: ByteBuffer(string: "m\(i)"), queues: [1, 2])) }
+            s.appendSettle(id: ids[0], queue: 1)
+            s.appendSettle(id: ids[0], queue: 2)
+            s.appendSettle(id: ids[1], queue: 2)
+            s.appendDelivered(id: ids[2], queue: 1)
+        }
+        writer.shutdown()
+        let recovered = try LogRecovery.recover(directory: dir)
+        #expect(recovered.repairs.isEmpty)
+        #expect(recovered.messages.map(\.id) == Array(ids[1...]))
+        #expect(recovered.messages.map { String(buffer: $0.envelope) } == ["m1", "m2", "m3", "m4"])
+        #expect(recovered.messages[0].queues == [1])
+        #expect(recovered.messages[1].delivered == [1])
+        #expect(recovered.nextMessageId == ids.last! + 1)
+    }
+
+    /// Publishes `count` messages to queue 1 in one batch and closes the writer.
+    static func fill(_ dir: String, count: Int) async throws -> [UInt64] {
+        let writer = LogWriter(directory: dir, policy: .always)
+        let store = MessageStore(writer: writer, recovered: try LogRecovery.recover(directory: dir))
+        var ids: [UInt64] = []
+        try await writeBatch(store) { s in
+            for i in 0..<count { ids.append(s.appendPublish(envelope: ByteBuffer(string: "message-\(i)"), queues: [1])) }
+        }
+        writer.shutdown()
+        return ids
+    }
+
+    @Test("a torn tail is cut at every possible length, keeping every intact record before it", arguments: [1, 5, 9, 20, 31])  // each record here is 32 bytes
+    func tornTail(cut: Int) async throws {
+        let dir = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ids = try await Self.fill(dir, count: 10)
+        let segment = dir + "/" + segmentFiles(dir).last!
+        let size = (try FileManager.default.attributesOfItem(atPath: segment)[.size] as? Int) ?? 0
+        #expect(truncate(segment, off_t(size - cut)) == 0)
+        let recovered = try LogRecovery.recover(directory: dir)
+        #expect(recovered.messages.map(\.id) == Array(ids.dropLast()))
+        #expect(recovered.repairs.count == 1)
+        #expect(recovered.repairs[0].contains("torn"))
+        // The file was cut back to the last intact record: a second recovery finds nothing to repair.
+        let again = try LogRecovery.recover(directory: dir)
+        #expect(again.repairs.isEmpty)
+        #expect(again.messages.count == 9)
+    }
+
+    @Test("a corrupted record is detected by its CRC and the tail from it is cut")
+    func corruptTail() async throws {
+        let dir = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ids = try await Self.fill(dir, count: 10)
+        let segment = dir + "/" + segmentFiles(dir).last!
+        var bytes = Array(FileManager.default.contents(atPath: segment)!)
+        bytes[bytes.count - 3] ^= 0xFF  // inside the last record's body
+        try Data(bytes).write(to: URL(fileURLWithPath: segment))
+        let recovered = try LogRecovery.recover(directory: dir)
+        #expect(recovered.messages.map(\.id) == Array(ids.dropLast()))
+        #expect(recovered.repairs.first?.contains("CRC mismatch") == true)
+        #expect(recovered.messages.allSatisfy { String(buffer: $0.envelope).hasPrefix("message-") })
+    }
+
+    @Test("a segment whose messages have all left their queues is deleted; disk use follows the backlog")
+    func segmentDeletion() async throws {
+        let dir = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let writer = LogWriter(directory: dir, policy: .always)
+        let store = MessageStore(writer: writer, recovered: try LogRecovery.recover(directory: dir), maxSegmentSize: 4096)
+        var ids: [UInt64] = []
+        let body = ByteBuffer(repeating: 7, count: 500)
+        try await writeBatch(store) { s in
+            for _ in 0..<40 { ids.append(s.appendPublish(envelope: body, queues: [1])) }
+        }
+        let filled = segmentFiles(dir).count
+        #expect(filled >= 5)
+        try await writeBatch(store) { s in
+            for id in ids { s.appendSettle(id: id, queue: 1) }
+        }
+        try await writeBatch(store) { _ in }  // deletions decided in the last batch run with the next one
+        let remaining = segmentFiles(dir).count
+        #expect(remaining <= 2, "\(remaining) of \(filled) segments left after every message was settled")
+        writer.shutdown()
+        #expect(try LogRecovery.recover(directory: dir).messages.isEmpty)
+    }
+
+    @Test("a second broker cannot lock the same data directory")
+    func lockFile() throws {
+        let dir = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let first = try DataDirectory(path: dir)
+        do {
+            _ = try DataDirectory(path: dir)
+            Issue.record("a second lock succeeded")
+        } catch let error as StorageError {
+            #expect(error.description.contains("another brokerd"))
+            #expect(error.description.contains("\(getpid())"))
+        }
+        first.unlock()
+        _ = try DataDirectory(path: dir)
+    }
+
+    @Test("empty, missing and unusable data directories")
+    func directories() throws {
+        let parent = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: parent) }
+        // Missing: created, with its log directory.
+        let missing = parent + "/new/nested"
+        let created = try DataDirectory(path: missing)
+        #expect(FileManager.default.fileExists(atPath: missing + "/log"))
+        #expect(try LogRecovery.recover(directory: created.logPath).messages.isEmpty)
+        created.unlock()
+        // A file where the directory should be.
+        let file = parent + "/file"
+        _ = FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        #expect(throws: StorageError.self) { try DataDirectory(path: file) }
+        #expect(throws: StorageError.self) { try DataDirectory(path: file + "/below") }
+        // A foreign file in the log directory is refused clearly rather than misread.
+        let foreign = try DataDirectory(path: parent + "/foreign")
+        _ = FileManager.default.createFile(atPath: foreign.logPath + "/00000000000000000001.seg", contents: Data(repeating: 0x41, count: 64))
+        do {
+            _ = try LogRecovery.recover(directory: foreign.logPath)
+            Issue.record("a foreign segment was accepted")
+        } catch let error as StorageError {
+            #expect(error.description.contains("not a brokerd log segment"))
+        }
+        foreign.unlock()
+    }
+
+    @Test("metadata is replaced atomically: no temporary file is left and a reader sees old or new, whole")
+    func atomicWrite() throws {
+        let dir = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/metadata.json"
+        try DataDirectory.writeAtomically(Array("first".utf8), to: path)
+        try DataDirectory.writeAtomically(Array("second".utf8), to: path)
+        #expect(String(decoding: FileManager.default.contents(atPath: path)!, as: UTF8.self) == "second")
+        #expect(!FileManager.default.fileExists(atPath: path + ".tmp"))
+    }
+}

@@ -1,0 +1,148 @@
+import BrokerClient
+import BrokerCore
+import BrokerServer
+import BrokerStorage
+import Foundation
+import NIOCore
+import Testing
+import WireProtocol
+
+@Suite("Durability across restarts of an in-process broker")
+struct PersistenceTests {
+    static let persistent = MessageProperties(persistent: true)
+
+    @Test("durable definitions and confirmed persistent messages survive a restart; transient ones do not")
+    func restart() async throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var users = UserStore()
+        try await withBroker(users: users, dataDirectory: dir) { _, config in
+            try await withConnection(config) { c in
+                try await c.declareExchange("trips", type: .topic, durable: true)
+                try await c.declareQueue("rides", durable: true)
+                try await c.declareQueue("scratch", durable: false)
+                try await c.bind(queue: "rides", exchange: "trips", key: "trip.#")
+                try await c.enableConfirms()
+                for i in 0..<100 {
+                    try await c.publish(exchange: "trips", routingKey: "trip.created", body: "p\(i)", properties: Self.persistent)
+                }
+                for i in 0..<5 { try await c.publish(routingKey: "rides", body: "t\(i)") }  // transient
+                try await c.publish(routingKey: "scratch", body: "gone", properties: Self.persistent)
+                // Ten acknowledged, three delivered and left unacknowledged.
+                for _ in 0..<10 { try await c.get(queue: "rides")!.ack() }
+                for _ in 0..<3 { _ = try await c.get(queue: "rides") }
+            }
+        }
+        users = UserStore()
+        try await withBroker(users: users, dataDirectory: dir) { server, config in
+            #expect(try await server.withBroker { $0.queueInfo("scratch") } == nil)
+            #expect(try await server.withBroker { $0.queueInfo("rides")?.ready } == 90)
+            try await withConnection(config) { c in
+                var bodies: [String] = []
+                var redelivered: [Bool] = []
+                while let m = try await c.get(queue: "rides", noAck: true) {
+                    bodies.append(m.bodyString)
+                    redelivered.append(m.redelivered)
+                }
+                #expect(bodies == (10..<100).map { "p\($0)" })
+                #expect(redelivered.prefix(3) == [true, true, true])
+                #expect(!redelivered.dropFirst(3).contains(true))
+                // The binding survived too.
+                try await c.enableConfirms()
+                try await c.publish(exchange: "trips", routingKey: "trip.cancelled", body: "after restart", properties: Self.persistent)
+                #expect(try await c.get(queue: "rides", noAck: true)?.bodyString == "after restart")
+                // Redeclaring a recovered queue with the same flags works; with others it is refused.
+                try await c.declareQueue("rides", durable: true)
+                await expectBrokerError(.preconditionFailed) { try await c.declareQueue("rides", durable: false) }
+            }
+        }
+    }
+
+    @Test("a persistent message fanned out to several durable queues is written once and survives in each")
+    func fanoutWrittenOnce() async throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await withBroker(dataDirectory: dir) { _, config in
+            try await withConnection(config) { c in
+                try await c.declareExchange("dispatch", type: .fanout, durable: true)
+                for q in ["a", "b", "c"] {
+                    try await c.declareQueue(q, durable: true)
+                    try await c.bind(queue: q, exchange: "dispatch")
+                }
+                try await c.enableConfirms()
+                try await c.publish(exchange: "dispatch", routingKey: "", body: ByteBuffer(repeating: 0x5A, count: 100_000),
+                                    properties: Self.persistent)
+            }
+        }
+        let logBytes = try FileManager.default.contentsOfDirectory(atPath: dir + "/log").reduce(0) { total, name in
+            total + ((try FileManager.default.attributesOfItem(atPath: dir + "/log/" + name)[.size] as? Int) ?? 0)
+        }
+        #expect(logBytes > 100_000 && logBytes < 150_000, "log holds \(logBytes) bytes for one 100 KB message in 3 queues")
+        try await withBroker(dataDirectory: dir) { server, _ in
+            for q in ["a", "b", "c"] {
+                let ready = try await server.withBroker { $0.queueInfo(q)?.ready }
+                #expect(ready == 1, "queue \(q)")
+            }
+        }
+    }
+
+    @Test("the data directory shrinks after the backlog is drained")
+    func shrinksAfterDrain() async throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func logSize() throws -> Int {
+            try FileManager.default.contentsOfDirectory(atPath: dir + "/log").reduce(0) { total, name in
+                total + ((try FileManager.default.attributesOfItem(atPath: dir + "/log/" + name)[.size] as? Int) ?? 0)
+            }
+        }
+        try await withBroker(dataDirectory: dir, segmentSize: 256 << 10) { _, config in
+            try await withConnection(config) { c in
+                try await c.declareQueue("backlog", durable: true)
+                try await c.enableConfirms()
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for p in 0..<4 {
+                        group.addTask {
+                            for i in 0..<500 {
+                                try await c.publish(routingKey: "backlog", body: ByteBuffer(repeating: UInt8(i & 0xFF), count: 1024 + p),
+                                                    properties: Self.persistent)
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                let full = try logSize()
+                #expect(full > 2_000_000)
+                let consumer = try await c.consume(queue: "backlog", prefetch: 200)
+                var n = 0
+                for try await m in consumer {
+                    try await m.ack()
+                    n += 1
+                    if n == 2000 { break }
+                }
+                // One more round trip lets the last acks reach the log and the emptied segments go.
+                try await c.declareQueue("backlog", durable: true)
+                try await c.publish(routingKey: "backlog", body: "tail", properties: Self.persistent)
+                let shrunk = try await eventually { try logSize() < full / 4 }
+                #expect(shrunk, "log still \((try? logSize()) ?? -1) bytes of \(full)")
+            }
+        }
+    }
+
+    @Test("a second broker on the same data directory refuses to start, with a clear message")
+    func secondBrokerRefused() async throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await withBroker(dataDirectory: dir) { _, _ in
+            var configuration = ServerConfiguration()
+            configuration.port = 0
+            configuration.dataDirectory = dir
+            do {
+                let second = try await BrokerServer.start(configuration: configuration)
+                await second.shutdown()
+                Issue.record("a second broker started on a locked data directory")
+            } catch let error as StorageError {
+                #expect(error.description.contains("another brokerd"))
+            }
+        }
+    }
+}
