@@ -32,6 +32,34 @@ public struct RecoveredLog: Sendable {
     public var bytesScanned: Int
 }
 
+/// Reads a whole file into a ByteBuffer with read(2).
+func readFile(_ path: String) throws -> ByteBuffer {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw StorageError("cannot open log segment \(path): \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var info = stat()
+    guard fstat(fd, &info) == 0 else { throw StorageError("cannot stat \(path): \(String(cString: strerror(errno)))") }
+    let size = Int(info.st_size)
+    var buffer = ByteBufferAllocator().buffer(capacity: size)
+    var failure: Int32 = 0
+    _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { target in
+        var done = 0
+        while done < size {
+            let n = read(fd, target.baseAddress! + done, size - done)  // size > 0 inside the loop
+            if n < 0 {
+                if errno == EINTR { continue }
+                failure = errno
+                break
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+    if failure != 0 { throw StorageError("cannot read log segment \(path): \(String(cString: strerror(failure)))") }
+    return buffer
+}
+
 /// Reads the log at start: checks every record's CRC, cuts a torn or corrupt tail (and says what it cut), and
 /// rebuilds which messages are still in which queues.
 public enum LogRecovery {
@@ -63,16 +91,15 @@ public enum LogRecovery {
 
         for segment in segments {
             let path = LogWriter.segmentPath(directory, segment)
-            guard let data = FileManager.default.contents(atPath: path) else {
-                throw StorageError("cannot read log segment \(path)")
-            }
-            bytes += data.count
-            var buffer = ByteBuffer(bytes: data)
+            // Read straight into one buffer: live envelopes stay slices of it, with no second copy.
+            var buffer = try readFile(path)
+            let fileSize = buffer.readableBytes
+            bytes += fileSize
             let header = LogRecord.segmentHeader
             guard buffer.readableBytes >= header.count, buffer.readBytes(length: header.count) == header else {
                 // A segment created but never written (crash right after creation) or not ours.
-                if data.count < header.count {
-                    repairs.append("\(path): \(data.count)-byte segment without a complete header removed")
+                if fileSize < header.count {
+                    repairs.append("\(path): \(fileSize)-byte segment without a complete header removed")
                     unlink(path)
                     continue
                 }
@@ -139,7 +166,7 @@ public enum LogRecovery {
             }
             if firstId <= lastId { ranges.append((segment, firstId, lastId)) }
             if let problem {
-                let cut = data.count - validEnd
+                let cut = fileSize - validEnd
                 repairs.append("\(path): \(problem) at byte \(validEnd); cut \(cut) bytes, kept \(validEnd) bytes of intact records")
                 guard truncate(path, off_t(validEnd)) == 0 else {
                     throw StorageError("cannot cut the damaged tail of \(path): \(String(cString: strerror(errno)))")
