@@ -18,12 +18,15 @@ public final class BrokerConnection: Sendable {
     /// Errors the broker reported about frames that have no answer of their own: a publish outside confirm mode
     /// (for example to a missing exchange) or an ack, nack or reject of an unknown delivery tag.
     public let errors: AsyncStream<BrokerError>
+    /// Flow control: the broker stopped reading this connection's publishes (an alarm, such as free disk below its
+    /// limit) or resumed. Publishes made while blocked wait; they do not fail.
+    public let flow: AsyncStream<FlowEvent>
 
     private let channel: any Channel
     private let handler: NIOLoopBound<ClientHandler>
 
     private init(configuration: ClientConfiguration, channel: any Channel, handler: NIOLoopBound<ClientHandler>, helloOk: HelloOk,
-                 authOk: AuthOk, returns: AsyncStream<ReturnedMessage>, errors: AsyncStream<BrokerError>) {
+                 authOk: AuthOk, returns: AsyncStream<ReturnedMessage>, errors: AsyncStream<BrokerError>, flow: AsyncStream<FlowEvent>) {
         self.configuration = configuration
         self.channel = channel
         self.handler = handler
@@ -34,6 +37,7 @@ public final class BrokerConnection: Sendable {
         self.heartbeatSeconds = authOk.heartbeatSeconds
         self.returns = returns
         self.errors = errors
+        self.flow = flow
     }
 
     /// Connects, negotiates the protocol version and authenticates.
@@ -43,6 +47,7 @@ public final class BrokerConnection: Sendable {
         let handshake = loop.makePromise(of: (HelloOk, AuthOk).self)
         let (returns, returnsContinuation) = AsyncStream<ReturnedMessage>.makeStream(bufferingPolicy: .bufferingNewest(1024))
         let (errors, errorsContinuation) = AsyncStream<BrokerError>.makeStream(bufferingPolicy: .bufferingNewest(256))
+        let (flow, flowContinuation) = AsyncStream<FlowEvent>.makeStream(bufferingPolicy: .bufferingNewest(64))
         let timeout = TimeAmount.nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000
                                              + configuration.connectTimeout.components.attoseconds / 1_000_000_000)
         let channel: any Channel
@@ -55,6 +60,7 @@ public final class BrokerConnection: Sendable {
                         let handler = ClientHandler(configuration: configuration, handshake: handshake)
                         handler.returns = returnsContinuation
                         handler.errors = errorsContinuation
+                        handler.flow = flowContinuation
                         try channel.pipeline.syncOperations.addHandler(handler)
                     }
                 }
@@ -74,7 +80,7 @@ public final class BrokerConnection: Sendable {
                 NIOLoopBound(try channel.pipeline.syncOperations.handler(type: ClientHandler.self), eventLoop: loop)
             }.get()
             let connection = BrokerConnection(configuration: configuration, channel: channel, handler: handler, helloOk: helloOk,
-                                              authOk: authOk, returns: returns, errors: errors)
+                                              authOk: authOk, returns: returns, errors: errors, flow: flow)
             try await loop.submit { handler.value.connection = connection }.get()
             return connection
         } catch {

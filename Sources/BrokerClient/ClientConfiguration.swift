@@ -85,3 +85,9 @@ public struct QueueInfo: Sendable, Hashable {
     public var messageCount: UInt32
     public var consumerCount: UInt32
 }
+
+/// A flow-control notice from the broker.
+public enum FlowEvent: Sendable, Hashable {
+    case blocked(reason: String)
+    case unblocked
+}

@@ -36,6 +36,7 @@ final class ClientHandler: ChannelInboundHandler {
     private var flushScheduled = false
     var returns: AsyncStream<ReturnedMessage>.Continuation?
     var errors: AsyncStream<BrokerError>.Continuation?
+    var flow: AsyncStream<FlowEvent>.Continuation?
 
     private var heartbeatTask: RepeatedTask?
     private var lastReceived = NIODeadline.now()
@@ -156,6 +157,10 @@ final class ClientHandler: ChannelInboundHandler {
             settleConfirms(confirm, error: nil)
         case .confirmNack(let confirm):
             settleConfirms(confirm, error: BrokerError(confirm.code, "publish \(confirm.sequence) refused: \(confirm.text)"))
+        case .connectionBlocked(let reason):
+            flow?.yield(.blocked(reason: reason))
+        case .connectionUnblocked:
+            flow?.yield(.unblocked)
         case .consumerCancelled(let cancelled):
             consumers.removeValue(forKey: cancelled.consumerTag)?
                 .finish(throwing: BrokerError(cancelled.code, "consumer cancelled by the broker: \(cancelled.reason)"))
@@ -306,6 +311,7 @@ final class ClientHandler: ChannelInboundHandler {
         pendingConsumers.removeAll()
         returns?.finish()
         errors?.finish()
+        flow?.finish()
         heartbeatTask?.cancel()
     }
 }

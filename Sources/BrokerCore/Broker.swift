@@ -30,6 +30,8 @@ public final class Broker {
     var nextQueueId: UInt32 = 1
     /// The log batch this cycle's records go into.
     var openBatch: UInt64 = 1
+    /// Whether the last log write failed (to log failures once per episode).
+    var logWriteFailing = false
 
     public init(users: UserStore = UserStore(), logger: Logger = Logger(label: "brokerd.core"), persistence: PersistenceContext? = nil) {
         self.users = users
@@ -59,6 +61,7 @@ public final class Broker {
         nextSessionId += 1
         let session = Session(id: nextSessionId, user: user, clientName: clientName, peer: peer, broker: self, transport: transport)
         sessions[session.id] = session
+        if let alarm { session.write(.connectionBlocked(reason: alarm)) }
         return session
     }
 
@@ -72,8 +75,47 @@ public final class Broker {
         flush()
     }
 
+    // MARK: - Alarms (flow control of publishers)
+
+    /// Replaces the configured free-disk limit at run time (operators, tests).
+    public var diskFreeLimitOverride: UInt64?
+
+    /// Why publishers are blocked, or nil.
+    public private(set) var alarm: String?
+    private var toPause: [Session] = []
+
+    /// Sets or clears the resource alarm: every connection is told (`connectionBlocked` / `connectionUnblocked`),
+    /// and connections that publish stop being read until it clears.
+    public func setAlarm(_ reason: String?) {
+        guard reason != alarm else { return }
+        let wasOn = alarm != nil
+        alarm = reason
+        if let reason {
+            if !wasOn { logger.warning("alarm: blocking publishers", metadata: ["reason": "\(reason)"]) }
+            for session in sessions.values {
+                session.write(.connectionBlocked(reason: reason))
+                session.applyAlarm(true)
+            }
+        } else {
+            logger.notice("alarm cleared: publishers unblocked")
+            for session in sessions.values {
+                session.write(.connectionUnblocked)
+                session.applyAlarm(false)
+            }
+        }
+        flush()
+    }
+
+    /// A connection published for the first time during an alarm: stop reading it once this read cycle is done.
+    func pauseAfterCycle(_ session: Session) { toPause.append(session) }
+
     /// Writes every session's pending frames, one buffer per session.
     public func flush() {
+        if !toPause.isEmpty {
+            let sessions = toPause
+            toPause.removeAll()
+            for session in sessions { session.applyAlarm(alarm != nil) }
+        }
         commitLog()
         guard !dirtySessions.isEmpty else { return }
         // A flush can't make more sessions dirty: it only writes what is already encoded.

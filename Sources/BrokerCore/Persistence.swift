@@ -151,8 +151,14 @@ extension Broker {
     }
 
     func logBatchFinished(_ batch: UInt64, _ result: Result<Void, StorageError>) {
-        if case .failure(let error) = result {
-            logger.error("message log write failed", metadata: ["error": "\(error)"])
+        switch result {
+        case .failure(let error):
+            // Once per episode, not once per batch: a full disk would flood the log otherwise.
+            if !logWriteFailing { logger.error("message log write failed; persistent publishes are nacked", metadata: ["error": "\(error)"]) }
+            logWriteFailing = true
+        case .success:
+            if logWriteFailing { logger.notice("message log writes succeed again") }
+            logWriteFailing = false
         }
         for session in sessions.values { session.logBatchFinished(batch, failed: result.isFailure) }
         flush()

@@ -11,6 +11,8 @@ public protocol SessionTransport: AnyObject {
     var isWritable: Bool { get }
     /// Asks for ``Broker/sessionBecameWritable(_:)`` on a later turn of the event loop, if the socket is writable then.
     func resumeSoon()
+    /// Stops or resumes reading from the connection (flow control of publishers).
+    func setReading(_ reading: Bool)
 }
 
 /// One authenticated connection's broker-side state: its consumers, unacknowledged deliveries, publisher confirms,
@@ -190,10 +192,23 @@ public final class Session {
 
     // MARK: - Publishing
 
+    /// Whether reading from this connection is paused by an alarm.
+    public private(set) var isPaused = false
+
+    /// Pauses reading from a publishing connection while an alarm is on; resumes when it is off. A connection
+    /// that has never published is never paused, so consumers keep being served.
+    func applyAlarm(_ alarm: Bool) {
+        let shouldPause = alarm && publishedCount > 0
+        guard shouldPause != isPaused else { return }
+        isPaused = shouldPause
+        transport?.setReading(!shouldPause)
+    }
+
     /// Routes one published message (the server calls this directly for `publish` frames: the hot path).
     /// Invalid names are a frame error (fatal to the connection), like any malformed frame.
     public func publish(_ publish: PublishView) throws(BrokerError) {
         guard !isClosed else { return }
+        if publishedCount == 0 && broker.alarm != nil { broker.pauseAfterCycle(self) }
         publishedCount &+= 1
         if confirmMode { publishSequence &+= 1 }
         switch broker.route(publish, cache: &routeCache) {

@@ -91,6 +91,20 @@ public final class BrokerServer: Sendable {
         do {
             let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
             let port = channel.localAddress?.port ?? configuration.port
+            if let directory {
+                // The free-disk alarm: checked every 500 ms on the broker's loop (statvfs takes microseconds).
+                let limit = configuration.diskFreeLimit
+                loop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(500)) { _ in
+                    let broker = state.value.broker
+                    guard let free = directory.freeBytes() else { return }
+                    let effectiveLimit = broker.diskFreeLimitOverride ?? limit
+                    if free < effectiveLimit {
+                        broker.setAlarm("free disk space \(free / 1_000_000) MB is below the limit of \(effectiveLimit / 1_000_000) MB")
+                    } else if broker.alarm != nil {
+                        broker.setAlarm(nil)
+                    }
+                }
+            }
             logger.info("listening", metadata: ["host": "\(configuration.host)", "port": "\(port)"])
             return BrokerServer(configuration: configuration, port: port, group: group, serverChannel: channel, state: state, logger: logger,
                                 directory: directory, writer: writer)

@@ -238,6 +238,12 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
+    func setReading(_ reading: Bool) {
+        guard let context else { return }
+        try? context.channel.syncOptions?.setOption(.autoRead, value: reading)
+        if reading { context.read() }
+    }
+
     func resumeSoon() {
         guard let context else { return }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)

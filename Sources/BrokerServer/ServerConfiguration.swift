@@ -13,6 +13,8 @@ public struct ServerConfiguration: Sendable {
     public var fsyncPolicy: FsyncPolicy = .always
     /// With `fsyncPolicy = .interval`: the longest time between flushes, in milliseconds. Default 100.
     public var fsyncIntervalMilliseconds: Int = 100
+    /// Below this many free bytes on the data directory's file system, publishers are blocked. Default 50 MB.
+    public var diskFreeLimit: UInt64 = 50_000_000
     /// Size at which the message log starts a new segment file. Default 64 MiB.
     public var segmentSize: Int = 64 << 20
     /// Largest frame accepted, length prefix included; bounds the size of one message. Default 8 MiB.

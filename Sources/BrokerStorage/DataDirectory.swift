@@ -73,6 +73,13 @@ public final class DataDirectory: Sendable {
         (error as NSError).localizedFailureReason ?? (error as NSError).localizedDescription
     }
 
+    /// Bytes free for an unprivileged writer on the file system holding the directory, or nil if unknown.
+    public func freeBytes() -> UInt64? {
+        var info = statvfs()
+        guard statvfs(path, &info) == 0 else { return nil }
+        return UInt64(info.f_bavail) * UInt64(info.f_frsize)
+    }
+
     /// Writes a file atomically: a temporary file, fsync, rename over the target, fsync of the directory.
     public static func writeAtomically(_ data: [UInt8], to path: String) throws {
         let temporary = path + ".tmp"

@@ -110,7 +110,7 @@ public enum ClientMessage: Hashable, Sendable {
         case .get: message = .get(try .decode(from: &payload))
         case .status: message = .status(requestId: try payload.readInt("request id"))
         case .helloOk, .authOk, .ok, .queueDeclareOk, .countOk, .consumeOk, .deliver, .getOk, .getEmpty, .returned,
-            .confirmAck, .confirmNack, .consumerCancelled, .statusOk, .error:
+            .confirmAck, .confirmNack, .consumerCancelled, .connectionBlocked, .connectionUnblocked, .statusOk, .error:
             throw BrokerError(.unknownFrame, "frame type 0x\(String(frame.type, radix: 16)) is sent only by the server")
         }
         try payload.requireFullyConsumed(type)

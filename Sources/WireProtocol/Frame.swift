@@ -61,6 +61,8 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case confirmAck = 0xA4
     case confirmNack = 0xA5
     case consumerCancelled = 0xA6
+    case connectionBlocked = 0xA7
+    case connectionUnblocked = 0xA8
     case statusOk = 0xB0
     case error = 0xF0
 }

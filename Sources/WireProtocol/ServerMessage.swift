@@ -20,6 +20,10 @@ public enum ServerMessage: Hashable, Sendable {
     case confirmAck(Confirm)
     case confirmNack(Confirm)
     case consumerCancelled(ConsumerCancelled)
+    /// The broker stopped reading this connection's publishes (an alarm: free disk below the limit).
+    case connectionBlocked(reason: String)
+    /// The alarm is over; publishes are read again.
+    case connectionUnblocked
     case statusOk(requestId: UInt32, status: FieldTable)
     case error(ErrorFrame)
 
@@ -41,6 +45,8 @@ public enum ServerMessage: Hashable, Sendable {
         case .confirmAck: .confirmAck
         case .confirmNack: .confirmNack
         case .consumerCancelled: .consumerCancelled
+        case .connectionBlocked: .connectionBlocked
+        case .connectionUnblocked: .connectionUnblocked
         case .statusOk: .statusOk
         case .error: .error
         }
@@ -52,7 +58,8 @@ public enum ServerMessage: Hashable, Sendable {
         switch self {
         case .helloOk(let m): m.encode(into: &buffer)
         case .authOk(let m): m.encode(into: &buffer)
-        case .heartbeat, .closeOk: break
+        case .heartbeat, .closeOk, .connectionUnblocked: break
+        case .connectionBlocked(let reason): buffer.writeShortString(reason)
         case .close(let m): m.encode(into: &buffer)
         case .ok(let requestId), .getEmpty(let requestId): buffer.writeInteger(requestId)
         case .queueDeclareOk(let m): m.encode(into: &buffer)
@@ -96,6 +103,8 @@ public enum ServerMessage: Hashable, Sendable {
         case .confirmAck: message = .confirmAck(try .decodeAck(from: &payload))
         case .confirmNack: message = .confirmNack(try .decodeNack(from: &payload))
         case .consumerCancelled: message = .consumerCancelled(try .decode(from: &payload))
+        case .connectionBlocked: message = .connectionBlocked(reason: try payload.readShortString("reason"))
+        case .connectionUnblocked: message = .connectionUnblocked
         case .statusOk: message = .statusOk(requestId: try payload.readInt("request id"), status: try payload.readFieldTable("status"))
         case .error: message = .error(try .decode(from: &payload))
         case .hello, .authenticate, .exchangeDeclare, .exchangeDelete, .queueDeclare, .queueDelete, .queuePurge, .queueBind,

@@ -38,6 +38,9 @@ struct Brokerd: AsyncParsableCommand {
     @Option(name: .customLong("fsync-interval-ms"), help: "With --fsync interval: longest time between flushes, in ms.")
     var fsyncIntervalMs = 100
 
+    @Option(name: .customLong("disk-free-limit"), help: "Block publishers while the data directory's disk has fewer free bytes.")
+    var diskFreeLimit: UInt64 = 50_000_000
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -71,6 +74,9 @@ struct Brokerd: AsyncParsableCommand {
         configuration.maxFrameSize = maxFrameSize
         configuration.fsyncPolicy = FsyncPolicy(rawValue: fsync) ?? .always
         configuration.fsyncIntervalMilliseconds = fsyncIntervalMs
+        configuration.diskFreeLimit = diskFreeLimit
+        // A file-size limit (ulimit -f) must turn into a failed write we handle, not a signal that kills us.
+        signal(SIGXFSZ, SIG_IGN)
 
         let service = BrokerService(configuration: configuration, logger: logger) { server in
             // A line scripts and tests can wait for; with --port 0 it tells the port chosen.

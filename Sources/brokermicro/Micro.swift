@@ -13,6 +13,7 @@ final class DiscardingTransport: SessionTransport {
     func send(_ buffer: ByteBuffer) { bytes &+= buffer.readableBytes }
     var isWritable: Bool { true }
     func resumeSoon() { resumeRequested = true }
+    func setReading(_ reading: Bool) {}
 }
 
 /// Keeps results alive so the optimiser cannot drop the work.

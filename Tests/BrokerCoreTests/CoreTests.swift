@@ -10,6 +10,8 @@ final class CapturingTransport: SessionTransport {
     var isWritable = true
     var resumeRequests = 0
     func resumeSoon() { resumeRequests += 1 }
+    var reading = true
+    func setReading(_ reading: Bool) { self.reading = reading }
 
     func send(_ buffer: ByteBuffer) {
         batches += 1

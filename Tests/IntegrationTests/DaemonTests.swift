@@ -22,30 +22,41 @@ struct DaemonTests {
         throw BrokerError(.notFound, "\(name) is not built next to the tests; run `swift build` first")
     }
 
-    /// Starts brokerd on an ephemeral port with a temporary data directory and returns it with its port.
-    static func startDaemon(dataDirectory: URL) throws -> (Process, Int, Pipe) {
+    /// A started brokerd's log (its stderr, sent to a file so a chatty broker never blocks on a full pipe).
+    struct DaemonLog {
+        let url: URL
+        var text: String { (try? String(contentsOf: url, encoding: .utf8)) ?? "" }
+    }
+
+    /// Starts brokerd on an ephemeral port with the given data directory and returns it with its port and log.
+    static func startDaemon(dataDirectory: URL, fileSizeLimitKiB: Int? = nil) throws -> (Process, Int, DaemonLog) {
         let process = Process()
-        process.executableURL = try executable("brokerd")
-        process.arguments = ["--port", "0", "--data-dir", dataDirectory.path, "--log-level", "info"]
-        let stderr = Pipe()
-        process.standardError = stderr
+        let arguments = ["--port", "0", "--data-dir", dataDirectory.path, "--log-level", "info"]
+        if let fileSizeLimitKiB {
+            // Through bash, so `ulimit -f` makes the kernel refuse writes past the limit (a real failing disk write).
+            process.executableURL = URL(fileURLWithPath: "/bin/bash")
+            process.arguments = ["-c", "ulimit -f \(fileSizeLimitKiB) && exec \"$0\" \"$@\"", try executable("brokerd").path] + arguments
+        } else {
+            process.executableURL = try executable("brokerd")
+            process.arguments = arguments
+        }
+        let log = DaemonLog(url: FileManager.default.temporaryDirectory.appendingPathComponent("brokerd-log-\(UUID().uuidString).txt"))
+        _ = FileManager.default.createFile(atPath: log.url.path, contents: nil)
+        process.standardError = try FileHandle(forWritingTo: log.url)
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         // Wait for the ready line, which names the port.
-        var output = ""
         let deadline = Date().addingTimeInterval(15)
-        while Date() < deadline {
-            let data = stderr.fileHandleForReading.availableData
-            if data.isEmpty { break }
-            output += String(decoding: data, as: UTF8.self)
-            if let line = output.split(separator: "\n").first(where: { $0.contains("brokerd ready") }),
+        while Date() < deadline && process.isRunning {
+            if let line = log.text.split(separator: "\n").first(where: { $0.contains("brokerd ready") }),
                let range = line.range(of: "port="),
                let port = Int(line[range.upperBound...].prefix(while: \.isNumber)) {
-                return (process, port, stderr)
+                return (process, port, log)
             }
+            Thread.sleep(forTimeInterval: 0.02)
         }
-        process.terminate()
-        throw BrokerError(.timeout, "brokerd did not report ready; output so far:\n\(output)")
+        if process.isRunning { process.terminate() }
+        throw BrokerError(.timeout, "brokerd did not report ready; its log:\n\(log.text)")
     }
 
     static func temporaryDirectory() -> URL {
@@ -56,7 +67,7 @@ struct DaemonTests {
     func daemonLifecycle() async throws {
         let dataDirectory = Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dataDirectory) }
-        let (process, port, stderr) = try Self.startDaemon(dataDirectory: dataDirectory)
+        let (process, port, daemonLog) = try Self.startDaemon(dataDirectory: dataDirectory)
         #expect(FileManager.default.fileExists(atPath: dataDirectory.path))
         do {
             try await withConnection(ClientConfiguration(port: port)) { c in
@@ -74,8 +85,7 @@ struct DaemonTests {
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)
-        let log = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(log.contains("shutting down"))
+        #expect(daemonLog.text.contains("shutting down"))
         await watcher.closed()
     }
 

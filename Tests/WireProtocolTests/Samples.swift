@@ -56,6 +56,8 @@ enum Samples {
         .confirmAck(Confirm(sequence: 11, multiple: true)),
         .confirmNack(Confirm(sequence: 12, multiple: false, code: .notFound, text: "no exchange 'x'")),
         .consumerCancelled(ConsumerCancelled(consumerTag: 13, code: .notFound, reason: "queue deleted")),
+        .connectionBlocked(reason: "free disk below the limit"),
+        .connectionUnblocked,
         .statusOk(requestId: 14, status: ["version": .string("0.1.0"), "queues": .int(3)]),
         .error(ErrorFrame(requestId: 15, code: .preconditionFailed, text: "inequivalent arg")),
     ]

@@ -1,0 +1,98 @@
+import BrokerClient
+import BrokerCore
+import BrokerServer
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+import WireProtocol
+
+@Suite("Disk faults: failed writes and the free-disk alarm", .serialized)
+struct FaultTests {
+    @Test("writes refused by the kernel nack the publishes and leave no half record behind")
+    func failedWrites() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("brokerd-efbig-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // 2 MiB per file: the first log segment fills up after ~1,900 messages of 1 KiB.
+        let (limited, port, _) = try DaemonTests.startDaemon(dataDirectory: dir, fileSizeLimitKiB: 2048)
+        var confirmed: [Int] = []
+        var nacked = 0
+        do {
+            try await withConnection(ClientConfiguration(port: port)) { c in
+                try await c.declareQueue("disk", durable: true)
+                try await c.enableConfirms()
+                for i in 0..<3000 {
+                    do {
+                        try await c.publish(routingKey: "disk", body: "m\(i):" + String(repeating: "x", count: 1000),
+                                            properties: MessageProperties(persistent: true))
+                        confirmed.append(i)
+                    } catch let error as BrokerError where error.code == .internalError {
+                        nacked += 1
+                    }
+                }
+            }
+        } catch {
+            limited.terminate()
+            throw error
+        }
+        kill(limited.processIdentifier, SIGTERM)
+        limited.waitUntilExit()
+        #expect(nacked > 0, "the file-size limit never made a write fail")
+        #expect(confirmed.count > 1000)
+
+        let (process, port2, daemonLog) = try DaemonTests.startDaemon(dataDirectory: dir)
+        defer {
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+        }
+        var recovered: [Int] = []
+        try await withConnection(ClientConfiguration(port: port2)) { c in
+            while let m = try await c.get(queue: "disk", noAck: true) {
+                let text = m.bodyString
+                #expect(text.hasSuffix(String(repeating: "x", count: 1000)), "corrupt body \(text.prefix(20))")
+                if let n = Int(text.prefix(while: { $0 != ":" }).dropFirst()) { recovered.append(n) }
+            }
+        }
+        #expect(Set(confirmed).isSubset(of: Set(recovered)), "confirmed messages missing after the failed writes")
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        #expect(!daemonLog.text.contains("message log repaired"), "recovery had to cut a half record:\n\(daemonLog.text)")
+    }
+
+    @Test("below the free-disk limit publishers are blocked, not failed, consumers keep being served, and all resumes")
+    func diskAlarm() async throws {
+        try await withBroker { server, config in
+            let publisher = try await BrokerConnection.connect(config)
+            let consumerConnection = try await BrokerConnection.connect(config)
+            try await publisher.declareQueue("work", durable: true)
+            try await publisher.enableConfirms()
+            for i in 0..<20 { try await publisher.publish(routingKey: "work", body: "before-\(i)") }
+
+            _ = try await server.withBroker { $0.diskFreeLimitOverride = UInt64.max }  // no disk is that large
+            var flow = publisher.flow.makeAsyncIterator()
+            guard case .blocked(let reason)? = await flow.next() else {
+                Issue.record("no blocked notice")
+                return
+            }
+            #expect(reason.contains("free disk"))
+
+            let published = Mutex(false)
+            let pending = Task {
+                try await publisher.publish(routingKey: "work", body: "during-alarm")
+                published.withLock { $0 = true }
+            }
+            // The consumer, which never published, is still served.
+            let consumer = try await consumerConnection.consume(queue: "work", noAck: true)
+            for i in 0..<20 { #expect(try await next(consumer).bodyString == "before-\(i)") }
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(published.withLock { $0 } == false, "a publish completed during the alarm")
+
+            _ = try await server.withBroker { $0.diskFreeLimitOverride = 0 }
+            #expect(await flow.next() == .unblocked)
+            try await pending.value
+            #expect(try await next(consumer).bodyString == "during-alarm")
+            await publisher.close()
+            await consumerConnection.close()
+        }
+    }
+}
