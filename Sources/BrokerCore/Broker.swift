@@ -302,7 +302,14 @@ public final class Broker {
         }
         if exchange.bind(queue, key: m.bindingKey) {
             topologyVersion &+= 1
-            if exchange.durable && queue.durableId != nil { try saveDefinitions() }
+            if exchange.durable && queue.durableId != nil {
+                do {
+                    try saveDefinitions()
+                } catch {
+                    exchange.unbind(queue, key: m.bindingKey)  // not durable, so not made at all
+                    throw error
+                }
+            }
         }
     }
 

@@ -158,6 +158,16 @@ struct LogTests {
             #expect(error.description.contains("not a brokerd log segment"))
         }
         foreign.unlock()
+        // An unreadable segment (here a directory where a segment file should be) stops recovery with its path.
+        let unreadable = try DataDirectory(path: parent + "/unreadable")
+        try FileManager.default.createDirectory(atPath: unreadable.logPath + "/00000000000000000007.seg", withIntermediateDirectories: false)
+        do {
+            _ = try LogRecovery.recover(directory: unreadable.logPath)
+            Issue.record("an unreadable segment was accepted")
+        } catch let error as StorageError {
+            #expect(error.description.contains("00000000000000000007.seg"))
+        }
+        unreadable.unlock()
     }
 
     @Test("metadata is replaced atomically: no temporary file is left and a reader sees old or new, whole")
