@@ -77,7 +77,7 @@ struct CrashTests {
                 return afterAck
             }
             try await Task.sleep(for: .milliseconds(Int.random(in: 150...600, using: &generator)))
-            kill(process.processIdentifier, SIGKILL)
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
             process.waitUntilExit()
             #expect(process.terminationReason == .uncaughtSignal, "cycle \(cycle)")
             publishing.cancel()
@@ -88,10 +88,7 @@ struct CrashTests {
         }
         // Last start: drain what is left.
         let (process, port, _) = try DaemonTests.startDaemon(dataDirectory: dir)
-        defer {
-            kill(process.processIdentifier, SIGTERM)
-            process.waitUntilExit()
-        }
+        defer { DaemonTests.stop(process) }
         try await withConnection(ClientConfiguration(port: port)) { c in
             while let message = try await c.get(queue: "crash", noAck: true) {
                 let text = message.bodyString

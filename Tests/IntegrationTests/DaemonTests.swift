@@ -59,6 +59,23 @@ struct DaemonTests {
         throw BrokerError(.timeout, "brokerd did not report ready; its log:\n\(log.text)")
     }
 
+    /// Runs `body` with a brokerd started on a fresh data directory; stops it (if still running) and removes the
+    /// directory afterwards. Only this process's own child is signalled, and only while it runs.
+    static func withDaemon<T>(_ body: (Process, Int, DaemonLog) async throws -> T) async throws -> T {
+        let dataDirectory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        let (process, port, log) = try startDaemon(dataDirectory: dataDirectory)
+        defer { stop(process) }
+        return try await body(process, port, log)
+    }
+
+    /// SIGTERM and wait, unless it has already exited (its PID may then belong to someone else).
+    static func stop(_ process: Process) {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+    }
+
     static func temporaryDirectory() -> URL {
         FileManager.default.temporaryDirectory.appendingPathComponent("brokerd-test-\(UUID().uuidString)")
     }
@@ -91,13 +108,7 @@ struct DaemonTests {
 
     @Test("brokerctl status reports the broker and fails clearly when it cannot connect")
     func brokerctlStatus() async throws {
-        let dataDirectory = Self.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: dataDirectory) }
-        let (process, port, _) = try Self.startDaemon(dataDirectory: dataDirectory)
-        defer {
-            kill(process.processIdentifier, SIGTERM)
-            process.waitUntilExit()
-        }
+        try await Self.withDaemon { process, port, _ in
         let (ok, okOut, _) = try Self.run("brokerctl", ["status", "--port", "\(port)", "--format", "json"])
         #expect(ok == 0)
         let json = try JSONSerialization.jsonObject(with: Data(okOut.utf8)) as? [String: Any]
@@ -113,17 +124,12 @@ struct DaemonTests {
         let (down, _, downErr) = try Self.run("brokerctl", ["status", "--port", "\(port)"])
         #expect(down == 69)
         #expect(downErr.contains("cannot reach brokerd"))
+        }
     }
 
     @Test("brokerbench runs a short scenario end to end and its JSON parses")
     func brokerbenchScenario() async throws {
-        let dataDirectory = Self.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: dataDirectory) }
-        let (process, port, _) = try Self.startDaemon(dataDirectory: dataDirectory)
-        defer {
-            kill(process.processIdentifier, SIGTERM)
-            process.waitUntilExit()
-        }
+        try await Self.withDaemon { _, port, _ in
         let (status, out, err) = try Self.run("brokerbench", [
             "--port", "\(port)", "--size", "64", "--count", "3000", "--confirm", "100", "--prefetch", "200", "--ack-every", "10",
             "--duration", "10", "--drain", "10", "--label", "suite", "--json",
@@ -140,6 +146,7 @@ struct DaemonTests {
             #expect(json[key] != nil, "missing \(key)")
         }
         #expect(out.contains("RESULT label=suite"))
+        }
     }
 
     static func run(_ name: String, _ arguments: [String]) throws -> (Int32, String, String) {

@@ -32,19 +32,15 @@ struct FaultTests {
                 }
             }
         } catch {
-            limited.terminate()
+            DaemonTests.stop(limited)
             throw error
         }
-        kill(limited.processIdentifier, SIGTERM)
-        limited.waitUntilExit()
+        DaemonTests.stop(limited)
         #expect(nacked > 0, "the file-size limit never made a write fail")
         #expect(confirmed.count > 1000)
 
         let (process, port2, daemonLog) = try DaemonTests.startDaemon(dataDirectory: dir)
-        defer {
-            kill(process.processIdentifier, SIGTERM)
-            process.waitUntilExit()
-        }
+        defer { DaemonTests.stop(process) }
         var recovered: [Int] = []
         try await withConnection(ClientConfiguration(port: port2)) { c in
             while let m = try await c.get(queue: "disk", noAck: true) {
@@ -54,8 +50,7 @@ struct FaultTests {
             }
         }
         #expect(Set(confirmed).isSubset(of: Set(recovered)), "confirmed messages missing after the failed writes")
-        kill(process.processIdentifier, SIGTERM)
-        process.waitUntilExit()
+        DaemonTests.stop(process)
         #expect(!daemonLog.text.contains("message log repaired"), "recovery had to cut a half record:\n\(daemonLog.text)")
     }
 
