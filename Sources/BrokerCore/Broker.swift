@@ -1,6 +1,7 @@
 public import Logging
 public import WireProtocol
 import BrokerStorage
+import Foundation
 import NIOCore
 
 /// The broker's state: exchanges, queues, bindings, sessions. It has one owner, the event loop it was created for,
@@ -76,6 +77,9 @@ public final class Broker {
     }
 
     // MARK: - Alarms (flow control of publishers)
+
+    /// The broker's clock in nanoseconds (monotonic). Tests replace it to move time without sleeping.
+    public var now: () -> UInt64 = { NIODeadline.now().uptimeNanoseconds }
 
     /// Replaces the configured free-disk limit at run time (operators, tests).
     public var diskFreeLimitOverride: UInt64?
@@ -209,16 +213,19 @@ public final class Broker {
                 if existing.autoDelete != m.autoDelete {
                     throw BrokerError(.preconditionFailed, "queue '\(name)' exists with auto-delete=\(existing.autoDelete), not \(m.autoDelete)")
                 }
+                if try QueueArguments(m.arguments) != existing.arguments {
+                    throw BrokerError(.preconditionFailed, "queue '\(name)' exists with other arguments")
+                }
             }
+            existing.lastUsed = now()
             return QueueDeclareOk(requestId: m.requestId, name: name, messageCount: UInt32(clamping: existing.readyCount),
                                   consumerCount: UInt32(clamping: existing.consumerCount))
         }
         if m.passive { throw BrokerError(.notFound, "no queue '\(name)'") }
         if name.hasPrefix("amq.") && !m.name.isEmpty { throw BrokerError(.accessRefused, "queue names starting with 'amq.' are reserved") }
-        if !m.arguments.isEmpty {
-            throw BrokerError(.invalidArgument, "queue arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
-        }
-        let queue = Queue(name: name, durable: m.durable, autoDelete: m.autoDelete, exclusiveOwner: m.exclusive ? session.id : nil)
+        let arguments = try QueueArguments(m.arguments)
+        let queue = Queue(name: name, durable: m.durable, autoDelete: m.autoDelete, exclusiveOwner: m.exclusive ? session.id : nil,
+                          arguments: arguments, broker: self)
         queues[name] = queue
         topologyVersion &+= 1
         if m.durable && !m.exclusive && store != nil {
@@ -253,6 +260,7 @@ public final class Broker {
         try NameRules.validateName(name, kind: "queue")
         guard let queue = queues[name] else { throw BrokerError(.notFound, "no queue '\(name)'") }
         try checkAccess(queue, by: session)
+        queue.lastUsed = now()
         return queue
     }
 
@@ -336,6 +344,8 @@ public final class Broker {
     enum RouteOutcome {
         /// Routed; `logged` when the message went into the log and its confirm must wait for the write.
         case routed(logged: Bool)
+        /// A queue at its length limit with `reject-publish` refused it (others may have taken it).
+        case rejected(BrokerError)
         case unroutable
         case failed(BrokerError)
     }
@@ -374,23 +384,93 @@ public final class Broker {
         }
         guard !destinations.isEmpty else { return .unroutable }
         var message = QueuedMessage(envelope: publish.envelope)
+        var refusedBy: Queue?
         guard let store, publish.envelope.isPersistent else {
-            for queue in destinations { queue.enqueue(message) }
-            return .routed(logged: false)
+            for queue in destinations where !queue.enqueue(message) { refusedBy = queue }
+            return refusedBy.map { .rejected(Self.full($0)) } ?? .routed(logged: false)
         }
         // A persistent message is written once, whatever the number of durable queues it reaches.
         var durableIds: [UInt32] = []
         for queue in destinations { if let id = queue.durableId { durableIds.append(id) } }
         guard !durableIds.isEmpty else {
-            for queue in destinations { queue.enqueue(message) }
-            return .routed(logged: false)
+            for queue in destinations where !queue.enqueue(message) { refusedBy = queue }
+            return refusedBy.map { .rejected(Self.full($0)) } ?? .routed(logged: false)
         }
         let logId = store.appendPublish(envelope: publish.envelope.bytes, queues: durableIds)
         for queue in destinations {
             message.logId = queue.durableId == nil ? 0 : logId
-            queue.enqueue(message)
+            if !queue.enqueue(message) {
+                refusedBy = queue
+                if let id = queue.durableId { store.appendSettle(id: logId, queue: id) }
+            }
         }
-        return .routed(logged: true)
+        return refusedBy.map { .rejected(Self.full($0)) } ?? .routed(logged: true)
+    }
+
+    static func full(_ queue: Queue) -> BrokerError {
+        BrokerError(.resourceError, "queue '\(queue.name)' is full (x-max-length / x-max-length-bytes, x-overflow \(queue.arguments.overflow.rawValue))")
+    }
+
+    // MARK: - Dead letters, expiry
+
+    /// A message leaves `queue` for good (expired, dropped for length, rejected, past its delivery limit): the log
+    /// records that, and when the queue has a dead-letter exchange the message is republished there with an
+    /// `x-death` header saying where it died and why.
+    func deadLetter(_ message: QueuedMessage, from queue: Queue, reason: String) {
+        if message.logId != 0, let store, let id = queue.durableId { store.appendSettle(id: message.logId, queue: id) }
+        guard let exchangeName = queue.arguments.deadLetterExchange, !queue.isDeleted || reason == "rejected" else { return }
+        guard let (originalExchange, originalKey) = try? message.envelope.names(),
+              var properties = try? message.envelope.properties.decode() else { return }
+        var headers = properties.headers ?? [:]
+        var deaths: [FieldValue] = []
+        if case .array(let existing)? = headers["x-death"] { deaths = existing }
+        if let index = deaths.firstIndex(where: {
+            guard case .table(let t) = $0 else { return false }
+            return t["queue"] == .string(queue.name) && t["reason"] == .string(reason)
+        }) {
+            // A second death in the same queue for the same reason without a rejection is a cycle: drop it.
+            if reason != "rejected" { return }
+            if case .table(var entry) = deaths[index] {
+                entry["count"] = .int((entry["count"]?.intValue ?? 1) + 1)
+                entry["time"] = .int(Int64(Date().timeIntervalSince1970))
+                deaths.remove(at: index)
+                deaths.insert(.table(entry), at: 0)
+            }
+        } else {
+            deaths.insert(.table([
+                "queue": .string(queue.name), "reason": .string(reason), "count": .int(1),
+                "time": .int(Int64(Date().timeIntervalSince1970)), "exchange": .string(originalExchange),
+                "routing-keys": .array([.string(originalKey)]),
+            ]), at: 0)
+        }
+        headers["x-death"] = .array(deaths)
+        if headers["x-first-death-reason"] == nil {
+            headers["x-first-death-reason"] = .string(reason)
+            headers["x-first-death-queue"] = .string(queue.name)
+            headers["x-first-death-exchange"] = .string(originalExchange)
+        }
+        properties.headers = headers
+        properties.expiration = nil  // it would expire again in the dead-letter queue
+        guard let raw = try? RawProperties(validating: properties) else { return }
+        let envelope = MessageEnvelope(exchange: exchangeName, routingKey: queue.arguments.deadLetterRoutingKey ?? originalKey,
+                                       properties: raw, body: message.envelope.body)
+        var cache: RouteCache?
+        if case .failed(let error) = route(PublishView(mandatory: false, envelope: envelope), cache: &cache) {
+            logger.debug("dead letter dropped", metadata: ["queue": "\(queue.name)", "error": "\(error)"])
+        }
+    }
+
+    /// Periodic work (the server runs it every 100 ms): expired messages leave their queues without waiting for a
+    /// consumer, and queues unused for their `x-expires` are deleted.
+    public func sweep() {
+        let time = now()
+        for queue in Array(queues.values) where !queue.isDeleted {
+            if queue.arguments.messageTTL != nil || queue.messagesWithOwnExpiry > 0 { queue.expireAll(now: time) }
+            if let expires = queue.arguments.expires, queue.consumers.isEmpty, time &- queue.lastUsed > expires * 1_000_000 {
+                removeQueue(queue, reason: "queue unused for its x-expires of \(expires) ms")
+            }
+        }
+        flush()
     }
 
     // MARK: - Inspection

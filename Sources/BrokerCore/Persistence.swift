@@ -17,6 +17,7 @@ public struct Definitions: Codable, Sendable, Equatable {
         /// The queue's number in the message log's records. Never reused.
         public var id: UInt32
         public var autoDelete: Bool
+        public var arguments: QueueArguments?
     }
     public struct BindingDefinition: Codable, Sendable, Equatable {
         public var exchange: String
@@ -82,7 +83,8 @@ extension Broker {
         }
         var byId: [UInt32: Queue] = [:]
         for q in definitions.queues {
-            let queue = Queue(name: q.name, durable: true, autoDelete: q.autoDelete, exclusiveOwner: nil)
+            let queue = Queue(name: q.name, durable: true, autoDelete: q.autoDelete, exclusiveOwner: nil,
+                              arguments: q.arguments ?? QueueArguments(), broker: self)
             queue.durableId = q.id
             queues[q.name] = queue
             byId[q.id] = queue
@@ -117,7 +119,8 @@ extension Broker {
         }
         for queue in queues.values {
             guard let id = queue.durableId else { continue }
-            d.queues.append(.init(name: queue.name, id: id, autoDelete: queue.autoDelete))
+            d.queues.append(.init(name: queue.name, id: id, autoDelete: queue.autoDelete,
+                                  arguments: queue.arguments == QueueArguments() ? nil : queue.arguments))
             for binding in queue.bindings where binding.exchange.durable && !binding.exchange.builtIn {
                 d.bindings.append(.init(exchange: binding.exchange.name, queue: queue.name, key: binding.key))
             }

@@ -11,6 +11,10 @@ public struct QueuedMessage: Sendable {
     public var redelivered: Bool
     /// Its id in the message log when it is persistent and this queue is durable; 0 otherwise.
     public var logId: UInt64
+    /// When it expires, in the broker clock's nanoseconds; 0 for never.
+    public var expiresAt: UInt64 = 0
+    /// How many times it has been delivered from this queue (for the delivery limit).
+    public var deliveries: UInt16 = 0
 
     public init(envelope: MessageEnvelope, redelivered: Bool = false, logId: UInt64 = 0) {
         self.envelope = envelope
@@ -28,6 +32,14 @@ public final class Queue {
     public let exclusiveOwner: UInt64?
     /// The queue's number in the message log, when it is durable and the broker persists.
     public internal(set) var durableId: UInt32?
+    public let arguments: QueueArguments
+    unowned let broker: Broker
+    /// Bytes of ready message bodies (kept only when the queue has a byte limit).
+    private(set) var readyBytes = 0
+    /// Ready messages with their own expiration (they may expire out of order).
+    var messagesWithOwnExpiry = 0
+    /// Last time a client used the queue (declare, consume, get, cancel), for `x-expires`.
+    var lastUsed: UInt64 = 0
 
     var messages = Deque<QueuedMessage>()
     var consumers: [Consumer] = []
@@ -42,11 +54,15 @@ public final class Queue {
     public internal(set) var publishedCount: UInt64 = 0
     public internal(set) var deliveredCount: UInt64 = 0
 
-    init(name: String, durable: Bool, autoDelete: Bool, exclusiveOwner: UInt64?) {
+    init(name: String, durable: Bool, autoDelete: Bool, exclusiveOwner: UInt64?, arguments: QueueArguments = QueueArguments(),
+         broker: Broker) {
         self.name = name
         self.durable = durable
         self.autoDelete = autoDelete
         self.exclusiveOwner = exclusiveOwner
+        self.arguments = arguments
+        self.broker = broker
+        self.lastUsed = broker.now()
     }
 
     public var readyCount: Int { messages.count }
@@ -73,20 +89,84 @@ public final class Queue {
         return nil
     }
 
-    /// Takes a new message: straight to a consumer when the queue is empty and one has credit, else to the tail.
+    /// Takes a new message: straight to a consumer when the queue is empty and one has credit, else to the tail,
+    /// applying the queue's TTL and length limits. Returns false when the queue refused it (`reject-publish`).
     /// Invariant: after every call to `enqueue` or ``dispatch()``, either no message is ready or no consumer has
     /// credit, so a non-empty queue never needs to look for a consumer here.
-    func enqueue(_ message: QueuedMessage) {
+    @discardableResult
+    func enqueue(_ incoming: QueuedMessage) -> Bool {
         publishedCount &+= 1
-        if messages.isEmpty, let consumer = nextConsumerWithCredit() {
-            deliveredCount &+= 1
-            consumer.session.deliver(message, to: consumer, from: self)
-        } else {
-            messages.append(message)
+        var message = incoming
+        if arguments.messageTTL != nil || message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 {
+            setExpiry(&message)
+        }
+        if messages.isEmpty && arguments.maxLength != 0, let consumer = nextConsumerWithCredit() {
+            deliver(message, to: consumer)
+            return true
+        }
+        if arguments.hasLimits && !makeRoom(for: message) { return false }
+        append(message)
+        return true
+    }
+
+    private func setExpiry(_ message: inout QueuedMessage) {
+        var ttl = arguments.messageTTL
+        if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0,
+           let own = (try? message.envelope.properties.decode())?.expiration {
+            ttl = min(ttl ?? UInt64(own), UInt64(own))
+        }
+        guard let ttl else { return }
+        message.expiresAt = max(1, broker.now() &+ ttl * 1_000_000)
+    }
+
+    private func append(_ message: QueuedMessage) {
+        if arguments.maxLengthBytes != nil { readyBytes += message.envelope.bodyLength }
+        if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
+        messages.append(message)
+    }
+
+    private func removeFirst() -> QueuedMessage {
+        let message = messages.removeFirst()
+        forget(message)
+        return message
+    }
+
+    private func forget(_ message: QueuedMessage) {
+        if arguments.maxLengthBytes != nil { readyBytes -= message.envelope.bodyLength }
+        if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry -= 1 }
+    }
+
+    /// Applies the overflow policy so `message` fits; false if it must be refused.
+    private func makeRoom(for message: QueuedMessage) -> Bool {
+        func fits() -> Bool {
+            if let max = arguments.maxLength, messages.count + 1 > max { return false }
+            if let max = arguments.maxLengthBytes, readyBytes + message.envelope.bodyLength > max { return false }
+            return true
+        }
+        if fits() { return true }
+        switch arguments.overflow {
+        case .dropHead:
+            while !fits() && !messages.isEmpty { broker.deadLetter(removeFirst(), from: self, reason: "maxlen") }
+            if fits() { return true }
+            broker.deadLetter(message, from: self, reason: "maxlen")  // larger than the whole limit on its own
+            return true
+        case .rejectPublish:
+            return false
+        case .rejectPublishDLX:
+            broker.deadLetter(message, from: self, reason: "maxlen")
+            return false
         }
     }
 
-    /// Puts settled-with-requeue messages back at the head, in their original order, marked redelivered.
+    private func deliver(_ message: QueuedMessage, to consumer: Consumer) {
+        deliveredCount &+= 1
+        var delivered = message
+        delivered.deliveries &+= 1
+        consumer.session.deliver(delivered, to: consumer, from: self)
+    }
+
+    /// Puts settled-with-requeue messages back at the head, in their original order, marked redelivered. A message
+    /// past the queue's delivery limit is dead-lettered (reason `delivery_limit`) instead.
     func requeueAtHead(_ returned: [QueuedMessage], store: MessageStore?) {
         guard !isDeleted else {
             if let store, let durableId {
@@ -95,23 +175,55 @@ public final class Queue {
             return
         }
         for var message in returned.reversed() {
+            if let limit = arguments.deliveryLimit, Int(message.deliveries) > limit {
+                broker.deadLetter(message, from: self, reason: "delivery_limit")
+                continue
+            }
             message.redelivered = true
+            if arguments.maxLengthBytes != nil { readyBytes += message.envelope.bodyLength }
+            if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
             messages.prepend(message)
         }
     }
 
-    /// Delivers ready messages while some consumer has credit.
+    /// Delivers ready messages while some consumer has credit; expired messages at the head leave first.
     func dispatch() {
+        if !messages.isEmpty && (arguments.messageTTL != nil || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
         while !messages.isEmpty, let consumer = nextConsumerWithCredit() {
-            let message = messages.removeFirst()
-            deliveredCount &+= 1
-            consumer.session.deliver(message, to: consumer, from: self)
+            deliver(removeFirst(), to: consumer)
+        }
+    }
+
+    /// Removes expired messages from the head (dead-lettering them, reason `expired`).
+    func expireHead(now: UInt64) {
+        while let head = messages.first, head.expiresAt != 0, head.expiresAt <= now {
+            broker.deadLetter(removeFirst(), from: self, reason: "expired")
+        }
+    }
+
+    /// Removes every expired message, wherever it is (per-message expirations can be out of order).
+    func expireAll(now: UInt64) {
+        expireHead(now: now)
+        guard messagesWithOwnExpiry > 0 else { return }
+        var kept = Deque<QueuedMessage>()
+        var expired: [QueuedMessage] = []
+        for message in messages {
+            if message.expiresAt != 0 && message.expiresAt <= now { expired.append(message) } else { kept.append(message) }
+        }
+        guard !expired.isEmpty else { return }
+        messages = kept
+        for message in expired {
+            forget(message)
+            broker.deadLetter(message, from: self, reason: "expired")
         }
     }
 
     /// Removes and returns the message at the head (for `get`).
     func dequeue() -> QueuedMessage? {
-        guard let message = messages.popFirst() else { return nil }
+        if !messages.isEmpty && (arguments.messageTTL != nil || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
+        guard !messages.isEmpty else { return nil }
+        var message = removeFirst()
+        message.deliveries &+= 1
         deliveredCount &+= 1
         return message
     }
@@ -123,6 +235,8 @@ public final class Queue {
             for message in messages where message.logId != 0 { store.appendSettle(id: message.logId, queue: durableId) }
         }
         messages.removeAll()
+        readyBytes = 0
+        messagesWithOwnExpiry = 0
         return count
     }
 }

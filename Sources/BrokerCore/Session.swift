@@ -161,6 +161,7 @@ public final class Session {
                 guard let consumer = consumers[m.consumerTag] else {
                     throw BrokerError(.notFound, "no consumer with tag \(m.consumerTag) on this connection")
                 }
+                consumer.queue.lastUsed = broker.now()  // before: removing the last consumer may delete the queue
                 removeConsumer(consumer)
                 return .ok(requestId: m.requestId)
             }
@@ -220,6 +221,10 @@ public final class Session {
                 markDirty()
             }
             confirmSucceeded(logged: false)
+        case .rejected(let error):
+            // Refused by a full queue: a nack in confirm mode; without confirms the message is dropped, as in
+            // RabbitMQ (an error per message would flood a fast publisher).
+            if confirmMode { confirmFailed(error) }
         case .failed(let error):
             if error.code == .frameError { throw error }
             if confirmMode {
@@ -381,6 +386,8 @@ public final class Session {
     // MARK: - Settling
 
     private func settle(_ settle: Settle, requeue: Bool, kind: StaticString) {
+        // A nack or reject without requeue dead-letters (reason `rejected`); an ack just settles.
+        let isReject = kind.description != "ack"
         var returned: [(Queue, QueuedMessage)] = []
         var touched: [Queue] = []
         func release(_ index: Int) {
@@ -392,8 +399,12 @@ public final class Session {
             entry.queue.unackedCount -= 1
             if requeue, let message = entry.message {
                 returned.append((entry.queue, message))
-            } else if let message = entry.message, message.logId != 0, let store = broker.store, let id = entry.queue.durableId {
-                store.appendSettle(id: message.logId, queue: id)
+            } else if let message = entry.message {
+                if isReject {
+                    broker.deadLetter(message, from: entry.queue, reason: "rejected")
+                } else if message.logId != 0, let store = broker.store, let id = entry.queue.durableId {
+                    store.appendSettle(id: message.logId, queue: id)
+                }
             }
             if !touched.contains(where: { $0 === entry.queue }) { touched.append(entry.queue) }
         }

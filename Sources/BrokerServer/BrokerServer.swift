@@ -91,6 +91,10 @@ public final class BrokerServer: Sendable {
         do {
             let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
             let port = channel.localAddress?.port ?? configuration.port
+            // Expiry of messages (TTL) and of unused queues, without waiting for consumers.
+            loop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in
+                state.value.broker.sweep()
+            }
             if let directory {
                 // The free-disk alarm: checked every 500 ms on the broker's loop (statvfs takes microseconds).
                 let limit = configuration.diskFreeLimit

@@ -65,6 +65,12 @@ public struct MessageEnvelope: Hashable, Sendable {
         return reader
     }
 
+    /// The body's length in bytes.
+    public var bodyLength: Int {
+        let propertiesLength = Int(bytes.getInteger(at: bytes.readerIndex + namesLength, as: UInt16.self) ?? 0)
+        return bytes.readableBytes - namesLength - 2 - propertiesLength
+    }
+
     public var isPersistent: Bool { propertyFlags & MessageProperties.Bit.persistent != 0 }
 
     /// Whether the names equal `names` byte for byte (the route cache's check).

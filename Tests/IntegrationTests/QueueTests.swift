@@ -42,7 +42,10 @@ struct QueueTests {
                 #expect(generated.name.hasPrefix("amq.gen-"))
                 try await c.declareQueue("q", durable: true)
                 await expectBrokerError(.preconditionFailed) { try await c.declareQueue("q", durable: false) }
-                await expectBrokerError(.invalidArgument) { try await c.declareQueue("bad", arguments: ["x-max-length": .int(1)]) }
+                await expectBrokerError(.invalidArgument) { try await c.declareQueue("bad", arguments: ["x-unheard-of": .int(1)]) }
+                await expectBrokerError(.invalidArgument) { try await c.declareQueue("bad", arguments: ["x-max-length": .string("ten")]) }
+                await expectBrokerError(.invalidArgument) { try await c.declareQueue("bad", arguments: ["x-message-ttl": .int(-1)]) }
+                await expectBrokerError(.invalidArgument) { try await c.declareQueue("bad", arguments: ["x-overflow": .string("explode")]) }
                 await expectBrokerError(.invalidArgument) { try await c.declareQueue(String(repeating: "n", count: 300)) }
                 try await c.enableConfirms()
                 for i in 0..<3 { try await c.publish(routingKey: "q", body: "\(i)") }

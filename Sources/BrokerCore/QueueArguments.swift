@@ -1,0 +1,74 @@
+public import WireProtocol
+
+/// A queue's optional behaviour, from its declaration's `x-` arguments (docs/protocol.md §8.2, "Queue arguments").
+public struct QueueArguments: Codable, Sendable, Equatable {
+    public enum Overflow: String, Codable, Sendable, CaseIterable {
+        /// Drop (or dead-letter) the oldest ready messages to make room.
+        case dropHead = "drop-head"
+        /// Refuse the new message: a `confirmNack` to a publisher in confirm mode.
+        case rejectPublish = "reject-publish"
+        /// Refuse the new message and dead-letter it (reason `maxlen`).
+        case rejectPublishDLX = "reject-publish-dlx"
+    }
+
+    /// `x-max-length`: most ready messages.
+    public var maxLength: Int?
+    /// `x-max-length-bytes`: most bytes of ready message bodies.
+    public var maxLengthBytes: Int?
+    /// `x-overflow`.
+    public var overflow: Overflow = .dropHead
+    /// `x-message-ttl`: milliseconds a message may stay in the queue.
+    public var messageTTL: UInt64?
+    /// `x-expires`: milliseconds the queue may go unused (no consumer, no get, no declare) before it is deleted.
+    public var expires: UInt64?
+    /// `x-dead-letter-exchange`.
+    public var deadLetterExchange: String?
+    /// `x-dead-letter-routing-key`: replaces the message's routing key when it is dead-lettered.
+    public var deadLetterRoutingKey: String?
+    /// `x-delivery-limit`: a message delivered and returned more than this many times is dead-lettered (or dropped).
+    public var deliveryLimit: Int?
+
+    public init() {}
+
+    public static let known = ["x-max-length", "x-max-length-bytes", "x-overflow", "x-message-ttl", "x-expires",
+                               "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-delivery-limit"]
+
+    /// Parses and checks declare arguments; an unknown argument or a value of the wrong type or range is refused
+    /// with `INVALID_ARGUMENT` naming it.
+    public init(_ table: FieldTable) throws(BrokerError) {
+        for key in table.keys.sorted() where !Self.known.contains(key) {
+            throw BrokerError(.invalidArgument, "unknown queue argument '\(key)'; known: \(Self.known.joined(separator: ", "))")
+        }
+        func integer(_ key: String, minimum: Int64) throws(BrokerError) -> Int64? {
+            guard let value = table[key] else { return nil }
+            guard let number = value.intValue else { throw BrokerError(.invalidArgument, "queue argument '\(key)' must be an integer") }
+            guard number >= minimum else { throw BrokerError(.invalidArgument, "queue argument '\(key)' must be at least \(minimum), got \(number)") }
+            return number
+        }
+        func string(_ key: String) throws(BrokerError) -> String? {
+            guard let value = table[key] else { return nil }
+            guard let text = value.stringValue else { throw BrokerError(.invalidArgument, "queue argument '\(key)' must be a string") }
+            return text
+        }
+        maxLength = try integer("x-max-length", minimum: 0).map { Int($0) }
+        maxLengthBytes = try integer("x-max-length-bytes", minimum: 0).map { Int($0) }
+        messageTTL = try integer("x-message-ttl", minimum: 0).map { UInt64($0) }
+        expires = try integer("x-expires", minimum: 1).map { UInt64($0) }
+        deliveryLimit = try integer("x-delivery-limit", minimum: 0).map { Int($0) }
+        if let text = try string("x-overflow") {
+            guard let value = Overflow(rawValue: text) else {
+                throw BrokerError(.invalidArgument, "queue argument 'x-overflow' must be one of \(Overflow.allCases.map(\.rawValue).joined(separator: ", ")), got '\(text)'")
+            }
+            overflow = value
+        }
+        deadLetterExchange = try string("x-dead-letter-exchange")
+        if let name = deadLetterExchange, !name.isEmpty { try NameRules.validateName(name, kind: "dead-letter exchange") }
+        deadLetterRoutingKey = try string("x-dead-letter-routing-key")
+        if let key = deadLetterRoutingKey { try NameRules.validateKey(key, kind: "dead-letter routing key") }
+        if deadLetterRoutingKey != nil && deadLetterExchange == nil {
+            throw BrokerError(.invalidArgument, "'x-dead-letter-routing-key' needs 'x-dead-letter-exchange'")
+        }
+    }
+
+    var hasLimits: Bool { maxLength != nil || maxLengthBytes != nil }
+}
