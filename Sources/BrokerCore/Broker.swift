@@ -84,24 +84,36 @@ public final class Broker {
     /// Replaces the configured free-disk limit at run time (operators, tests).
     public var diskFreeLimitOverride: UInt64?
 
-    /// Why publishers are blocked, or nil.
-    public private(set) var alarm: String?
+    /// The resources whose alarms block publishers.
+    public enum AlarmSource: String, Sendable, CaseIterable {
+        case disk, memory
+    }
+
+    /// The alarms on, with their reasons.
+    public private(set) var alarms: [AlarmSource: String] = [:]
     private var toPause: [Session] = []
 
-    /// Sets or clears the resource alarm: every connection is told (`connectionBlocked` / `connectionUnblocked`),
-    /// and connections that publish stop being read until it clears.
-    public func setAlarm(_ reason: String?) {
-        guard reason != alarm else { return }
-        let wasOn = alarm != nil
-        alarm = reason
+    /// Why publishers are blocked, or nil.
+    public var alarm: String? {
+        alarms.isEmpty ? nil : AlarmSource.allCases.compactMap { alarms[$0] }.joined(separator: "; ")
+    }
+
+    /// Sets or clears one resource's alarm. While any alarm is on, every connection has been told
+    /// (`connectionBlocked`), and connections that publish are not read; when the last clears, `connectionUnblocked`.
+    public func setAlarm(_ source: AlarmSource, _ reason: String?) {
+        guard alarms[source] != reason else { return }
+        let wasOn = !alarms.isEmpty
+        alarms[source] = reason
         if let reason {
-            if !wasOn { logger.warning("alarm: blocking publishers", metadata: ["reason": "\(reason)"]) }
-            for session in sessions.values {
-                session.write(.connectionBlocked(reason: reason))
-                session.applyAlarm(true)
+            logger.warning("alarm: blocking publishers", metadata: ["resource": "\(source.rawValue)", "reason": "\(reason)"])
+            if !wasOn {
+                for session in sessions.values {
+                    session.write(.connectionBlocked(reason: reason))
+                    session.applyAlarm(true)
+                }
             }
-        } else {
-            logger.notice("alarm cleared: publishers unblocked")
+        } else if wasOn && alarms.isEmpty {
+            logger.notice("alarm cleared: publishers unblocked", metadata: ["resource": "\(source.rawValue)"])
             for session in sessions.values {
                 session.write(.connectionUnblocked)
                 session.applyAlarm(false)
@@ -110,11 +122,42 @@ public final class Broker {
         flush()
     }
 
+    // MARK: - Memory accounting
+
+    /// Bytes of messages the broker holds (ready in queues or delivered and unacknowledged), counted per queue.
+    public private(set) var bufferedBytes = 0
+    /// Above this many buffered bytes, publishers are blocked (0: no limit); they resume below 90% of it.
+    public var memoryLimit = 0
+
+    func account(_ delta: Int) {
+        bufferedBytes += delta
+        if memoryLimit > 0 && delta > 0 && bufferedBytes > memoryLimit && alarms[.memory] == nil {
+            // Set at the end of the cycle (flush), not in the middle of routing.
+            memoryAlarmPending = true
+        }
+    }
+    private var memoryAlarmPending = false
+
+    private func checkMemory() {
+        guard memoryLimit > 0 else { return }
+        if bufferedBytes > memoryLimit {
+            if alarms[.memory] == nil {
+                setAlarm(.memory, "messages held in memory (\(bufferedBytes / 1_000_000) MB) are above the memory limit of \(memoryLimit / 1_000_000) MB")
+            }
+        } else if alarms[.memory] != nil && bufferedBytes < memoryLimit / 10 * 9 {
+            setAlarm(.memory, nil)
+        }
+    }
+
     /// A connection published for the first time during an alarm: stop reading it once this read cycle is done.
     func pauseAfterCycle(_ session: Session) { toPause.append(session) }
 
     /// Writes every session's pending frames, one buffer per session.
     public func flush() {
+        if memoryAlarmPending {
+            memoryAlarmPending = false
+            checkMemory()
+        }
         if !toPause.isEmpty {
             let sessions = toPause
             toPause.removeAll()
@@ -463,6 +506,7 @@ public final class Broker {
     /// Periodic work (the server runs it every 100 ms): expired messages leave their queues without waiting for a
     /// consumer, and queues unused for their `x-expires` are deleted.
     public func sweep() {
+        checkMemory()
         let time = now()
         for queue in Array(queues.values) where !queue.isDeleted {
             if queue.arguments.messageTTL != nil || queue.messagesWithOwnExpiry > 0 { queue.expireAll(now: time) }

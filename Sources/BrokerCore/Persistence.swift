@@ -101,7 +101,7 @@ extension Broker {
             }
             for id in message.queues {
                 guard let queue = byId[id] else { continue }  // its queue was deleted
-                queue.messages.append(QueuedMessage(envelope: envelope, redelivered: message.delivered.contains(id), logId: message.id))
+                queue.append(QueuedMessage(envelope: envelope, redelivered: message.delivered.contains(id), logId: message.id))
                 restored += 1
             }
         }

@@ -119,7 +119,8 @@ public final class Queue {
         message.expiresAt = max(1, broker.now() &+ ttl * 1_000_000)
     }
 
-    private func append(_ message: QueuedMessage) {
+    func append(_ message: QueuedMessage) {
+        broker.account(message.envelope.bytes.readableBytes)
         if arguments.maxLengthBytes != nil { readyBytes += message.envelope.bodyLength }
         if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
         messages.append(message)
@@ -132,6 +133,7 @@ public final class Queue {
     }
 
     private func forget(_ message: QueuedMessage) {
+        broker.account(-message.envelope.bytes.readableBytes)
         if arguments.maxLengthBytes != nil { readyBytes -= message.envelope.bodyLength }
         if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry -= 1 }
     }
@@ -180,6 +182,7 @@ public final class Queue {
                 continue
             }
             message.redelivered = true
+            broker.account(message.envelope.bytes.readableBytes)
             if arguments.maxLengthBytes != nil { readyBytes += message.envelope.bodyLength }
             if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
             messages.prepend(message)
@@ -234,6 +237,7 @@ public final class Queue {
         if let store, let durableId {
             for message in messages where message.logId != 0 { store.appendSettle(id: message.logId, queue: durableId) }
         }
+        for message in messages { broker.account(-message.envelope.bytes.readableBytes) }
         messages.removeAll()
         readyBytes = 0
         messagesWithOwnExpiry = 0

@@ -69,6 +69,7 @@ public final class BrokerServer: Sendable {
                                                  store: store, eventLoop: loop, definitions: definitions, recovered: recovered)
             }
             let broker = Broker(users: users, logger: logger, persistence: persistence)
+            broker.memoryLimit = configuration.memoryLimit
             return NIOLoopBound((broker: broker, registry: ConnectionRegistry()), eventLoop: loop)
         }.get()
         let bootstrap = ServerBootstrap(group: group)
@@ -103,9 +104,9 @@ public final class BrokerServer: Sendable {
                     guard let free = directory.freeBytes() else { return }
                     let effectiveLimit = broker.diskFreeLimitOverride ?? limit
                     if free < effectiveLimit {
-                        broker.setAlarm("free disk space \(free / 1_000_000) MB is below the limit of \(effectiveLimit / 1_000_000) MB")
-                    } else if broker.alarm != nil {
-                        broker.setAlarm(nil)
+                        broker.setAlarm(.disk, "free disk space \(free / 1_000_000) MB is below the limit of \(effectiveLimit / 1_000_000) MB")
+                    } else {
+                        broker.setAlarm(.disk, nil)
                     }
                 }
             }

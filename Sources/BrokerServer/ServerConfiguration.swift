@@ -1,4 +1,5 @@
 public import BrokerStorage
+import Foundation
 
 /// The server's settings, each with its default. docs/operations.md lists them for operators.
 public struct ServerConfiguration: Sendable {
@@ -15,6 +16,9 @@ public struct ServerConfiguration: Sendable {
     public var fsyncIntervalMilliseconds: Int = 100
     /// Below this many free bytes on the data directory's file system, publishers are blocked. Default 50 MB.
     public var diskFreeLimit: UInt64 = 50_000_000
+    /// Above this many bytes of messages held in memory, publishers are blocked until consumers bring it below
+    /// 90% of it. Default: 40% of the machine's RAM (as RabbitMQ's memory high watermark); 0 disables.
+    public var memoryLimit: Int = ServerConfiguration.defaultMemoryLimit
     /// Size at which the message log starts a new segment file. Default 64 MiB.
     public var segmentSize: Int = 64 << 20
     /// Largest frame accepted, length prefix included; bounds the size of one message. Default 8 MiB.
@@ -27,6 +31,9 @@ public struct ServerConfiguration: Sendable {
     public var maxFramesHeldDuringAuth: Int = 1024
 
     public static let defaultPort = 5680
+
+    /// 40% of physical memory.
+    public static var defaultMemoryLimit: Int { Int(ProcessInfo.processInfo.physicalMemory / 10 * 4) }
 
     public init() {}
 }

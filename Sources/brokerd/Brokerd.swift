@@ -41,6 +41,9 @@ struct Brokerd: AsyncParsableCommand {
     @Option(name: .customLong("disk-free-limit"), help: "Block publishers while the data directory's disk has fewer free bytes.")
     var diskFreeLimit: UInt64 = 50_000_000
 
+    @Option(name: .customLong("memory-limit"), help: "Block publishers above this many bytes of messages held in memory (default: 40% of RAM; 0: no limit).")
+    var memoryLimit: Int = ServerConfiguration.defaultMemoryLimit
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -51,6 +54,7 @@ struct Brokerd: AsyncParsableCommand {
         guard FsyncPolicy(rawValue: fsync) != nil else {
             throw ValidationError("--fsync must be one of always, interval, never")
         }
+        guard memoryLimit >= 0 else { throw ValidationError("--memory-limit must not be negative") }
         guard fsyncIntervalMs >= 1 else { throw ValidationError("--fsync-interval-ms must be at least 1") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -75,6 +79,7 @@ struct Brokerd: AsyncParsableCommand {
         configuration.fsyncPolicy = FsyncPolicy(rawValue: fsync) ?? .always
         configuration.fsyncIntervalMilliseconds = fsyncIntervalMs
         configuration.diskFreeLimit = diskFreeLimit
+        configuration.memoryLimit = memoryLimit
         // A file-size limit (ulimit -f) must turn into a failed write we handle, not a signal that kills us.
         signal(SIGXFSZ, SIG_IGN)
 

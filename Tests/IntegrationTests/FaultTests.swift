@@ -54,6 +54,46 @@ struct FaultTests {
         #expect(!daemonLog.text.contains("message log repaired"), "recovery had to cut a half record:\n\(daemonLog.text)")
     }
 
+    @Test("above the memory limit publishers are blocked until consumers drain the backlog")
+    func memoryAlarm() async throws {
+        try await withBroker(memoryLimit: 1_000_000) { server, config in
+            let publisher = try await BrokerConnection.connect(config)
+            let consumerConnection = try await BrokerConnection.connect(config)
+            try await publisher.declareQueue("burst")
+            let body = ByteBuffer(repeating: 0x42, count: 10_000)
+            var flow = publisher.flow.makeAsyncIterator()
+            // 200 × 10 KB = 2 MB into a queue with no consumer: the alarm goes off past 1 MB.
+            let producing = Task {
+                for _ in 0..<200 { try await publisher.publish(routingKey: "burst", body: body) }
+            }
+            guard case .blocked(let reason)? = await flow.next() else {
+                Issue.record("no blocked notice")
+                return
+            }
+            #expect(reason.contains("memory limit"))
+            try await Task.sleep(for: .milliseconds(200))
+            let held = try await server.withBroker { $0.bufferedBytes }
+            #expect(held < 1_500_000, "the broker kept reading: \(held) bytes held")
+            // A consumer that never published drains it; publishing resumes and completes.
+            let consumer = try await consumerConnection.consume(queue: "burst", prefetch: 50)
+            let draining = Task {
+                var n = 0
+                for try await m in consumer {
+                    try await m.ack()
+                    n += 1
+                    if n == 200 { break }
+                }
+                return n
+            }
+            #expect(await flow.next() == .unblocked)
+            try await producing.value
+            #expect(try await draining.value == 200)
+            #expect(try await eventually { try await server.withBroker { $0.bufferedBytes } == 0 })
+            await publisher.close()
+            await consumerConnection.close()
+        }
+    }
+
     @Test("below the free-disk limit publishers are blocked, not failed, consumers keep being served, and all resumes")
     func diskAlarm() async throws {
         try await withBroker { server, config in
