@@ -125,18 +125,14 @@ public final class Broker {
     // MARK: - Memory accounting
 
     /// Bytes of messages the broker holds (ready in queues or delivered and unacknowledged), counted per queue.
-    public private(set) var bufferedBytes = 0
+    public var bufferedBytes: Int { memory.bytes }
     /// Above this many buffered bytes, publishers are blocked (0: no limit); they resume below 90% of it.
-    public var memoryLimit = 0
-
-    func account(_ delta: Int) {
-        bufferedBytes += delta
-        if memoryLimit > 0 && delta > 0 && bufferedBytes > memoryLimit && alarms[.memory] == nil {
-            // Set at the end of the cycle (flush), not in the middle of routing.
-            memoryAlarmPending = true
-        }
+    public var memoryLimit: Int {
+        get { memory.limit }
+        set { memory.limit = newValue }
     }
-    private var memoryAlarmPending = false
+    /// Shared with every queue and session, which count into it on the hot path without touching the broker.
+    let memory = MemoryCounter()
 
     private func checkMemory() {
         guard memoryLimit > 0 else { return }
@@ -154,8 +150,8 @@ public final class Broker {
 
     /// Writes every session's pending frames, one buffer per session.
     public func flush() {
-        if memoryAlarmPending {
-            memoryAlarmPending = false
+        if memory.overLimit {
+            memory.overLimit = false
             checkMemory()
         }
         if !toPause.isEmpty {
@@ -548,4 +544,19 @@ public final class Broker {
     }
 
     public func exchangeExists(_ name: String) -> Bool { exchanges[name] != nil }
+}
+
+/// The count of bytes held in messages. A separate object, held strongly by queues and sessions: counting into it
+/// costs one add, where going through their unowned reference to the broker costs a reference-count check.
+final class MemoryCounter {
+    var bytes = 0
+    var limit = 0
+    /// Set when the count passes the limit; the broker raises the alarm at the end of the read cycle.
+    var overLimit = false
+
+    @inline(__always)
+    func add(_ delta: Int) {
+        bytes &+= delta
+        if limit > 0 && bytes > limit { overLimit = true }
+    }
 }

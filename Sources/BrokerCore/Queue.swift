@@ -33,7 +33,14 @@ public final class Queue {
     /// The queue's number in the message log, when it is durable and the broker persists.
     public internal(set) var durableId: UInt32?
     public let arguments: QueueArguments
+    /// Plain copies of what the hot path asks of `arguments` (reading the struct, with its strings, per message
+    /// costs retains and releases).
+    private let hasQueueTTL: Bool
+    private let hasLengthLimit: Bool
+    private let takesDirectDelivery: Bool
+    private let hasByteLimit: Bool
     unowned let broker: Broker
+    private let memory: MemoryCounter
     /// Bytes of ready message bodies (kept only when the queue has a byte limit).
     private(set) var readyBytes = 0
     /// Ready messages with their own expiration (they may expire out of order).
@@ -61,7 +68,12 @@ public final class Queue {
         self.autoDelete = autoDelete
         self.exclusiveOwner = exclusiveOwner
         self.arguments = arguments
+        self.hasQueueTTL = arguments.messageTTL != nil
+        self.hasLengthLimit = arguments.hasLimits
+        self.takesDirectDelivery = arguments.maxLength != 0
+        self.hasByteLimit = arguments.maxLengthBytes != nil
         self.broker = broker
+        self.memory = broker.memory
         self.lastUsed = broker.now()
     }
 
@@ -96,15 +108,20 @@ public final class Queue {
     @discardableResult
     func enqueue(_ incoming: QueuedMessage) -> Bool {
         publishedCount &+= 1
-        var message = incoming
-        if arguments.messageTTL != nil || message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 {
-            setExpiry(&message)
+        guard hasQueueTTL || incoming.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 else {
+            return place(incoming)
         }
-        if messages.isEmpty && arguments.maxLength != 0, let consumer = nextConsumerWithCredit() {
+        var message = incoming
+        setExpiry(&message)
+        return place(message)
+    }
+
+    private func place(_ message: QueuedMessage) -> Bool {
+        if messages.isEmpty && takesDirectDelivery, let consumer = nextConsumerWithCredit() {
             deliver(message, to: consumer)
             return true
         }
-        if arguments.hasLimits && !makeRoom(for: message) { return false }
+        if hasLengthLimit && !makeRoom(for: message) { return false }
         append(message)
         return true
     }
@@ -120,8 +137,8 @@ public final class Queue {
     }
 
     func append(_ message: QueuedMessage) {
-        broker.account(message.envelope.bytes.readableBytes)
-        if arguments.maxLengthBytes != nil { readyBytes += message.envelope.bodyLength }
+        memory.add(message.envelope.bytes.readableBytes)
+        if hasByteLimit { readyBytes += message.envelope.bodyLength }
         if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
         messages.append(message)
     }
@@ -133,8 +150,8 @@ public final class Queue {
     }
 
     private func forget(_ message: QueuedMessage) {
-        broker.account(-message.envelope.bytes.readableBytes)
-        if arguments.maxLengthBytes != nil { readyBytes -= message.envelope.bodyLength }
+        memory.add(-message.envelope.bytes.readableBytes)
+        if hasByteLimit { readyBytes -= message.envelope.bodyLength }
         if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry -= 1 }
     }
 
@@ -162,9 +179,7 @@ public final class Queue {
 
     private func deliver(_ message: QueuedMessage, to consumer: Consumer) {
         deliveredCount &+= 1
-        var delivered = message
-        delivered.deliveries &+= 1
-        consumer.session.deliver(delivered, to: consumer, from: self)
+        consumer.session.deliver(message, to: consumer, from: self)  // counts the delivery in its unacked record
     }
 
     /// Puts settled-with-requeue messages back at the head, in their original order, marked redelivered. A message
@@ -182,8 +197,8 @@ public final class Queue {
                 continue
             }
             message.redelivered = true
-            broker.account(message.envelope.bytes.readableBytes)
-            if arguments.maxLengthBytes != nil { readyBytes += message.envelope.bodyLength }
+            memory.add(message.envelope.bytes.readableBytes)
+            if hasByteLimit { readyBytes += message.envelope.bodyLength }
             if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
             messages.prepend(message)
         }
@@ -191,7 +206,7 @@ public final class Queue {
 
     /// Delivers ready messages while some consumer has credit; expired messages at the head leave first.
     func dispatch() {
-        if !messages.isEmpty && (arguments.messageTTL != nil || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
+        if !messages.isEmpty && (hasQueueTTL || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
         while !messages.isEmpty, let consumer = nextConsumerWithCredit() {
             deliver(removeFirst(), to: consumer)
         }
@@ -223,7 +238,7 @@ public final class Queue {
 
     /// Removes and returns the message at the head (for `get`).
     func dequeue() -> QueuedMessage? {
-        if !messages.isEmpty && (arguments.messageTTL != nil || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
+        if !messages.isEmpty && (hasQueueTTL || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
         guard !messages.isEmpty else { return nil }
         var message = removeFirst()
         message.deliveries &+= 1
@@ -237,7 +252,7 @@ public final class Queue {
         if let store, let durableId {
             for message in messages where message.logId != 0 { store.appendSettle(id: message.logId, queue: durableId) }
         }
-        for message in messages { broker.account(-message.envelope.bytes.readableBytes) }
+        for message in messages { memory.add(-message.envelope.bytes.readableBytes) }
         messages.removeAll()
         readyBytes = 0
         messagesWithOwnExpiry = 0
