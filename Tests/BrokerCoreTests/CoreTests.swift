@@ -264,6 +264,42 @@ struct CoreTests {
         _ = t
     }
 
+    @Test("TTL runs on the broker's clock: a manual clock expires messages without any sleep")
+    func manualClockTTL() throws {
+        let h = Harness()
+        final class ManualClock { var nanos: UInt64 = 1_000_000_000 }
+        let clock = ManualClock()
+        h.broker.now = { clock.nanos }
+        let (s, _) = h.connect()
+        try h.send(s, .queueDeclare(QueueDeclare(requestId: 1, name: "ttl", arguments: ["x-message-ttl": .int(1000)])))
+        try h.publish(s, key: "ttl", "old")
+        clock.nanos += 600_000_000
+        try h.publish(s, key: "ttl", "young")
+        #expect(h.broker.queueInfo("ttl")?.ready == 2)
+        clock.nanos += 500_000_000  // "old" is 1.1 s old, "young" 0.5 s
+        h.broker.sweep()
+        #expect(h.broker.queueInfo("ttl")?.ready == 1)
+        clock.nanos += 600_000_000
+        h.broker.sweep()
+        #expect(h.broker.queueInfo("ttl")?.ready == 0)
+    }
+
+    @Test("the memory counter follows messages in and out of queues and unacked sets")
+    func memoryAccounting() throws {
+        let h = Harness()
+        let (s, t) = h.connect()
+        try h.declare(s, queue: "q")
+        for _ in 0..<10 { try h.publish(s, key: "q", String(repeating: "x", count: 100)) }
+        let held = h.broker.bufferedBytes
+        #expect(held > 1000)
+        try h.consume(s, queue: "q", prefetch: 5)
+        #expect(h.broker.bufferedBytes == held)  // five ready, five unacked
+        try h.send(s, .ack(Settle(deliveryTag: 0, multiple: true)))
+        try h.send(s, .ack(Settle(deliveryTag: 0, multiple: true)))
+        #expect(t.deliveries.count == 10)
+        #expect(h.broker.bufferedBytes == 0)
+    }
+
     @Test("passwords are stored salted and hashed")
     func passwordStorage() {
         let a = PasswordHash(password: "secret")
