@@ -33,6 +33,8 @@ public final class Broker {
     var openBatch: UInt64 = 1
     /// Whether the last log write failed (to log failures once per episode).
     var logWriteFailing = false
+    /// Queues with paged messages whose log write has not completed.
+    var queuesPaging: [Queue] = []
 
     public init(users: UserStore = UserStore(), logger: Logger = Logger(label: "brokerd.core"), persistence: PersistenceContext? = nil) {
         self.users = users
@@ -550,7 +552,11 @@ public final class Broker {
 /// costs one add, where going through their unowned reference to the broker costs a reference-count check.
 final class MemoryCounter {
     var bytes = 0
-    var limit = 0
+    var limit = 0 {
+        didSet { pagingThreshold = limit / 2 }
+    }
+    /// Above this, messages joining a backlog are paged out to the log (half the limit; 0: never).
+    var pagingThreshold = 0
     /// Set when the count passes the limit; the broker raises the alarm at the end of the read cycle.
     var overLimit = false
 

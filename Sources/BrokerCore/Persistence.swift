@@ -154,6 +154,8 @@ extension Broker {
     }
 
     func logBatchFinished(_ batch: UInt64, _ result: Result<Void, StorageError>) {
+        for queue in queuesPaging where !queue.isDeleted { queue.pagesWritten(through: batch, failed: result.isFailure) }
+        queuesPaging.removeAll { $0.isDeleted || !$0.hasPagesInFlight }
         switch result {
         case .failure(let error):
             // Once per episode, not once per batch: a full disk would flood the log otherwise.

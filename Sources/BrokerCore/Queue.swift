@@ -1,5 +1,6 @@
 import NIOCore
 import BrokerStorage
+import Logging
 public import WireProtocol
 import DequeModule
 
@@ -45,6 +46,15 @@ public final class Queue {
     private(set) var readyBytes = 0
     /// Ready messages with their own expiration (they may expire out of order).
     var messagesWithOwnExpiry = 0
+    /// Where paged-out messages lie in the log, by page id.
+    private var pages: [UInt64: PageLocation] = [:]
+    /// Paged-out envelopes whose log write has not completed yet, with their log batch: they stay in memory until
+    /// it has (and for good if it failed), so a message is never lost to a write that did not happen.
+    private var inFlight: [UInt64: (batch: UInt64, envelope: MessageEnvelope)] = [:]
+    var hasPagesInFlight: Bool { !inFlight.isEmpty }
+    /// Messages of this queue currently paged out.
+    public var pagedCount: Int { pages.count }
+
     /// Last time a client used the queue (declare, consume, get, cancel), for `x-expires`.
     var lastUsed: UInt64 = 0
 
@@ -136,17 +146,71 @@ public final class Queue {
         message.expiresAt = max(1, broker.now() &+ ttl * 1_000_000)
     }
 
-    func append(_ message: QueuedMessage) {
+    func append(_ incoming: QueuedMessage) {
+        var message = incoming
+        // Past half the memory limit, a message joining a backlog waits in the log, not in memory: the peak buffer.
+        if memory.pagingThreshold > 0 && memory.bytes > memory.pagingThreshold && !hasByteLimit && !message.envelope.isPaged,
+           let store = broker.store {
+            let (id, location) = store.appendPage(envelope: message.envelope.bytes)
+            pages[id] = location
+            if inFlight.isEmpty { broker.queuesPaging.append(self) }
+            inFlight[id] = (broker.openBatch, message.envelope)
+            message.envelope = MessageEnvelope(pagedAs: id, propertyFlags: message.envelope.propertyFlags)
+        }
         memory.add(message.envelope.bytes.readableBytes)
         if hasByteLimit { readyBytes += message.envelope.bodyLength }
         if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
         messages.append(message)
     }
 
-    private func removeFirst() -> QueuedMessage {
+    /// Takes the head, paging it back in if needed; nil if a paged message could not be read (logged).
+    private func removeFirst() -> QueuedMessage? {
         let message = messages.removeFirst()
         forget(message)
-        return message
+        return pageIn(message)
+    }
+
+    /// Brings a paged-out message back: from memory if its write is still in flight, else from the log.
+    private func pageIn(_ message: QueuedMessage) -> QueuedMessage? {
+        guard message.envelope.isPaged else { return message }
+        let id = message.envelope.pageId
+        var restored = message
+        defer {
+            pages[id] = nil
+            broker.store?.releasePage(id)
+        }
+        if let entry = inFlight.removeValue(forKey: id) {
+            restored.envelope = entry.envelope
+            return restored
+        }
+        guard let location = pages[id], let store = broker.store else { return nil }
+        do {
+            restored.envelope = try MessageEnvelope(parsing: store.read(location))
+            return restored
+        } catch {
+            broker.logger.error("a paged message could not be read back and is lost", metadata: ["queue": "\(name)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// A log batch finished: paged envelopes it carried are on disk and leave memory. If it failed they stay.
+    func pagesWritten(through batch: UInt64, failed: Bool) {
+        for (id, entry) in inFlight where entry.batch <= batch {
+            if failed {
+                inFlight[id] = (UInt64.max, entry.envelope)
+            } else {
+                inFlight[id] = nil
+            }
+        }
+    }
+
+    /// Drops a paged message without reading it.
+    private func discardPage(_ message: QueuedMessage) {
+        guard message.envelope.isPaged else { return }
+        let id = message.envelope.pageId
+        pages[id] = nil
+        inFlight[id] = nil
+        broker.store?.releasePage(id)
     }
 
     private func forget(_ message: QueuedMessage) {
@@ -165,7 +229,9 @@ public final class Queue {
         if fits() { return true }
         switch arguments.overflow {
         case .dropHead:
-            while !fits() && !messages.isEmpty { broker.deadLetter(removeFirst(), from: self, reason: "maxlen") }
+            while !fits() && !messages.isEmpty {
+                if let dropped = removeFirst() { broker.deadLetter(dropped, from: self, reason: "maxlen") }
+            }
             if fits() { return true }
             broker.deadLetter(message, from: self, reason: "maxlen")  // larger than the whole limit on its own
             return true
@@ -208,14 +274,14 @@ public final class Queue {
     func dispatch() {
         if !messages.isEmpty && (hasQueueTTL || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
         while !messages.isEmpty, let consumer = nextConsumerWithCredit() {
-            deliver(removeFirst(), to: consumer)
+            if let message = removeFirst() { deliver(message, to: consumer) }
         }
     }
 
     /// Removes expired messages from the head (dead-lettering them, reason `expired`).
     func expireHead(now: UInt64) {
         while let head = messages.first, head.expiresAt != 0, head.expiresAt <= now {
-            broker.deadLetter(removeFirst(), from: self, reason: "expired")
+            if let expired = removeFirst() { broker.deadLetter(expired, from: self, reason: "expired") }
         }
     }
 
@@ -232,18 +298,20 @@ public final class Queue {
         messages = kept
         for message in expired {
             forget(message)
-            broker.deadLetter(message, from: self, reason: "expired")
+            if let restored = pageIn(message) { broker.deadLetter(restored, from: self, reason: "expired") }
         }
     }
 
     /// Removes and returns the message at the head (for `get`).
     func dequeue() -> QueuedMessage? {
         if !messages.isEmpty && (hasQueueTTL || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
-        guard !messages.isEmpty else { return nil }
-        var message = removeFirst()
-        message.deliveries &+= 1
-        deliveredCount &+= 1
-        return message
+        while !messages.isEmpty {
+            guard var message = removeFirst() else { continue }
+            message.deliveries &+= 1
+            deliveredCount &+= 1
+            return message
+        }
+        return nil
     }
 
     /// Drops every ready message (recording that in the log); unacknowledged ones stay with their consumers.
@@ -252,7 +320,10 @@ public final class Queue {
         if let store, let durableId {
             for message in messages where message.logId != 0 { store.appendSettle(id: message.logId, queue: durableId) }
         }
-        for message in messages { memory.add(-message.envelope.bytes.readableBytes) }
+        for message in messages {
+            memory.add(-message.envelope.bytes.readableBytes)
+            discardPage(message)
+        }
         messages.removeAll()
         readyBytes = 0
         messagesWithOwnExpiry = 0

@@ -38,7 +38,7 @@ public final class LogWriter: Sendable {
         var stopping = false
     }
 
-    private let directory: String
+    public let directory: String
     private let policy: FsyncPolicy
     private let intervalNanos: UInt64
     private let state = Mutex(State())

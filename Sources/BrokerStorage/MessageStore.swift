@@ -1,4 +1,15 @@
 public import NIOCore
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a message's envelope lies in the log, to read it back (paging).
+public struct PageLocation: Sendable, Hashable {
+    public var segment: UInt64
+    public var offset: Int
+    public var length: Int
+}
 
 /// The event loop's side of the message log: it numbers persistent messages, encodes their records into the
 /// current cycle's batch, counts each segment's live (message, queue) pairs, and hands the batch to the
@@ -48,14 +59,72 @@ public final class MessageStore {
     public var segmentCount: Int { segments.count + 1 }
 
     /// Appends a publish record for a message entering the given durable queues; returns its id.
+    @discardableResult
     public func appendPublish(envelope: ByteBuffer, queues: [UInt32]) -> UInt64 {
+        appendRecord(envelope: envelope, queues: queues, pageReferences: 0).id
+    }
+
+    /// Writes a message's envelope to the log so a queue can drop it from memory (paging): a record with no queue,
+    /// which recovery never restores, kept alive by one page reference until ``releasePage(_:)``.
+    public func appendPage(envelope: ByteBuffer) -> (id: UInt64, location: PageLocation) {
+        appendRecord(envelope: envelope, queues: [], pageReferences: 1)
+    }
+
+    private func appendRecord(envelope: ByteBuffer, queues: [UInt32], pageReferences: Int) -> (id: UInt64, location: PageLocation) {
         let id = nextMessageId
         nextMessageId += 1
+        let recordStart = currentSize + batch.readableBytes
+        let location = PageLocation(segment: current.index, offset: recordStart + 8 + 1 + 8 + 2 + 4 * queues.count,
+                                    length: envelope.readableBytes)
         LogRecord.writePublish(into: &batch, id: id, queues: queues, envelope: envelope)
         current.lastId = id
-        current.live += queues.count
+        current.live += queues.count + pageReferences
         rollIfFull()
-        return id
+        return (id, location)
+    }
+
+    /// A paged message was read back or dropped: its record may go once its segment has nothing else live.
+    public func releasePage(_ id: UInt64) {
+        release(id)
+    }
+
+    /// Reads a paged envelope back (pread on the event loop: from the page cache this takes microseconds).
+    public func read(_ location: PageLocation) throws -> ByteBuffer {
+        let fd: Int32
+        if let cached = readDescriptors[location.segment] {
+            fd = cached
+        } else {
+            let path = LogWriter.segmentPath(writer.directory, location.segment)
+            fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw StorageError("cannot open \(path) to page a message in: \(String(cString: strerror(errno)))") }
+            readDescriptors[location.segment] = fd
+        }
+        var buffer = ByteBufferAllocator().buffer(capacity: location.length)
+        var failure: Int32 = 0
+        let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: location.length) { target in
+            var done = 0
+            while done < location.length {
+                let n = pread(fd, target.baseAddress! + done, location.length - done, off_t(location.offset + done))  // length > 0 here
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    failure = errno
+                    break
+                }
+                if n == 0 { break }
+                done += n
+            }
+            return done
+        }
+        guard failure == 0, read == location.length else {
+            throw StorageError("cannot page a message in from segment \(location.segment): \(failure == 0 ? "short read" : String(cString: strerror(failure)))")
+        }
+        return buffer
+    }
+
+    private var readDescriptors: [UInt64: Int32] = [:]
+
+    deinit {
+        for fd in readDescriptors.values { close(fd) }
     }
 
     /// Records that a message left a queue (acknowledged, dropped, purged, or its queue deleted).
@@ -102,8 +171,13 @@ public final class MessageStore {
             }
         }
         // Only the oldest segments go: settle records in a later segment may refer to messages in an earlier one.
+        dropOldestSettled()
+    }
+
+    private func dropOldestSettled() {
         while let first = segments.first, first.live <= 0 {
             deletions.append(first.index)
+            if let fd = readDescriptors.removeValue(forKey: first.index) { close(fd) }
             segments.removeFirst()
         }
     }
@@ -121,9 +195,6 @@ public final class MessageStore {
         segments.append(current)
         current = Segment(index: current.index + 1, firstId: nextMessageId, lastId: nextMessageId &- 1, live: 0)
         currentSize = LogRecord.segmentHeader.count
-        while let first = segments.first, first.live <= 0 {
-            deletions.append(first.index)
-            segments.removeFirst()
-        }
+        dropOldestSettled()
     }
 }

@@ -43,6 +43,23 @@ public struct MessageEnvelope: Hashable, Sendable {
         self.propertyFlags = properties.flags
     }
 
+    /// A stand-in for an envelope the broker paged out to its log: 8 bytes holding the page id. Keeps the
+    /// original property flags (the queue's bookkeeping of expirations reads them).
+    public init(pagedAs id: UInt64, propertyFlags: UInt16) {
+        var buffer = ByteBuffer()
+        buffer.writeInteger(id)
+        self.bytes = buffer
+        self.namesLength = -1
+        self.propertyFlags = propertyFlags
+    }
+
+    /// Whether this is a stand-in for a paged-out envelope.
+    @inlinable
+    public var isPaged: Bool { namesLength < 0 }
+
+    /// The page id of a stand-in.
+    public var pageId: UInt64 { bytes.getInteger(at: bytes.readerIndex, as: UInt64.self) ?? 0 }
+
     /// The exchange and routing key, with their UTF-8 checked.
     public func names() throws(BrokerError) -> (exchange: String, routingKey: String) {
         var reader = bytes

@@ -7,7 +7,7 @@ import Synchronization
 import Testing
 import WireProtocol
 
-@Suite("Disk faults: failed writes and the free-disk alarm", .serialized)
+@Suite("Disk faults: failed writes and the free-disk alarm", .serialized, .timeLimit(.minutes(2)))
 struct FaultTests {
     @Test("writes refused by the kernel nack the publishes and leave no half record behind")
     func failedWrites() async throws {
@@ -54,9 +54,9 @@ struct FaultTests {
         #expect(!daemonLog.text.contains("message log repaired"), "recovery had to cut a half record:\n\(daemonLog.text)")
     }
 
-    @Test("above the memory limit publishers are blocked until consumers drain the backlog")
+    @Test("without a log to page to, publishers are blocked above the memory limit until consumers drain the backlog")
     func memoryAlarm() async throws {
-        try await withBroker(memoryLimit: 1_000_000) { server, config in
+        try await withBroker(memoryLimit: 1_000_000, inMemory: true) { server, config in
             let publisher = try await BrokerConnection.connect(config)
             let consumerConnection = try await BrokerConnection.connect(config)
             try await publisher.declareQueue("burst")
@@ -128,6 +128,79 @@ struct FaultTests {
             #expect(try await next(consumer).bodyString == "during-alarm")
             await publisher.close()
             await consumerConnection.close()
+        }
+    }
+}
+
+@Suite("The peak buffer: paging past half the memory limit", .timeLimit(.minutes(2)))
+struct PagingTests {
+    @Test("a burst larger than the memory limit is absorbed on disk, memory stays bounded, and drains in order")
+    func burstIsPaged() async throws {
+        let limit = 4_000_000
+        try await withBroker(memoryLimit: limit) { server, config in
+            try await withConnection(config) { c in
+                try await c.declareQueue("burst")
+                try await c.enableConfirms()
+                // 20 MB of transient messages, five times the limit, with no consumer: all confirmed, none blocked.
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for p in 0..<4 {
+                        group.addTask {
+                            for i in 0..<5000 {
+                                let n = p * 5000 + i
+                                try await c.publish(routingKey: "burst", body: "\(n):" + String(repeating: "p", count: 1000))
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                let held = try await server.withBroker { $0.bufferedBytes }
+                #expect(held < limit, "\(held) bytes held in memory for a 20 MB backlog")
+                #expect(try await server.withBroker { $0.queueInfo("burst")?.ready } == 20_000)
+                // Drain: every message, intact, each producer's messages in publish order.
+                let consumer = try await c.consume(queue: "burst", prefetch: 500)
+                var last = [Int](repeating: -1, count: 4)
+                var count = 0
+                for try await m in consumer {
+                    let text = m.bodyString
+                    guard let n = Int(text.prefix(while: { $0 != ":" })), text.hasSuffix(String(repeating: "p", count: 1000)) else {
+                        Issue.record("corrupt message \(text.prefix(20))")
+                        break
+                    }
+                    #expect(n > last[n / 5000], "out of order: \(n) after \(last[n / 5000])")
+                    last[n / 5000] = n
+                    try await m.ack()
+                    count += 1
+                    if count == 20_000 { break }
+                }
+                #expect(count == 20_000)
+                #expect(try await eventually { try await server.withBroker { $0.bufferedBytes } == 0 })
+            }
+        }
+    }
+
+    @Test("paged persistent messages in a durable queue survive a restart once, with no duplicates")
+    func pagedPersistent() async throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await withBroker(dataDirectory: dir, memoryLimit: 1_000_000) { _, config in
+            try await withConnection(config) { c in
+                try await c.declareQueue("durable-burst", durable: true)
+                try await c.enableConfirms()
+                for i in 0..<3000 {
+                    try await c.publish(routingKey: "durable-burst", body: "\(i):" + String(repeating: "d", count: 1000),
+                                        properties: MessageProperties(persistent: true))
+                }
+            }
+        }
+        try await withBroker(dataDirectory: dir, memoryLimit: 1_000_000) { server, config in
+            #expect(try await server.withBroker { $0.queueInfo("durable-burst")?.ready } == 3000)
+            try await withConnection(config) { c in
+                var got: [Int] = []
+                while let m = try await c.get(queue: "durable-burst", noAck: true) {
+                    got.append(Int(m.bodyString.prefix(while: { $0 != ":" })) ?? -1)
+                }
+                #expect(got == Array(0..<3000))
+            }
         }
     }
 }

@@ -13,12 +13,12 @@ import Glibc
 
 /// Runs `body` against a real broker on an ephemeral loopback port, shutting it down whether `body` succeeds or not.
 func withBroker(users: UserStore = UserStore(), heartbeat: UInt16 = 0, maxFrameSize: UInt32 = 1 << 20, dataDirectory: String? = nil,
-                segmentSize: Int = 64 << 20, memoryLimit: Int = 0, _ body: (BrokerServer, ClientConfiguration) async throws -> Void) async throws {
+                segmentSize: Int = 64 << 20, memoryLimit: Int = 0, inMemory: Bool = false, _ body: (BrokerServer, ClientConfiguration) async throws -> Void) async throws {
     // Each broker gets its own data directory (parallel-safe), removed afterwards unless the caller owns it.
     let directory = dataDirectory ?? temporaryDirectory()
     defer { if dataDirectory == nil { try? FileManager.default.removeItem(atPath: directory) } }
     var configuration = ServerConfiguration()
-    configuration.dataDirectory = directory
+    configuration.dataDirectory = inMemory ? nil : directory
     configuration.segmentSize = segmentSize
     configuration.memoryLimit = memoryLimit
     configuration.host = "127.0.0.1"
