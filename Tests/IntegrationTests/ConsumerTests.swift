@@ -5,7 +5,7 @@ import NIOCore
 import Testing
 import WireProtocol
 
-@Suite("Consumers, acks and redelivery through a real broker")
+@Suite("Consumers, acks and redelivery through a real broker", .timeLimit(.minutes(2)))
 struct ConsumerTests {
     @Test("prefetch: a consumer holds at most N unacknowledged messages")
     func prefetch() async throws {

@@ -7,7 +7,7 @@ import WireProtocol
 
 /// kill -9 of the real brokerd executable while a client publishes persistent messages with confirms and another
 /// consumes with acks: every confirmed message must be delivered at least once, intact.
-@Suite("Crash recovery of the brokerd executable", .serialized)
+@Suite("Crash recovery of the brokerd executable", .serialized, .timeLimit(.minutes(2)))
 struct CrashTests {
     /// Messages: "seq:<n>:" then a body derived from n, so corruption shows.
     static func body(_ n: Int) -> String { "seq:\(n):" + String(repeating: String(UnicodeScalar(UInt8(65 + n % 26))), count: 200) }

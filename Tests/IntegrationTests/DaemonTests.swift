@@ -5,7 +5,7 @@ import Testing
 import WireProtocol
 
 /// Tests against the built `brokerd` and `brokerctl` executables, run as subprocesses.
-@Suite("The brokerd executable", .serialized)
+@Suite("The brokerd executable", .serialized, .timeLimit(.minutes(2)))
 struct DaemonTests {
     /// The directory holding the built products (beside the test bundle).
     static var productsDirectory: URL {

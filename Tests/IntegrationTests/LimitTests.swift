@@ -6,7 +6,7 @@ import NIOCore
 import Testing
 import WireProtocol
 
-@Suite("Queue limits, TTL, dead letters and delivery limits through a real broker")
+@Suite("Queue limits, TTL, dead letters and delivery limits through a real broker", .timeLimit(.minutes(2)))
 struct LimitTests {
     static func drain(_ c: BrokerConnection, _ queue: String) async throws -> [Message] {
         var out: [Message] = []

@@ -7,7 +7,7 @@ import NIOCore
 import Testing
 import WireProtocol
 
-@Suite("Durability across restarts of an in-process broker")
+@Suite("Durability across restarts of an in-process broker", .timeLimit(.minutes(2)))
 struct PersistenceTests {
     static let persistent = MessageProperties(persistent: true)
 

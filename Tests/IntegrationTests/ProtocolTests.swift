@@ -5,7 +5,7 @@ import NIOCore
 import Testing
 import WireProtocol
 
-@Suite("Handshake, authentication and bad input over raw sockets")
+@Suite("Handshake, authentication and bad input over raw sockets", .timeLimit(.minutes(2)))
 struct ProtocolTests {
     @Test("an unsupported version is refused with the versions the server speaks")
     func versionRefused() async throws {

@@ -5,7 +5,7 @@ import NIOCore
 import Testing
 import WireProtocol
 
-@Suite("Declarations through a real broker")
+@Suite("Declarations through a real broker", .timeLimit(.minutes(2)))
 struct QueueTests {
     @Test("exchange declare: passive, mismatch, reserved names, delete if-unused")
     func exchanges() async throws {

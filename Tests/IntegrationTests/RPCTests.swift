@@ -5,7 +5,7 @@ import NIOCore
 import Testing
 import WireProtocol
 
-@Suite("RPC over the broker")
+@Suite("RPC over the broker", .timeLimit(.minutes(2)))
 struct RPCTests {
     @Test("concurrent calls each get their own reply")
     func concurrentCalls() async throws {

@@ -5,7 +5,7 @@ import NIOCore
 import Testing
 import WireProtocol
 
-@Suite("Routing through a real broker")
+@Suite("Routing through a real broker", .timeLimit(.minutes(2)))
 struct RoutingTests {
     @Test("publish, consume and ack through the default exchange")
     func publishConsumeAck() async throws {
