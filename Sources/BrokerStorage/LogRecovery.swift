@@ -32,32 +32,18 @@ public struct RecoveredLog: Sendable {
     public var bytesScanned: Int
 }
 
-/// Reads a whole file into a ByteBuffer with read(2).
+/// Reads a whole file into one ByteBuffer.
 func readFile(_ path: String) throws -> ByteBuffer {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw StorageError("cannot open log segment \(path): \(String(cString: strerror(errno)))") }
     defer { close(fd) }
     var info = stat()
     guard fstat(fd, &info) == 0 else { throw StorageError("cannot stat \(path): \(String(cString: strerror(errno)))") }
-    let size = Int(info.st_size)
-    var buffer = ByteBufferAllocator().buffer(capacity: size)
-    var failure: Int32 = 0
-    _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { target in
-        var done = 0
-        while done < size {
-            let n = read(fd, target.baseAddress! + done, size - done)  // size > 0 inside the loop
-            if n < 0 {
-                if errno == EINTR { continue }
-                failure = errno
-                break
-            }
-            if n == 0 { break }
-            done += n
-        }
-        return done
+    do {
+        return try readBytes(fd, count: Int(info.st_size), at: 0)
+    } catch {
+        throw StorageError("cannot read log segment \(path): \(error.message)")
     }
-    if failure != 0 { throw StorageError("cannot read log segment \(path): \(String(cString: strerror(failure)))") }
-    return buffer
 }
 
 /// Reads the log at start: checks every record's CRC, cuts a torn or corrupt tail (and says what it cut), and

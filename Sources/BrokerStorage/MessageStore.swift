@@ -99,24 +99,14 @@ public final class MessageStore {
             guard fd >= 0 else { throw StorageError("cannot open \(path) to page a message in: \(String(cString: strerror(errno)))") }
             readDescriptors[location.segment] = fd
         }
-        var buffer = ByteBufferAllocator().buffer(capacity: location.length)
-        var failure: Int32 = 0
-        let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: location.length) { target in
-            var done = 0
-            while done < location.length {
-                let n = pread(fd, target.baseAddress! + done, location.length - done, off_t(location.offset + done))  // length > 0 here
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    failure = errno
-                    break
-                }
-                if n == 0 { break }
-                done += n
-            }
-            return done
+        let buffer: ByteBuffer
+        do {
+            buffer = try readBytes(fd, count: location.length, at: location.offset)
+        } catch {
+            throw StorageError("cannot page a message in from segment \(location.segment): \(error.message)")
         }
-        guard failure == 0, read == location.length else {
-            throw StorageError("cannot page a message in from segment \(location.segment): \(failure == 0 ? "short read" : String(cString: strerror(failure)))")
+        guard buffer.readableBytes == location.length else {
+            throw StorageError("cannot page a message in from segment \(location.segment): short read")
         }
         return buffer
     }
