@@ -53,20 +53,14 @@ struct MalformedTests {
 
     @Test("trailing bytes are a frame error", arguments: Samples.client.filter { if case .publish = $0 { false } else { true } })
     func trailingBytes(_ message: ClientMessage) throws {
-        var buffer = ByteBuffer()
-        message.encode(into: &buffer)
-        var decoder = FrameDecoder(maxFrameSize: 1 << 20, expectsMagic: false)
-        var frame = try #require(try decoder.decode(buffer: &buffer))
+        var frame = try Samples.frame(of: message)
         frame.payload.writeInteger(UInt8(0))
         #expect(Self.error { _ = try ClientMessage.decode(frame) }?.code == .frameError)
     }
 
     @Test("every truncation of every client frame fails cleanly or decodes a shorter body", arguments: Samples.client)
     func truncations(_ message: ClientMessage) throws {
-        var buffer = ByteBuffer()
-        message.encode(into: &buffer)
-        var decoder = FrameDecoder(maxFrameSize: 1 << 20, expectsMagic: false)
-        let frame = try #require(try decoder.decode(buffer: &buffer))
+        let frame = try Samples.frame(of: message)
         let payload = Array(frame.payload.readableBytesView)
         for length in 0..<payload.count {
             let cut = Self.frame(frame.type, Array(payload[0..<length]))
@@ -85,10 +79,7 @@ struct MalformedTests {
 
     @Test("every truncation of every server frame fails cleanly or decodes a shorter body", arguments: Samples.server)
     func serverTruncations(_ message: ServerMessage) throws {
-        var buffer = ByteBuffer()
-        message.encode(into: &buffer)
-        var decoder = FrameDecoder(maxFrameSize: 1 << 20, expectsMagic: false)
-        let frame = try #require(try decoder.decode(buffer: &buffer))
+        let frame = try Samples.frame(of: message)
         let payload = Array(frame.payload.readableBytesView)
         for length in 0..<payload.count {
             do {

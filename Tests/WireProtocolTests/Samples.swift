@@ -62,6 +62,27 @@ enum Samples {
         .error(ErrorFrame(requestId: 15, code: .preconditionFailed, text: "inequivalent arg")),
     ]
 
+    /// The single frame a message encodes to, as the decoder splits it off.
+    static func frame(of message: ClientMessage) throws -> Frame {
+        var buffer = ByteBuffer()
+        message.encode(into: &buffer)
+        return try split(&buffer)
+    }
+
+    static func frame(of message: ServerMessage) throws -> Frame {
+        var buffer = ByteBuffer()
+        message.encode(into: &buffer)
+        return try split(&buffer)
+    }
+
+    private static func split(_ buffer: inout ByteBuffer) throws -> Frame {
+        var decoder = FrameDecoder(maxFrameSize: 1 << 20, expectsMagic: false)
+        guard let frame = try decoder.decode(buffer: &buffer), buffer.readableBytes == 0 else {
+            throw BrokerError(.frameError, "the encoding is not exactly one frame")
+        }
+        return frame
+    }
+
     static func encode(_ messages: [ClientMessage]) -> ByteBuffer {
         var buffer = ByteBuffer()
         for m in messages { m.encode(into: &buffer) }
