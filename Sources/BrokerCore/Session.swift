@@ -116,11 +116,11 @@ public final class Session {
         case .publish(let publish):
             try self.publish(PublishView(publish))
         case .ack(let settle):
-            self.settle(settle, requeue: false, kind: "ack")
+            self.settle(settle, requeue: false, kind: .ack)
         case .nack(let settle):
-            self.settle(settle, requeue: settle.requeue, kind: "nack")
+            self.settle(settle, requeue: settle.requeue, kind: .nack)
         case .reject(let settle):
-            self.settle(Settle(deliveryTag: settle.deliveryTag, multiple: false), requeue: settle.requeue, kind: "reject")
+            self.settle(Settle(deliveryTag: settle.deliveryTag, multiple: false), requeue: settle.requeue, kind: .reject)
         case .exchangeDeclare(let m):
             reply(m.requestId) { () throws(BrokerError) in
                 try broker.declareExchange(m, by: self)
@@ -388,9 +388,13 @@ public final class Session {
 
     // MARK: - Settling
 
-    private func settle(_ settle: Settle, requeue: Bool, kind: StaticString) {
+    private enum SettleKind: String {
+        case ack, nack, reject
+    }
+
+    private func settle(_ settle: Settle, requeue: Bool, kind: SettleKind) {
         // A nack or reject without requeue dead-letters (reason `rejected`); an ack just settles.
-        let isReject = kind.description != "ack"
+        let isReject = kind != .ack
         var returned: [(Queue, QueuedMessage)] = []
         var touched: [Queue] = []
         func release(_ index: Int) {
@@ -421,13 +425,13 @@ public final class Session {
             }
             if touched.isEmpty && settle.deliveryTag != 0 {
                 write(.error(ErrorFrame(requestId: 0, code: .preconditionFailed,
-                                        text: "\(kind) multiple up to delivery tag \(settle.deliveryTag): nothing outstanding")))
+                                        text: "\(kind.rawValue) multiple up to delivery tag \(settle.deliveryTag): nothing outstanding")))
                 return
             }
         } else {
             guard let index = indexOfUnacked(settle.deliveryTag) else {
                 write(.error(ErrorFrame(requestId: 0, code: .preconditionFailed,
-                                        text: "\(kind) of unknown or already settled delivery tag \(settle.deliveryTag)")))
+                                        text: "\(kind.rawValue) of unknown or already settled delivery tag \(settle.deliveryTag)")))
                 return
             }
             release(index)
