@@ -36,7 +36,10 @@ public final class Broker {
     /// Queues with paged messages whose log write has not completed.
     var queuesPaging: [Queue] = []
 
-    public init(users: UserStore = UserStore(), logger: Logger = Logger(label: "brokerd.core"), persistence: PersistenceContext? = nil) {
+    /// `memoryLimit` applies from the start, so recovery already pages a backlog larger than memory.
+    public init(users: UserStore = UserStore(), logger: Logger = Logger(label: "brokerd.core"), persistence: PersistenceContext? = nil,
+                memoryLimit: Int = 0) {
+        self.memory.limit = memoryLimit
         self.users = users
         self.logger = logger
         self.startedAt = .now
@@ -126,7 +129,8 @@ public final class Broker {
 
     // MARK: - Memory accounting
 
-    /// Bytes of messages the broker holds (ready in queues or delivered and unacknowledged), counted per queue.
+    /// Bytes of messages the broker holds (ready in queues or delivered and unacknowledged), counted per queue,
+    /// with each message's entry (``QueuedMessage/footprint``).
     public var bufferedBytes: Int { memory.bytes }
     /// Above this many buffered bytes, publishers are blocked (0: no limit); they resume below 90% of it.
     public var memoryLimit: Int {
@@ -437,12 +441,14 @@ public final class Broker {
             for queue in destinations where !queue.enqueue(message) { refusedBy = queue }
             return refusedBy.map { .rejected(Self.full($0)) } ?? .routed(logged: false)
         }
-        let logId = store.appendPublish(envelope: publish.envelope.bytes, queues: durableIds)
+        let record = store.appendPublish(envelope: publish.envelope.bytes, queues: durableIds)
         for queue in destinations {
-            message.logId = queue.durableId == nil ? 0 : logId
+            let durable = queue.durableId != nil
+            message.logId = durable ? record.id : 0
+            message.stored = durable ? record : .none  // only durable queues keep the record alive
             if !queue.enqueue(message) {
                 refusedBy = queue
-                if let id = queue.durableId { store.appendSettle(id: logId, queue: id) }
+                if let id = queue.durableId { store.appendSettle(id: record.id, queue: id) }
             }
         }
         return refusedBy.map { .rejected(Self.full($0)) } ?? .routed(logged: true)
@@ -546,6 +552,9 @@ public final class Broker {
     }
 
     public func exchangeExists(_ name: String) -> Bool { exchanges[name] != nil }
+
+    /// A queue by name, to read its counters (on the broker's loop).
+    public func queue(named name: String) -> Queue? { queues[name] }
 }
 
 /// The count of bytes held in messages. A separate object, held strongly by queues and sessions: counting into it

@@ -95,13 +95,21 @@ extension Broker {
         }
         var restored = 0
         for message in recovered.messages {
-            guard let envelope = try? MessageEnvelope(parsing: message.envelope) else {
-                logger.error("recovery: message \(message.id) has an unreadable envelope; skipped")
+            // Each envelope is read back (from the page cache: recovery just scanned it) and checked; queues past
+            // the paging threshold drop it again at once, keeping only its location (no second write).
+            let envelope: MessageEnvelope
+            do {
+                guard let store else { break }
+                envelope = try MessageEnvelope(parsing: store.read(message.location))
+            } catch {
+                logger.error("recovery: message \(message.id) cannot be read back; skipped", metadata: ["error": "\(error)"])
                 continue
             }
             for id in message.queues {
                 guard let queue = byId[id] else { continue }  // its queue was deleted
-                queue.append(QueuedMessage(envelope: envelope, redelivered: message.delivered.contains(id), logId: message.id))
+                var queued = QueuedMessage(envelope: envelope, redelivered: message.delivered.contains(id), logId: message.id)
+                queued.stored = message.location
+                queue.append(queued)
                 restored += 1
             }
         }

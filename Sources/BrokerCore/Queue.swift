@@ -6,22 +6,35 @@ import DequeModule
 
 /// A message as a queue holds it: its envelope (names, properties and body as one slice of the bytes it was
 /// published in) and whether it was delivered before. No class is allocated per message, and a message fanned out
-/// to several queues shares its bytes.
+/// to several queues shares its bytes. Swift lays fields out in declaration order: the small ones sit together after
+/// the envelope so the entry is 64 bytes (a test holds it there).
 public struct QueuedMessage: Sendable {
     public var envelope: MessageEnvelope
     public var redelivered: Bool
+    /// How many times it has been delivered from this queue (for the delivery limit).
+    public var deliveries: UInt16 = 0
     /// Its id in the message log when it is persistent and this queue is durable; 0 otherwise.
     public var logId: UInt64
     /// When it expires, in the broker clock's nanoseconds; 0 for never.
     public var expiresAt: UInt64 = 0
-    /// How many times it has been delivered from this queue (for the delivery limit).
-    public var deliveries: UInt16 = 0
+    /// Where its envelope lies in the log: its own publish record (when `logId` is set) or, once paged out, a page
+    /// record of this queue's. `.none` when it is in no record.
+    var stored: LogLocation = .none
 
     public init(envelope: MessageEnvelope, redelivered: Bool = false, logId: UInt64 = 0) {
         self.envelope = envelope
         self.redelivered = redelivered
         self.logId = logId
     }
+
+    /// Whether `stored` is a page record this queue must release (rather than the message's own publish record).
+    var ownsPageRecord: Bool { !stored.isNone && stored.id != logId }
+
+    /// What the message costs in memory, as the memory limit counts it: its bytes (none once paged out) and its
+    /// entry in a queue or an unacknowledged list. Counting the entry keeps memory bounded even when every body
+    /// is on disk: ten million paged messages still cost their entries.
+    @inline(__always)
+    var footprint: Int { envelope.bytes.readableBytes &+ MemoryLayout<QueuedMessage>.stride }
 }
 
 /// A queue: ready messages in order, its consumers in round-robin order, and its bindings.
@@ -46,14 +59,12 @@ public final class Queue {
     private(set) var readyBytes = 0
     /// Ready messages with their own expiration (they may expire out of order).
     var messagesWithOwnExpiry = 0
-    /// Where paged-out messages lie in the log, by page id.
-    private var pages: [UInt64: PageLocation] = [:]
-    /// Paged-out envelopes whose log write has not completed yet, with their log batch: they stay in memory until
-    /// it has (and for good if it failed), so a message is never lost to a write that did not happen.
+    /// Paged-out envelopes whose log write has not completed yet, by record id, with their log batch: they stay in
+    /// memory until it has (and for good if it failed), so a message is never lost to a write that did not happen.
     private var inFlight: [UInt64: (batch: UInt64, envelope: MessageEnvelope)] = [:]
     var hasPagesInFlight: Bool { !inFlight.isEmpty }
     /// Messages of this queue currently paged out.
-    public var pagedCount: Int { pages.count }
+    public private(set) var pagedCount = 0
 
     /// Last time a client used the queue (declare, consume, get, cancel), for `x-expires`.
     var lastUsed: UInt64 = 0
@@ -151,16 +162,27 @@ public final class Queue {
         // Past half the memory limit, a message joining a backlog waits in the log, not in memory: the peak buffer.
         if memory.pagingThreshold > 0 && memory.bytes > memory.pagingThreshold && !hasByteLimit && !message.envelope.isPaged,
            let store = broker.store {
-            let (id, location) = store.appendPage(envelope: message.envelope.bytes)
-            pages[id] = location
-            if inFlight.isEmpty { broker.queuesPaging.append(self) }
-            inFlight[id] = (broker.openBatch, message.envelope)
-            message.envelope = MessageEnvelope(pagedAs: id, propertyFlags: message.envelope.propertyFlags)
+            pageOut(&message, store: store)
         }
-        memory.add(message.envelope.bytes.readableBytes)
+        memory.add(message.footprint)
         if hasByteLimit { readyBytes += message.envelope.bodyLength }
         if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
         messages.append(message)
+    }
+
+    /// Drops the message's envelope from memory, keeping where it lies in the log. A persistent message of a durable
+    /// queue is already there (its own publish record); any other is written to a page record first. Until that
+    /// record's batch is written (recovered records already are), the envelope stays in `inFlight`.
+    private func pageOut(_ message: inout QueuedMessage, store: MessageStore) {
+        if message.stored.isNone {
+            message.stored = store.appendPage(envelope: message.envelope.bytes)
+        }
+        if message.stored.id >= store.firstIdOfThisRun {
+            if inFlight.isEmpty { broker.queuesPaging.append(self) }
+            inFlight[message.stored.id] = (broker.openBatch, message.envelope)
+        }
+        message.envelope = MessageEnvelope(pagedOutWith: message.envelope.propertyFlags)
+        pagedCount += 1
     }
 
     /// Takes the head, paging it back in if needed; nil if a paged message could not be read (logged).
@@ -173,17 +195,18 @@ public final class Queue {
     /// Brings a paged-out message back: from memory if its write is still in flight, else from the log.
     private func pageIn(_ message: QueuedMessage) -> QueuedMessage? {
         guard message.envelope.isPaged else { return message }
-        let id = message.envelope.pageId
+        let location = message.stored
         var restored = message
-        defer {
-            pages[id] = nil
-            broker.store?.releasePage(id)
+        pagedCount -= 1
+        if message.ownsPageRecord {
+            restored.stored = .none
+            broker.store?.releasePage(location.id)
         }
-        if let entry = inFlight.removeValue(forKey: id) {
+        if let entry = inFlight.removeValue(forKey: location.id) {
             restored.envelope = entry.envelope
             return restored
         }
-        guard let location = pages[id], let store = broker.store else { return nil }
+        guard let store = broker.store else { return nil }
         do {
             restored.envelope = try MessageEnvelope(parsing: store.read(location))
             return restored
@@ -207,14 +230,13 @@ public final class Queue {
     /// Drops a paged message without reading it.
     private func discardPage(_ message: QueuedMessage) {
         guard message.envelope.isPaged else { return }
-        let id = message.envelope.pageId
-        pages[id] = nil
-        inFlight[id] = nil
-        broker.store?.releasePage(id)
+        pagedCount -= 1
+        inFlight[message.stored.id] = nil
+        if message.ownsPageRecord { broker.store?.releasePage(message.stored.id) }
     }
 
     private func forget(_ message: QueuedMessage) {
-        memory.add(-message.envelope.bytes.readableBytes)
+        memory.add(-message.footprint)
         if hasByteLimit { readyBytes -= message.envelope.bodyLength }
         if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry -= 1 }
     }
@@ -263,7 +285,7 @@ public final class Queue {
                 continue
             }
             message.redelivered = true
-            memory.add(message.envelope.bytes.readableBytes)
+            memory.add(message.footprint)
             if hasByteLimit { readyBytes += message.envelope.bodyLength }
             if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
             messages.prepend(message)
@@ -321,7 +343,7 @@ public final class Queue {
             for message in messages where message.logId != 0 { store.appendSettle(id: message.logId, queue: durableId) }
         }
         for message in messages {
-            memory.add(-message.envelope.bytes.readableBytes)
+            memory.add(-message.footprint)
             discardPage(message)
         }
         messages.removeAll()

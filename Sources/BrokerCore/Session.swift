@@ -340,7 +340,7 @@ public final class Session {
         Deliver.writeFrame(into: &outbound, consumerTag: consumer.tag, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
                            envelope: message.envelope)
         if !consumer.noAck {
-            broker.memory.add(message.envelope.bytes.readableBytes)
+            broker.memory.add(message.footprint)
             unacked.append(UnackedDelivery(tag: nextDeliveryTag, queue: queue, consumer: consumer, message: message))
             unacked[unacked.count - 1].message?.deliveries &+= 1
             unsettledCount += 1
@@ -361,7 +361,7 @@ public final class Session {
             nextDeliveryTag &+= 1
             deliveredCount &+= 1
             if !m.noAck {
-                broker.memory.add(message.envelope.bytes.readableBytes)
+                broker.memory.add(message.footprint)
                 unacked.append(UnackedDelivery(tag: nextDeliveryTag, queue: queue, consumer: nil, message: message))
                 unsettledCount += 1
                 queue.unackedCount += 1
@@ -399,7 +399,7 @@ public final class Session {
         var touched: [Queue] = []
         func release(_ index: Int) {
             let entry = unacked[index]
-            if let message = entry.message { broker.memory.add(-message.envelope.bytes.readableBytes) }
+            if let message = entry.message { broker.memory.add(-message.footprint) }
             unacked[index].settled = true
             unacked[index].message = nil
             unsettledCount -= 1
@@ -475,7 +475,7 @@ public final class Session {
         var touched: [Queue] = []
         for entry in unacked where !entry.settled {
             entry.queue.unackedCount -= 1
-            if let message = entry.message { broker.memory.add(-message.envelope.bytes.readableBytes) }
+            if let message = entry.message { broker.memory.add(-message.footprint) }
             if let message = entry.message { returned.append((entry.queue, message)) }
             if !touched.contains(where: { $0 === entry.queue }) { touched.append(entry.queue) }
         }

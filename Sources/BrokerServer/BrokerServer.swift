@@ -68,8 +68,7 @@ public final class BrokerServer: Sendable {
                 persistence = PersistenceContext(metadataPath: configuration.dataDirectory.map { $0 + "/metadata.json" } ?? "",
                                                  store: store, eventLoop: loop, definitions: definitions, recovered: recovered)
             }
-            let broker = Broker(users: users, logger: logger, persistence: persistence)
-            broker.memoryLimit = configuration.memoryLimit
+            let broker = Broker(users: users, logger: logger, persistence: persistence, memoryLimit: configuration.memoryLimit)
             return NIOLoopBound((broker: broker, registry: ConnectionRegistry()), eventLoop: loop)
         }.get()
         let bootstrap = ServerBootstrap(group: group)

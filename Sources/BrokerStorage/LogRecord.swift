@@ -23,6 +23,9 @@ public enum LogRecord {
     }
 
     /// Appends a publish record.
+    /// Where the envelope starts in a publish record for `queues` queues: length, CRC, type, id, count, queue ids.
+    static func publishEnvelopeOffset(queues: Int) -> Int { 4 + 4 + 1 + 8 + 2 + 4 * queues }
+
     static func writePublish(into buffer: inout ByteBuffer, id: UInt64, queues: [UInt32], envelope: ByteBuffer) {
         let start = buffer.writerIndex
         buffer.writeMultipleIntegers(UInt32(0), UInt32(0), publishType, id, UInt16(queues.count))

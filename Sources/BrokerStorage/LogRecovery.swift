@@ -9,13 +9,28 @@ public struct RecoveredLog: Sendable {
     /// A message still in at least one queue.
     public struct Message: Sendable {
         public var id: UInt64
-        public var envelope: ByteBuffer
+        /// Where its envelope lies. Recovery keeps no bodies: the broker reads back those it keeps in memory and
+        /// leaves the rest paged out, so a backlog larger than memory recovers in bounded memory.
+        public var location: LogLocation
         /// Queues it is still in.
         public var queues: [UInt32]
         /// Queues it had been delivered from (its redelivered flag there).
         public var delivered: [UInt32]
         /// The segment holding its publish record.
         public var segment: UInt64
+
+        /// Reads its envelope from its segment in `directory` (the broker reads through its ``MessageStore``).
+        public func readEnvelope(directory: String) throws -> ByteBuffer {
+            let path = LogWriter.segmentPath(directory, segment)
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw StorageError("cannot open \(path): \(String(cString: strerror(errno)))") }
+            defer { close(fd) }
+            do {
+                return try readBytes(fd, count: Int(location.length), at: Int(location.offset))
+            } catch {
+                throw StorageError("cannot read message \(id) from \(path): \(error.message)")
+            }
+        }
     }
 
 
@@ -62,7 +77,7 @@ public enum LogRecovery {
         }.sorted()
 
         struct Entry {
-            var envelope: ByteBuffer
+            var location: LogLocation
             var queues: [UInt32]
             var delivered: [UInt32]
             var segment: UInt64
@@ -77,7 +92,6 @@ public enum LogRecovery {
 
         for segment in segments {
             let path = LogWriter.segmentPath(directory, segment)
-            // Read straight into one buffer: live envelopes stay slices of it, with no second copy.
             var buffer = try readFile(path)
             let fileSize = buffer.readableBytes
             bytes += fileSize
@@ -116,6 +130,7 @@ public enum LogRecovery {
                     problem = "CRC mismatch"
                     break
                 }
+                let recordStart = buffer.readerIndex  // the buffer starts at the file's first byte
                 buffer.moveReaderIndex(forwardBy: 8)
                 var record = buffer.readSlice(length: Int(length)) ?? ByteBuffer()
                 records += 1
@@ -130,7 +145,9 @@ public enum LogRecovery {
                     var queues: [UInt32] = []
                     for _ in 0..<count { queues.append(record.readInteger(as: UInt32.self) ?? 0) }
                     if entries[id] == nil { order.append(id) }
-                    entries[id] = Entry(envelope: record, queues: queues, delivered: [], segment: segment)
+                    let location = LogLocation(id: id, offset: UInt32(truncatingIfNeeded: recordStart + LogRecord.publishEnvelopeOffset(queues: Int(count))),
+                                               length: UInt32(truncatingIfNeeded: record.readableBytes))
+                    entries[id] = Entry(location: location, queues: queues, delivered: [], segment: segment)
                     maxId = max(maxId, id)
                     firstId = min(firstId, id)
                     lastId = max(lastId, id)
@@ -161,7 +178,7 @@ public enum LogRecovery {
         }
         let live = order.compactMap { id -> RecoveredLog.Message? in
             guard let entry = entries[id], !entry.queues.isEmpty else { return nil }
-            return RecoveredLog.Message(id: id, envelope: entry.envelope, queues: entry.queues, delivered: entry.delivered,
+            return RecoveredLog.Message(id: id, location: entry.location, queues: entry.queues, delivered: entry.delivered,
                                         segment: entry.segment)
         }
         return RecoveredLog(segmentRanges: ranges, messages: live, segments: segments.filter { FileManager.default.fileExists(atPath: LogWriter.segmentPath(directory, $0)) },

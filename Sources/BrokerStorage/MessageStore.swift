@@ -4,11 +4,23 @@ import Foundation
 import Glibc
 #endif
 
-/// Where a message's envelope lies in the log, to read it back (paging).
-public struct PageLocation: Sendable, Hashable {
-    public var segment: UInt64
-    public var offset: Int
-    public var length: Int
+/// Where a message's envelope lies in the log, to read it back (paging): the id of the record holding it (which
+/// names its segment: ids grow with the log) and the envelope's offset and length in that segment. 16 bytes, so a
+/// queue can keep one per message: a paged message costs its queue entry and nothing else.
+public struct LogLocation: Sendable, Hashable {
+    /// The record's message id; 0 for "not in the log".
+    public var id: UInt64
+    public var offset: UInt32
+    public var length: UInt32
+
+    public init(id: UInt64, offset: UInt32, length: UInt32) {
+        self.id = id
+        self.offset = offset
+        self.length = length
+    }
+
+    public static let none = LogLocation(id: 0, offset: 0, length: 0)
+    public var isNone: Bool { id == 0 }
 }
 
 /// The event loop's side of the message log: it numbers persistent messages, encodes their records into the
@@ -21,6 +33,8 @@ public final class MessageStore {
     public let writer: LogWriter
     public let maxSegmentSize: Int
     public private(set) var nextMessageId: UInt64
+    /// Records with lower ids were on disk when the broker started.
+    public let firstIdOfThisRun: UInt64
 
     struct Segment {
         var index: UInt64
@@ -38,8 +52,9 @@ public final class MessageStore {
     /// Starts after recovery: old segments stay while they hold live messages; appends go to a new segment.
     public init(writer: LogWriter, recovered: RecoveredLog, maxSegmentSize: Int = 64 << 20) {
         self.writer = writer
-        self.maxSegmentSize = maxSegmentSize
+        self.maxSegmentSize = min(maxSegmentSize, Self.maxSegmentSizeLimit)
         self.nextMessageId = max(1, recovered.nextMessageId)
+        self.firstIdOfThisRun = nextMessageId
         var live: [UInt64: Int] = [:]
         for message in recovered.messages { live[message.segment, default: 0] += message.queues.count }
         for range in recovered.segmentRanges {
@@ -58,57 +73,72 @@ public final class MessageStore {
     /// Segments on disk (for tests and status).
     public var segmentCount: Int { segments.count + 1 }
 
-    /// Appends a publish record for a message entering the given durable queues; returns its id.
+    /// Appends a publish record for a message entering the given durable queues; returns where its envelope lies
+    /// (its `id` is the message's log id). A queue that pages the message out reads it back from there: a
+    /// persistent message is never written twice.
     @discardableResult
-    public func appendPublish(envelope: ByteBuffer, queues: [UInt32]) -> UInt64 {
-        appendRecord(envelope: envelope, queues: queues, pageReferences: 0).id
+    public func appendPublish(envelope: ByteBuffer, queues: [UInt32]) -> LogLocation {
+        appendRecord(envelope: envelope, queues: queues, pageReferences: 0)
     }
 
     /// Writes a message's envelope to the log so a queue can drop it from memory (paging): a record with no queue,
     /// which recovery never restores, kept alive by one page reference until ``releasePage(_:)``.
-    public func appendPage(envelope: ByteBuffer) -> (id: UInt64, location: PageLocation) {
+    public func appendPage(envelope: ByteBuffer) -> LogLocation {
         appendRecord(envelope: envelope, queues: [], pageReferences: 1)
     }
 
-    private func appendRecord(envelope: ByteBuffer, queues: [UInt32], pageReferences: Int) -> (id: UInt64, location: PageLocation) {
+    private func appendRecord(envelope: ByteBuffer, queues: [UInt32], pageReferences: Int) -> LogLocation {
         let id = nextMessageId
         nextMessageId += 1
         let recordStart = currentSize + batch.readableBytes
-        let location = PageLocation(segment: current.index, offset: recordStart + 8 + 1 + 8 + 2 + 4 * queues.count,
-                                    length: envelope.readableBytes)
+        // Fits: segments are at most `maxSegmentSizeLimit` plus one record, and a record is at most 2^31 bytes.
+        let location = LogLocation(id: id, offset: UInt32(truncatingIfNeeded: recordStart + LogRecord.publishEnvelopeOffset(queues: queues.count)),
+                                   length: UInt32(truncatingIfNeeded: envelope.readableBytes))
         LogRecord.writePublish(into: &batch, id: id, queues: queues, envelope: envelope)
         current.lastId = id
         current.live += queues.count + pageReferences
         rollIfFull()
-        return (id, location)
+        return location
     }
+
+    /// The largest segment size the store takes: envelope offsets are 32-bit.
+    public static let maxSegmentSizeLimit = 1 << 30
 
     /// A paged message was read back or dropped: its record may go once its segment has nothing else live.
     public func releasePage(_ id: UInt64) {
         release(id)
     }
 
-    /// Reads a paged envelope back (pread on the event loop: from the page cache this takes microseconds).
-    public func read(_ location: PageLocation) throws -> ByteBuffer {
+    /// Reads an envelope back from the log (pread on the event loop: from the page cache this takes microseconds).
+    public func read(_ location: LogLocation) throws -> ByteBuffer {
+        guard let segment = segmentIndex(holding: location.id) else {
+            throw StorageError("cannot page message \(location.id) in: no segment holds it")
+        }
         let fd: Int32
-        if let cached = readDescriptors[location.segment] {
+        if let cached = readDescriptors[segment] {
             fd = cached
         } else {
-            let path = LogWriter.segmentPath(writer.directory, location.segment)
+            let path = LogWriter.segmentPath(writer.directory, segment)
             fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { throw StorageError("cannot open \(path) to page a message in: \(String(cString: strerror(errno)))") }
-            readDescriptors[location.segment] = fd
+            readDescriptors[segment] = fd
         }
         let buffer: ByteBuffer
         do {
-            buffer = try readBytes(fd, count: location.length, at: location.offset)
+            buffer = try readBytes(fd, count: Int(location.length), at: Int(location.offset))
         } catch {
-            throw StorageError("cannot page a message in from segment \(location.segment): \(error.message)")
+            throw StorageError("cannot page a message in from segment \(segment): \(error.message)")
         }
-        guard buffer.readableBytes == location.length else {
-            throw StorageError("cannot page a message in from segment \(location.segment): short read")
+        guard buffer.readableBytes == Int(location.length) else {
+            throw StorageError("cannot page a message in from segment \(segment): short read")
         }
         return buffer
+    }
+
+    /// The segment whose publish records include `id` (ids grow with the log, so this is a binary search).
+    func segmentIndex(holding id: UInt64) -> UInt64? {
+        if id >= current.firstId { return id <= current.lastId ? current.index : nil }
+        return segments.firstIndex(holding: id).map { segments[$0].index }
     }
 
     private var readDescriptors: [UInt64: Int32] = [:]
@@ -146,20 +176,7 @@ public final class MessageStore {
             current.live -= 1
             return
         }
-        // Binary search the segment holding the id.
-        var low = 0
-        var high = segments.count - 1
-        while low <= high {
-            let mid = (low + high) / 2
-            if id < segments[mid].firstId {
-                high = mid - 1
-            } else if id > segments[mid].lastId {
-                low = mid + 1
-            } else {
-                segments[mid].live -= 1
-                break
-            }
-        }
+        if let index = segments.firstIndex(holding: id) { segments[index].live -= 1 }
         // Only the oldest segments go: settle records in a later segment may refer to messages in an earlier one.
         dropOldestSettled()
     }
@@ -186,5 +203,24 @@ public final class MessageStore {
         current = Segment(index: current.index + 1, firstId: nextMessageId, lastId: nextMessageId &- 1, live: 0)
         currentSize = LogRecord.segmentHeader.count
         dropOldestSettled()
+    }
+}
+
+extension Array where Element == MessageStore.Segment {
+    /// Binary search for the segment whose id range holds `id`.
+    func firstIndex(holding id: UInt64) -> Int? {
+        var low = 0
+        var high = count - 1
+        while low <= high {
+            let mid = (low + high) / 2
+            if id < self[mid].firstId {
+                high = mid - 1
+            } else if id > self[mid].lastId {
+                low = mid + 1
+            } else {
+                return mid
+            }
+        }
+        return nil
     }
 }

@@ -8,8 +8,10 @@ public import NIOCore
 public struct MessageEnvelope: Hashable, Sendable {
     /// The envelope's bytes.
     public var bytes: ByteBuffer
-    /// Length of the two names at the start, with their length bytes: where routing looks.
-    public let namesLength: Int
+    /// Length of the two names at the start, with their length bytes: where routing looks; -1 for a paged-out
+    /// stand-in. 16 bits (at most 2 + 255 + 255), which keeps a queue's entry per message at 64 bytes.
+    @usableFromInline let storedNamesLength: Int16
+    @inlinable public var namesLength: Int { Int(storedNamesLength) }
     /// The properties' presence flags (0 without properties), so checks like "persistent" need no decoding.
     public let propertyFlags: UInt16
 
@@ -26,7 +28,7 @@ public struct MessageEnvelope: Hashable, Sendable {
         let properties = try reader.readRawProperties()
         if properties.bytes.readableBytes > 0 { try properties.validateStructure() }
         self.bytes = bytes
-        self.namesLength = 2 + exchangeLength + keyLength
+        self.storedNamesLength = Int16(2 + exchangeLength + keyLength)
         self.propertyFlags = properties.flags
     }
 
@@ -39,26 +41,24 @@ public struct MessageEnvelope: Hashable, Sendable {
         buffer.writeRawProperties(properties)
         buffer.writeImmutableBuffer(body)
         self.bytes = buffer
-        self.namesLength = namesLength
+        self.storedNamesLength = Int16(namesLength)  // two short strings: at most 512
         self.propertyFlags = properties.flags
     }
 
-    /// A stand-in for an envelope the broker paged out to its log: 8 bytes holding the page id. Keeps the
-    /// original property flags (the queue's bookkeeping of expirations reads them).
-    public init(pagedAs id: UInt64, propertyFlags: UInt16) {
-        var buffer = ByteBuffer()
-        buffer.writeInteger(id)
-        self.bytes = buffer
-        self.namesLength = -1
+    /// A stand-in for an envelope the broker paged out to its log (the queue entry holding it says where). It
+    /// shares one empty buffer, so it allocates nothing, and keeps the original property flags (the queue's
+    /// bookkeeping of expirations reads them).
+    public init(pagedOutWith propertyFlags: UInt16) {
+        self.bytes = Self.noBytes
+        self.storedNamesLength = -1
         self.propertyFlags = propertyFlags
     }
 
+    private static let noBytes = ByteBuffer()
+
     /// Whether this is a stand-in for a paged-out envelope.
     @inlinable
-    public var isPaged: Bool { namesLength < 0 }
-
-    /// The page id of a stand-in.
-    public var pageId: UInt64 { bytes.getInteger(at: bytes.readerIndex, as: UInt64.self) ?? 0 }
+    public var isPaged: Bool { storedNamesLength < 0 }
 
     /// The exchange and routing key, with their UTF-8 checked.
     public func names() throws(BrokerError) -> (exchange: String, routingKey: String) {

@@ -58,6 +58,19 @@ struct Harness {
     }
 }
 
+@Suite("Memory per message")
+struct FootprintTests {
+    @Test("a queue entry stays at 64 bytes and a paged-out stand-in carries no bytes of its own")
+    func entrySize() {
+        // The peak buffer's bound is this entry times the backlog: 1 M paged messages cost 64 MB of entries.
+        #expect(MemoryLayout<QueuedMessage>.stride <= 64)
+        let standIn = MessageEnvelope(pagedOutWith: MessageProperties.Bit.expiration)
+        #expect(standIn.isPaged)
+        #expect(standIn.bytes.readableBytes == 0)
+        #expect(standIn.propertyFlags == MessageProperties.Bit.expiration)
+    }
+}
+
 @Suite("Topic matching")
 struct TopicTests {
     @Test("patterns", arguments: [

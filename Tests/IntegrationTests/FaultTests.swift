@@ -192,8 +192,15 @@ struct PagingTests {
                 }
             }
         }
+        // Paged out of a durable queue, a persistent message keeps only its own record: one write per message.
+        let logBytes = segmentBytes(dir)
+        #expect(logBytes < 3000 * 1_200, "\(logBytes) bytes of log for 3000 messages of ~1 KiB: paged messages written twice?")
         try await withBroker(dataDirectory: dir, memoryLimit: 1_000_000) { server, config in
             #expect(try await server.withBroker { $0.queueInfo("durable-burst")?.ready } == 3000)
+            // Recovery read the 3 MB backlog back within the limit: most of it stays paged, nothing was rewritten.
+            #expect(try await server.withBroker { $0.bufferedBytes } < 1_000_000)
+            #expect(try await server.withBroker { $0.queue(named: "durable-burst")?.pagedCount ?? 0 } > 2000)
+            #expect(segmentBytes(dir) <= logBytes)
             try await withConnection(config) { c in
                 var got: [Int] = []
                 while let m = try await c.get(queue: "durable-burst", noAck: true) {
@@ -202,5 +209,14 @@ struct PagingTests {
                 #expect(got == Array(0..<3000))
             }
         }
+    }
+}
+
+/// Bytes in the log segments of a data directory.
+func segmentBytes(_ dataDirectory: String) -> Int {
+    let log = dataDirectory + "/log"
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: log)) ?? []
+    return names.filter { $0.hasSuffix(".seg") }.reduce(0) { total, name in
+        total + ((try? FileManager.default.attributesOfItem(atPath: log + "/" + name)[.size] as? Int) ?? 0)
     }
 }
