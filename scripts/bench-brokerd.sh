@@ -5,7 +5,8 @@
 #
 #   scripts/bench-brokerd.sh [RESULTS_FILE]
 #
-# Knobs: REPS (3), DUR (10 s per run), SCENARIOS ("S1 S2 S3 S4 S5"), PORT (5690).
+# Knobs: REPS (3), DUR (10 s per run), SCENARIOS ("S1 S2 S3 S4 S5"), PORT (5690), BROKERD_ARGS (extra flags
+# for brokerd, e.g. "--memory-limit 128000000").
 # The scenario parameters are those of ../shared/bench-rabbitmq/run-rabbitmq.sh, with brokerbench's long option
 # names, so every label means the same workload on both brokers. Every run is bounded by brokerbench's own
 # duration limits and by `timeout`.
@@ -24,7 +25,7 @@ bin="$here/.build/release"
 B="$bin/brokerbench"
 
 d=$(mktemp -d /tmp/brokerdbench.XXXXXX)
-"$bin/brokerd" --port "$PORT" --data-dir "$d/data" --log-level warning 2> "$d/brokerd.log" &
+"$bin/brokerd" --port "$PORT" --data-dir "$d/data" --log-level warning ${BROKERD_ARGS:-} 2> "$d/brokerd.log" &
 pid=$!
 cleanup() { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$d"; }
 trap cleanup EXIT
