@@ -33,6 +33,10 @@ final class ClientHandler: ChannelInboundHandler {
     private var publishSequence: UInt64 = 0
     private var unconfirmed = Deque<(sequence: UInt64, promise: EventLoopPromise<Void>)>()
     private var writabilityWaiters: [EventLoopPromise<Void>] = []
+    /// Whether the broker said publishers are blocked (an alarm); publishes wait in `heldPublishes` meanwhile, so
+    /// the connection stays readable by the broker for acks and requests (docs/protocol.md, flow control).
+    private var blocked = false
+    private var heldPublishes: [(Publish, EventLoopPromise<Void>)] = []
     private var flushScheduled = false
     var returns: AsyncStream<ReturnedMessage>.Continuation?
     var errors: AsyncStream<BrokerError>.Continuation?
@@ -158,8 +162,13 @@ final class ClientHandler: ChannelInboundHandler {
         case .confirmNack(let confirm):
             settleConfirms(confirm, error: BrokerError(confirm.code, "publish \(confirm.sequence) refused: \(confirm.text)"))
         case .connectionBlocked(let reason):
+            blocked = true
             flow?.yield(.blocked(reason: reason))
         case .connectionUnblocked:
+            blocked = false
+            let held = heldPublishes
+            heldPublishes.removeAll()
+            for (publish, promise) in held { self.publish(publish, promise: promise) }
             flow?.yield(.unblocked)
         case .consumerCancelled(let cancelled):
             consumers.removeValue(forKey: cancelled.consumerTag)?
@@ -209,6 +218,10 @@ final class ClientHandler: ChannelInboundHandler {
     /// connection can take more (so publishers slow down instead of queueing without bound).
     func publish(_ publish: Publish, promise: EventLoopPromise<Void>) {
         guard case .open = phase else { return promise.fail(closedError) }
+        if blocked {
+            heldPublishes.append((publish, promise))  // bounded by the callers awaiting them
+            return
+        }
         send(.publish(publish))
         if confirmsEnabled {
             publishSequence += 1
@@ -305,6 +318,8 @@ final class ClientHandler: ChannelInboundHandler {
         for entry in confirms { entry.promise.fail(error) }
         for waiter in writabilityWaiters { waiter.fail(error) }
         writabilityWaiters.removeAll()
+        for (_, promise) in heldPublishes { promise.fail(error) }
+        heldPublishes.removeAll()
         for continuation in consumers.values { continuation.finish(throwing: error) }
         for continuation in pendingConsumers.values { continuation.finish(throwing: error) }
         consumers.removeAll()

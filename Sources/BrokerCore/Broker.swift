@@ -67,7 +67,10 @@ public final class Broker {
         nextSessionId += 1
         let session = Session(id: nextSessionId, user: user, clientName: clientName, peer: peer, broker: self, transport: transport)
         sessions[session.id] = session
-        if let alarm { session.write(.connectionBlocked(reason: alarm)) }
+        if let alarm {
+            session.write(.connectionBlocked(reason: alarm))
+            session.applyAlarm(true)
+        }
         return session
     }
 
@@ -104,7 +107,8 @@ public final class Broker {
     }
 
     /// Sets or clears one resource's alarm. While any alarm is on, every connection has been told
-    /// (`connectionBlocked`), and connections that publish are not read; when the last clears, `connectionUnblocked`.
+    /// (`connectionBlocked`), and a connection that keeps publishing past its grace (``Session/publishGraceBytes``)
+    /// is no longer read; when the last alarm clears, `connectionUnblocked` and reading resumes.
     public func setAlarm(_ source: AlarmSource, _ reason: String?) {
         guard alarms[source] != reason else { return }
         let wasOn = !alarms.isEmpty
@@ -151,7 +155,7 @@ public final class Broker {
         }
     }
 
-    /// A connection published for the first time during an alarm: stop reading it once this read cycle is done.
+    /// A connection published past its grace during an alarm: stop reading it once this read cycle is done.
     func pauseAfterCycle(_ session: Session) { toPause.append(session) }
 
     /// Writes every session's pending frames, one buffer per session.
@@ -163,7 +167,7 @@ public final class Broker {
         if !toPause.isEmpty {
             let sessions = toPause
             toPause.removeAll()
-            for session in sessions { session.applyAlarm(alarm != nil) }
+            for session in sessions where alarm != nil { session.pauseReading() }
         }
         commitLog()
         guard !dirtySessions.isEmpty else { return }

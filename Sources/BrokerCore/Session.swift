@@ -195,21 +195,44 @@ public final class Session {
 
     /// Whether reading from this connection is paused by an alarm.
     public private(set) var isPaused = false
+    /// Whether an alarm is on (cached here: the publish path checks it per message).
+    private var underAlarm = false
+    /// Publish bytes still accepted in this alarm episode.
+    private var graceLeft = 0
 
-    /// Pauses reading from a publishing connection while an alarm is on; resumes when it is off. A connection
-    /// that has never published is never paused, so consumers keep being served.
+    /// What a connection may still publish after an alarm goes on: the publishes it sent before it read the
+    /// `connectionBlocked` notice. A client that honours the notice (BrokerClient holds its publishes) never uses
+    /// it up, so the broker keeps reading its acks and other requests: a connection that both consumes and
+    /// publishes cannot deadlock itself by holding unacknowledged messages. A client that keeps publishing is no
+    /// longer read once past it, so memory stays bounded (the limit plus this grace per connection).
+    public static let publishGraceBytes = 1 << 20
+
+    /// An alarm went on or off (or was on when the connection opened).
     func applyAlarm(_ alarm: Bool) {
-        let shouldPause = alarm && publishedCount > 0
-        guard shouldPause != isPaused else { return }
-        isPaused = shouldPause
-        transport?.setReading(!shouldPause)
+        underAlarm = alarm
+        graceLeft = Self.publishGraceBytes
+        if !alarm && isPaused {
+            isPaused = false
+            transport?.setReading(true)
+        }
+    }
+
+    /// Stops reading the connection until the alarm clears (its grace is used up).
+    func pauseReading() {
+        guard underAlarm, !isPaused else { return }
+        isPaused = true
+        transport?.setReading(false)
     }
 
     /// Routes one published message (the server calls this directly for `publish` frames: the hot path).
     /// Invalid names are a frame error (fatal to the connection), like any malformed frame.
     public func publish(_ publish: PublishView) throws(BrokerError) {
         guard !isClosed else { return }
-        if publishedCount == 0 && broker.alarm != nil { broker.pauseAfterCycle(self) }
+        if underAlarm {
+            let before = graceLeft
+            graceLeft -= publish.envelope.bytes.readableBytes
+            if before >= 0 && graceLeft < 0 { broker.pauseAfterCycle(self) }  // once, as the grace runs out
+        }
         publishedCount &+= 1
         if confirmMode { publishSequence &+= 1 }
         switch broker.route(publish, cache: &routeCache) {

@@ -313,6 +313,35 @@ struct CoreTests {
         #expect(h.broker.bufferedBytes == 0)
     }
 
+    @Test("under an alarm every connection is still read; one that keeps publishing past its grace is paused")
+    func alarmGrace() throws {
+        let h = Harness()
+        let (worker, workerTransport) = h.connect()
+        let (flooder, flooderTransport) = h.connect()
+        try h.declare(worker, queue: "q")
+        try h.publish(worker, key: "q", "a publisher too")
+        h.broker.setAlarm(.memory, "test alarm")
+        #expect(workerTransport.take().contains { if case .connectionBlocked = $0 { true } else { false } })
+        #expect(workerTransport.reading && flooderTransport.reading)
+        // A connection that has published keeps being read: its acks free memory.
+        try h.consume(worker, queue: "q", prefetch: 1)
+        #expect(workerTransport.deliveries.count == 1)
+        try h.send(worker, .ack(Settle(deliveryTag: 1, multiple: false)))
+        #expect(h.broker.bufferedBytes == 0)
+        // One that ignores the notice gets its grace, then is no longer read.
+        let body = String(repeating: "f", count: 10_000)
+        var sent = 0
+        while flooderTransport.reading && sent < 2 * Session.publishGraceBytes {
+            try h.publish(flooder, key: "nowhere", body)
+            sent += body.utf8.count
+        }
+        #expect(!flooderTransport.reading)
+        #expect(sent > Session.publishGraceBytes && sent <= Session.publishGraceBytes + 2 * body.utf8.count)
+        #expect(workerTransport.reading)
+        h.broker.setAlarm(.memory, nil)
+        #expect(flooderTransport.reading)
+    }
+
     @Test("passwords are stored salted and hashed")
     func passwordStorage() {
         let a = PasswordHash(password: "secret")

@@ -94,6 +94,41 @@ struct FaultTests {
         }
     }
 
+    @Test("a connection that publishes and consumes keeps acknowledging through a memory alarm it causes, and the alarm clears")
+    func mixedConnectionDoesNotDeadlock() async throws {
+        try await withBroker(memoryLimit: 1_000_000, inMemory: true) { server, config in
+            // The worker publishes (so it is a publishing connection) and is the only consumer of "work".
+            let worker = try await BrokerConnection.connect(config)
+            let producer = try await BrokerConnection.connect(config)
+            try await worker.declareQueue("work")
+            try await worker.declareQueue("results")
+            try await worker.publish(routingKey: "results", body: "hello")
+            var flow = worker.flow.makeAsyncIterator()
+            let consumer = try await worker.consume(queue: "work", prefetch: 200)
+            let body = ByteBuffer(repeating: 0x57, count: 10_000)
+            // 3 MB of work held unacknowledged by the worker trips the alarm; only its acks can clear it.
+            let producing = Task { for _ in 0..<300 { try await producer.publish(routingKey: "work", body: body) } }
+            guard case .blocked? = await flow.next() else {
+                Issue.record("no blocked notice")
+                return
+            }
+            // The worker's own publish waits (held by its client) while its acks still reach the broker.
+            let reply = Task { try await worker.publish(routingKey: "results", body: "done") }
+            for _ in 0..<300 {
+                let m = try await next(consumer)  // throws after 5 s: the broker stopped reading the worker
+                try await m.ack()
+            }
+            #expect(await flow.next() == .unblocked)
+            try await producing.value
+            try await reply.value
+            #expect(try await worker.get(queue: "results", noAck: true)?.bodyString == "hello")
+            #expect(try await worker.get(queue: "results", noAck: true)?.bodyString == "done")
+            #expect(try await eventually { try await server.withBroker { $0.bufferedBytes } == 0 })
+            await producer.close()
+            await worker.close()
+        }
+    }
+
     @Test("below the free-disk limit publishers are blocked, not failed, consumers keep being served, and all resumes")
     func diskAlarm() async throws {
         try await withBroker { server, config in
