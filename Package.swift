@@ -103,6 +103,7 @@ let package = Package(
             dependencies: [
                 "BrokerClient", "WireProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: upcoming
         ),

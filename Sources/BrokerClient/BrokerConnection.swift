@@ -198,6 +198,19 @@ public final class BrokerConnection: Sendable {
         return status
     }
 
+    /// Runs a management method (admin only; docs/protocol.md §12) and returns its result table.
+    public func manage(_ method: String, _ arguments: FieldTable = [:]) async throws -> FieldTable {
+        let answer = try await request { .manage(Manage(requestId: $0, method: method, arguments: arguments)) }
+        guard case .manageOk(_, let result) = answer else { throw Self.unexpected(answer) }
+        return result
+    }
+
+    /// Runs a listing method (`list.queues`, ...) and returns its rows.
+    public func list(_ what: String) async throws -> [FieldTable] {
+        guard case .array(let rows)? = try await manage("list." + what)["rows"] else { return [] }
+        return rows.compactMap { if case .table(let row) = $0 { row } else { nil } }
+    }
+
     // MARK: - Publishing
 
     /// Turns on publisher confirms: from now on ``publish(exchange:routingKey:body:properties:mandatory:)`` returns when

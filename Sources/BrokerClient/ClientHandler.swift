@@ -128,7 +128,7 @@ final class ClientHandler: ChannelInboundHandler {
             context?.close(promise: nil)
         case .ok(let requestId), .getEmpty(let requestId):
             complete(requestId, message)
-        case .countOk(let requestId, _), .statusOk(let requestId, _):
+        case .countOk(let requestId, _), .statusOk(let requestId, _), .manageOk(let requestId, _):
             complete(requestId, message)
         case .queueDeclareOk(let ok):
             complete(ok.requestId, message)

@@ -35,6 +35,14 @@ public final class Broker {
     var logWriteFailing = false
     /// Queues with paged messages whose log write has not completed.
     var queuesPaging: [Queue] = []
+    /// When queue rates were last sampled (broker clock).
+    var lastRateSample: UInt64 = 0
+    /// Whether users were changed through management: then the saved user list is complete, default user included.
+    var usersCustomized = false
+    /// What the server reports in `status` beyond the broker's own figures (listeners, fsync policy, limits).
+    public var serverInfo: FieldTable = [:]
+    /// Free bytes on the data directory's file system at the last check, for `status`.
+    public var diskFree: UInt64?
 
     /// `memoryLimit` applies from the start, so recovery already pages a backlog larger than memory.
     public init(users: UserStore = UserStore(), logger: Logger = Logger(label: "brokerd.core"), persistence: PersistenceContext? = nil,
@@ -515,6 +523,7 @@ public final class Broker {
     /// consumer, and queues unused for their `x-expires` are deleted.
     public func sweep() {
         checkMemory()
+        sampleRates()
         let time = now()
         for queue in Array(queues.values) where !queue.isDeleted {
             if queue.arguments.messageTTL != nil || queue.messagesWithOwnExpiry > 0 { queue.expireAll(now: time) }
@@ -547,7 +556,12 @@ public final class Broker {
             "consumers": .int(Int64(consumers)),
             "messages_ready": .int(Int64(ready)),
             "messages_unacked": .int(Int64(unacked)),
-        ]
+            "messages_paged": .int(Int64(queues.values.reduce(0) { $0 + $1.pagedCount })),
+            "memory_used": .int(Int64(bufferedBytes)),
+            "memory_limit": .int(Int64(memoryLimit)),
+            "alarms": .array(AlarmSource.allCases.compactMap { alarms[$0] }.map { .string($0) }),
+            "persistent": .bool(persists),
+        ].merging(serverInfo) { own, _ in own }.merging(diskFree.map { ["disk_free": .int(Int64(clamping: $0))] } ?? [:]) { own, _ in own }
     }
 
     /// Ready and unacknowledged counts of a queue (nil if it does not exist), for tests and tools.

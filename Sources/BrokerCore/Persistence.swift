@@ -31,6 +31,8 @@ public struct Definitions: Codable, Sendable, Equatable {
     public var bindings: [BindingDefinition] = []
     public var users: [User] = []
     public var nextQueueId: UInt32 = 1
+    /// Whether `users` is the complete list (users were managed): then the default user exists only if listed.
+    public var usersComplete: Bool?
 
     public init() {}
 
@@ -76,6 +78,10 @@ extension Broker {
     /// in publish order, marked redelivered where it had been delivered before.
     func restore(_ definitions: Definitions, _ recovered: RecoveredLog) -> (queues: Int, messages: Int) {
         nextQueueId = max(definitions.nextQueueId, 1)
+        if definitions.usersComplete == true {
+            usersCustomized = true
+            users = UserStore(includeDefaultUser: false)
+        }
         for user in definitions.users { users.add(user) }
         for e in definitions.exchanges {
             guard let kind = ExchangeKind(name: e.type), exchanges[e.name] == nil else { continue }
@@ -121,7 +127,8 @@ extension Broker {
     func currentDefinitions() -> Definitions {
         var d = Definitions()
         d.nextQueueId = nextQueueId
-        d.users = users.users.values.filter { !$0.isBuiltIn }.sorted { $0.name < $1.name }
+        d.users = users.users.values.filter { usersCustomized || !$0.isBuiltIn }.sorted { $0.name < $1.name }
+        d.usersComplete = usersCustomized ? true : nil
         for exchange in exchanges.values where exchange.durable && !exchange.builtIn {
             d.exchanges.append(.init(name: exchange.name, type: exchange.kind.description, autoDelete: exchange.autoDelete))
         }

@@ -81,6 +81,19 @@ public final class Queue {
     // Counters for status and listings.
     public internal(set) var publishedCount: UInt64 = 0
     public internal(set) var deliveredCount: UInt64 = 0
+    /// Memory its ready messages take, as the memory limit counts it.
+    public private(set) var memoryBytes = 0
+    /// Messages per second over the last rate sample (``Broker/sampleRates()``).
+    public internal(set) var publishRate = 0.0
+    public internal(set) var deliverRate = 0.0
+    var sampledPublished: UInt64 = 0
+    var sampledDelivered: UInt64 = 0
+
+    @inline(__always)
+    private func account(_ bytes: Int) {
+        memory.add(bytes)
+        memoryBytes &+= bytes
+    }
 
     init(name: String, durable: Bool, autoDelete: Bool, exclusiveOwner: UInt64?, arguments: QueueArguments = QueueArguments(),
          broker: Broker) {
@@ -164,7 +177,7 @@ public final class Queue {
            let store = broker.store {
             pageOut(&message, store: store)
         }
-        memory.add(message.footprint)
+        account(message.footprint)
         if hasByteLimit { readyBytes += message.envelope.bodyLength }
         if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
         messages.append(message)
@@ -236,7 +249,7 @@ public final class Queue {
     }
 
     private func forget(_ message: QueuedMessage) {
-        memory.add(-message.footprint)
+        account(-message.footprint)
         if hasByteLimit { readyBytes -= message.envelope.bodyLength }
         if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry -= 1 }
     }
@@ -285,7 +298,7 @@ public final class Queue {
                 continue
             }
             message.redelivered = true
-            memory.add(message.footprint)
+            account(message.footprint)
             if hasByteLimit { readyBytes += message.envelope.bodyLength }
             if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
             messages.prepend(message)
@@ -324,6 +337,44 @@ public final class Queue {
         }
     }
 
+    // MARK: - Management
+
+    /// The first `count` ready messages, left where they are (paged ones are read, not paged in).
+    func peek(_ count: Int) -> [QueuedMessage] {
+        var result: [QueuedMessage] = []
+        for var message in messages.prefix(count) {
+            if message.envelope.isPaged {
+                if let entry = inFlight[message.stored.id] {
+                    message.envelope = entry.envelope
+                } else if let store = broker.store, let bytes = try? store.read(message.stored),
+                          let envelope = try? MessageEnvelope(parsing: bytes) {
+                    message.envelope = envelope
+                } else {
+                    continue
+                }
+            }
+            result.append(message)
+        }
+        return result
+    }
+
+    /// Takes the head for a move to another queue (expired messages leave first); no delivery is counted.
+    func takeHead() -> QueuedMessage? {
+        if !messages.isEmpty && (hasQueueTTL || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
+        while !messages.isEmpty {
+            if let message = removeFirst() { return message }
+        }
+        return nil
+    }
+
+    /// Puts a message taken by ``takeHead()`` back, unchanged (its move was refused).
+    func putBackHead(_ message: QueuedMessage) {
+        account(message.footprint)
+        if hasByteLimit { readyBytes += message.envelope.bodyLength }
+        if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
+        messages.prepend(message)
+    }
+
     /// Removes and returns the message at the head (for `get`).
     func dequeue() -> QueuedMessage? {
         if !messages.isEmpty && (hasQueueTTL || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
@@ -343,7 +394,7 @@ public final class Queue {
             for message in messages where message.logId != 0 { store.appendSettle(id: message.logId, queue: durableId) }
         }
         for message in messages {
-            memory.add(-message.footprint)
+            account(-message.footprint)
             discardPage(message)
         }
         messages.removeAll()

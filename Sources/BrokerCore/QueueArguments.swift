@@ -71,4 +71,18 @@ public struct QueueArguments: Codable, Sendable, Equatable {
     }
 
     var hasLimits: Bool { maxLength != nil || maxLengthBytes != nil }
+
+    /// The arguments as a declare would give them (for listings).
+    public var table: FieldTable {
+        var table: FieldTable = [:]
+        if let v = maxLength { table["x-max-length"] = .int(Int64(v)) }
+        if let v = maxLengthBytes { table["x-max-length-bytes"] = .int(Int64(v)) }
+        if hasLimits || overflow != .dropHead { table["x-overflow"] = .string(overflow.rawValue) }
+        if let v = messageTTL { table["x-message-ttl"] = .int(Int64(clamping: v)) }
+        if let v = expires { table["x-expires"] = .int(Int64(clamping: v)) }
+        if let v = deadLetterExchange { table["x-dead-letter-exchange"] = .string(v) }
+        if let v = deadLetterRoutingKey { table["x-dead-letter-routing-key"] = .string(v) }
+        if let v = deliveryLimit { table["x-delivery-limit"] = .int(Int64(v)) }
+        return table
+    }
 }

@@ -50,6 +50,8 @@ public final class Session {
 
     private var routeCache: Broker.RouteCache?
 
+    /// When the connection opened (broker clock).
+    public let openedAt: UInt64
     public private(set) var publishedCount: UInt64 = 0
     public private(set) var deliveredCount: UInt64 = 0
 
@@ -60,6 +62,7 @@ public final class Session {
         self.peer = peer
         self.broker = broker
         self.transport = transport
+        self.openedAt = broker.now()
     }
 
     public var consumerCount: Int { consumers.count }
@@ -173,6 +176,13 @@ public final class Session {
                     throw BrokerError(.accessRefused, "user '\(user.name)' is not an administrator; status needs admin rights")
                 }
                 return .statusOk(requestId: requestId, status: broker.status())
+            }
+        case .manage(let m):
+            reply(m.requestId) { () throws(BrokerError) in
+                guard user.isAdmin else {
+                    throw BrokerError(.accessRefused, "user '\(user.name)' is not an administrator; management needs admin rights")
+                }
+                return .manageOk(requestId: m.requestId, result: try broker.manage(m, by: self))
             }
         case .heartbeat, .closeOk:
             break

@@ -91,6 +91,15 @@ public final class BrokerServer: Sendable {
         do {
             let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
             let port = channel.localAddress?.port ?? configuration.port
+            let info: FieldTable = [
+                "listeners": .array([.string("\(configuration.host):\(port)")]),
+                "data_directory": .string(configuration.dataDirectory ?? "(none: in memory)"),
+                "fsync": .string(directory == nil ? "none (in memory)" : configuration.fsyncPolicy.rawValue),
+                "disk_free_limit": .int(Int64(clamping: configuration.diskFreeLimit)),
+                "max_frame_size": .int(Int64(configuration.maxFrameSize)),
+                "heartbeat_seconds": .int(Int64(configuration.heartbeatSeconds)),
+            ]
+            try await loop.submit { state.value.broker.serverInfo = info }.get()
             // Expiry of messages (TTL) and of unused queues, without waiting for consumers.
             loop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in
                 state.value.broker.sweep()
@@ -101,6 +110,7 @@ public final class BrokerServer: Sendable {
                 loop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(500)) { _ in
                     let broker = state.value.broker
                     guard let free = directory.freeBytes() else { return }
+                    broker.diskFree = free
                     let effectiveLimit = broker.diskFreeLimitOverride ?? limit
                     if free < effectiveLimit {
                         broker.setAlarm(.disk, "free disk space \(free / 1_000_000) MB is below the limit of \(effectiveLimit / 1_000_000) MB")

@@ -39,7 +39,7 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        peer = context.channel.remoteAddress?.description ?? "unknown"
+        peer = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "unknown"
         logger[metadataKey: "peer"] = "\(peer)"
     }
 

@@ -24,6 +24,8 @@ public enum ClientMessage: Hashable, Sendable {
     case get(Get)
     /// Management: broker status (admin only).
     case status(requestId: UInt32)
+    /// Management: one named method with a table of arguments (admin only; docs/protocol.md §12).
+    case manage(Manage)
 
     public var frameType: FrameType {
         switch self {
@@ -48,6 +50,7 @@ public enum ClientMessage: Hashable, Sendable {
         case .reject: .reject
         case .get: .get
         case .status: .status
+        case .manage: .manage
         }
     }
 
@@ -71,6 +74,7 @@ public enum ClientMessage: Hashable, Sendable {
         case .cancel(let m): m.encode(into: &buffer)
         case .ack(let m), .nack(let m), .reject(let m): m.encode(into: &buffer)
         case .get(let m): m.encode(into: &buffer)
+        case .manage(let m): m.encode(into: &buffer)
         }
         buffer.endFrame(at: start)
     }
@@ -109,8 +113,9 @@ public enum ClientMessage: Hashable, Sendable {
             message = .reject(settle)
         case .get: message = .get(try .decode(from: &payload))
         case .status: message = .status(requestId: try payload.readInt("request id"))
+        case .manage: message = .manage(try .decode(from: &payload))
         case .helloOk, .authOk, .ok, .queueDeclareOk, .countOk, .consumeOk, .deliver, .getOk, .getEmpty, .returned,
-            .confirmAck, .confirmNack, .consumerCancelled, .connectionBlocked, .connectionUnblocked, .statusOk, .error:
+            .confirmAck, .confirmNack, .consumerCancelled, .connectionBlocked, .connectionUnblocked, .statusOk, .manageOk, .error:
             throw BrokerError(.unknownFrame, "frame type 0x\(String(frame.type, radix: 16)) is sent only by the server")
         }
         try payload.requireFullyConsumed(type)

@@ -47,6 +47,7 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case reject = 0x26
     case get = 0x27
     case status = 0x40
+    case manage = 0x41
 
     case helloOk = 0x81
     case authOk = 0x82
@@ -64,6 +65,7 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case connectionBlocked = 0xA7
     case connectionUnblocked = 0xA8
     case statusOk = 0xB0
+    case manageOk = 0xB1
     case error = 0xF0
 }
 

@@ -182,3 +182,22 @@ extension ByteBuffer {
         self.writeImmutableBuffer(properties.bytes)
     }
 }
+
+extension MessageProperties {
+    /// The properties that are set, as a table with snake_case keys (management listings, brokerctl).
+    public var table: FieldTable {
+        var table: FieldTable = [:]
+        if let v = messageId { table["message_id"] = .string(v) }
+        if let v = correlationId { table["correlation_id"] = .string(v) }
+        if let v = replyTo { table["reply_to"] = .string(v) }
+        if let v = contentType { table["content_type"] = .string(v) }
+        if let v = type { table["type"] = .string(v) }
+        if let v = typeVersion { table["type_version"] = .int(Int64(v)) }
+        if let v = timestamp { table["timestamp"] = .int(v) }
+        if let v = expiration { table["expiration"] = .int(Int64(v)) }
+        if persistent { table["persistent"] = .bool(true) }
+        if let v = priority { table["priority"] = .int(Int64(v)) }
+        if let v = headers { table["headers"] = .table(v) }
+        return table
+    }
+}

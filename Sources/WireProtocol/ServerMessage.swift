@@ -25,6 +25,8 @@ public enum ServerMessage: Hashable, Sendable {
     /// The alarm is over; publishes are read again.
     case connectionUnblocked
     case statusOk(requestId: UInt32, status: FieldTable)
+    /// The result of a `manage` request.
+    case manageOk(requestId: UInt32, result: FieldTable)
     case error(ErrorFrame)
 
     public var frameType: FrameType {
@@ -48,6 +50,7 @@ public enum ServerMessage: Hashable, Sendable {
         case .connectionBlocked: .connectionBlocked
         case .connectionUnblocked: .connectionUnblocked
         case .statusOk: .statusOk
+        case .manageOk: .manageOk
         case .error: .error
         }
     }
@@ -74,6 +77,9 @@ public enum ServerMessage: Hashable, Sendable {
         case .statusOk(let requestId, let status):
             buffer.writeInteger(requestId)
             buffer.writeFieldTable(status)
+        case .manageOk(let requestId, let result):
+            buffer.writeInteger(requestId)
+            buffer.writeFieldTable(result)
         case .error(let m): m.encode(into: &buffer)
         }
         buffer.endFrame(at: start)
@@ -106,9 +112,10 @@ public enum ServerMessage: Hashable, Sendable {
         case .connectionBlocked: message = .connectionBlocked(reason: try payload.readShortString("reason"))
         case .connectionUnblocked: message = .connectionUnblocked
         case .statusOk: message = .statusOk(requestId: try payload.readInt("request id"), status: try payload.readFieldTable("status"))
+        case .manageOk: message = .manageOk(requestId: try payload.readInt("request id"), result: try payload.readFieldTable("result"))
         case .error: message = .error(try .decode(from: &payload))
         case .hello, .authenticate, .exchangeDeclare, .exchangeDelete, .queueDeclare, .queueDelete, .queuePurge, .queueBind,
-            .queueUnbind, .publish, .confirmSelect, .consume, .cancel, .ack, .nack, .reject, .get, .status:
+            .queueUnbind, .publish, .confirmSelect, .consume, .cancel, .ack, .nack, .reject, .get, .status, .manage:
             throw BrokerError(.unknownFrame, "frame type 0x\(String(frame.type, radix: 16)) is sent only by clients")
         }
         try payload.requireFullyConsumed(type)

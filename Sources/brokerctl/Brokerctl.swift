@@ -3,17 +3,31 @@ import BrokerClient
 import Foundation
 import WireProtocol
 
-/// brokerctl: inspect and manage a running brokerd. This issue ships `status`; the rest has its own issue.
+/// brokerctl: inspect and manage a running brokerd over its own protocol (docs/operations.md, "brokerctl").
 @main
 struct Brokerctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "brokerctl",
         abstract: "Inspect and manage a running brokerd.",
         discussion: """
-            Exit codes: 0 success, 64 usage error, 69 broker unreachable, 77 access refused, 70 other errors.
-            Connection flags can also come from BROKERCTL_HOST, BROKERCTL_PORT, BROKERCTL_USER, BROKERCTL_PASSWORD.
+            Connects to brokerd over its protocol as an administrator (the default user guest/guest works from \
+            loopback only). Connection flags can also come from BROKERCTL_HOST, BROKERCTL_PORT, BROKERCTL_USER and \
+            BROKERCTL_PASSWORD.
+
+            Exit codes:
+              0   success
+              64  usage error (unknown flag, bad value)
+              65  the broker refused the request (no such queue, invalid argument, precondition failed)
+              69  the broker cannot be reached, or the connection was lost
+              70  any other error
+              77  access refused (wrong credentials, or the user is not an administrator)
+
+            Shell completions: brokerctl --generate-completion-script bash|zsh|fish
             """,
-        subcommands: [Status.self])
+        subcommands: [
+            Status.self, List.self, Declare.self, Delete.self, Bind.self, Unbind.self, Purge.self,
+            Publish.self, Get.self, Peek.self, Move.self, Users.self, Watch.self,
+        ])
 }
 
 /// Connection options shared by every subcommand.
@@ -34,27 +48,44 @@ struct ConnectionOptions: ParsableArguments {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535, got \(port)") }
     }
 
-    /// Connects, or exits with a message a person can act on.
-    func connect() async throws -> BrokerConnection {
+    var address: String { "\(host):\(port)" }
+
+    /// Connects, runs `body`, closes; every failure becomes a message on stderr and its exit code.
+    func run<T>(_ body: (BrokerConnection) async throws -> T) async throws -> T {
         let configuration = ClientConfiguration(host: host, port: port, user: user, password: password, clientName: "brokerctl",
                                                 connectTimeout: .seconds(5), requestTimeout: .seconds(10))
         do {
-            return try await BrokerConnection.connect(configuration)
+            let client = try await BrokerConnection.connect(configuration)
+            do {
+                let result = try await body(client)
+                await client.close()
+                return result
+            } catch {
+                await client.close()
+                throw error
+            }
         } catch let error as BrokerError {
-            throw Failure(error: error, context: "\(host):\(port)")
+            throw Failure(error: error, address: address).exit()
+        } catch let error as Failure {
+            throw error.exit()
         }
     }
 }
 
-/// A failure brokerctl reports on stderr with a matching exit code.
+/// A failure brokerctl reports on stderr with its exit code.
 struct Failure: Error, CustomStringConvertible {
     var error: BrokerError
-    var context: String
+    var address: String
 
     var description: String {
         switch error.code {
-        case .accessRefused: "brokerctl: access refused by \(context): \(error.message)"
-        case .connectionClosed, .timeout: "brokerctl: cannot reach brokerd at \(context): \(error.message). Is it running?"
+        case .accessRefused: "brokerctl: access refused by \(address): \(error.message)"
+        case .connectionClosed, .timeout, .heartbeatTimeout:
+            error.message.contains("Connection refused")
+                ? "brokerctl: cannot reach brokerd at \(address): connection refused. Is it running, and on this port?"
+                : "brokerctl: cannot reach brokerd at \(address): \(error.message)"
+        case .notFound, .invalidArgument, .preconditionFailed, .resourceLocked, .resourceError, .noRoute, .unknownFrame:
+            "brokerctl: \(error.message) (code \(error.code.rawValue))"
         default: "brokerctl: \(error.description)"
         }
     }
@@ -62,9 +93,29 @@ struct Failure: Error, CustomStringConvertible {
     var exitCode: Int32 {
         switch error.code {
         case .accessRefused: 77  // EX_NOPERM
-        case .connectionClosed, .timeout: 69  // EX_UNAVAILABLE
+        case .connectionClosed, .timeout, .heartbeatTimeout: 69  // EX_UNAVAILABLE
+        case .notFound, .invalidArgument, .preconditionFailed, .resourceLocked, .resourceError, .noRoute, .unknownFrame: 65  // EX_DATAERR
         default: 70  // EX_SOFTWARE
         }
+    }
+
+    /// Prints the message and returns the exit to throw.
+    func exit() -> ExitCode {
+        FileHandle.standardError.write(Data((description + "\n").utf8))
+        return ExitCode(exitCode)
+    }
+}
+
+/// Options of commands that print data.
+struct OutputOptions: ParsableArguments {
+    @Option(help: "Output format: an aligned table, or JSON (an array of objects with snake_case keys).")
+    var format: OutputFormat = .table
+
+    @Option(help: ArgumentHelp("Columns to show, comma-separated (all of them with --format json unless given).", valueName: "names"))
+    var columns: String?
+
+    var columnList: [String]? {
+        columns.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
     }
 }
 
@@ -72,69 +123,31 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case table, json
 }
 
-extension Brokerctl {
-    struct Status: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show the broker's version, uptime, connections, queues and messages.")
-
-        @OptionGroup var connection: ConnectionOptions
-
-        @Option(help: "Output format.")
-        var format: OutputFormat = .table
-
-        func run() async throws {
-            do {
-                let client = try await connection.connect()
-                let status: FieldTable
-                do {
-                    status = try await client.status()
-                } catch let error as BrokerError {
-                    await client.close()
-                    throw Failure(error: error, context: "\(connection.host):\(connection.port)")
-                }
-                await client.close()
-                print(render(status))
-            } catch let failure as Failure {
-                FileHandle.standardError.write(Data((failure.description + "\n").utf8))
-                throw ExitCode(failure.exitCode)
-            }
+/// Parses `key=value` arguments into a table: integers and true/false become typed values, the rest strings.
+func parseTable(_ pairs: [String], option: String) throws -> FieldTable {
+    var table: FieldTable = [:]
+    for pair in pairs {
+        guard let eq = pair.firstIndex(of: "="), eq != pair.startIndex else {
+            throw ValidationError("\(option) takes key=value, got '\(pair)'")
         }
-
-        func render(_ status: FieldTable) -> String {
-            let keys = status.keys.sorted()
-            switch format {
-            case .json:
-                let fields = keys.map { key in "\"\(key)\":\(Self.json(status[key]!))" }  // keys come from the table
-                return "{" + fields.joined(separator: ",") + "}"
-            case .table:
-                let width = keys.map(\.count).max() ?? 0
-                return keys.map { key in
-                    key.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + Self.text(status[key]!)  // keys come from the table
-                }.joined(separator: "\n")
-            }
+        let key = String(pair[..<eq])
+        let value = String(pair[pair.index(after: eq)...])
+        if let int = Int64(value) {
+            table[key] = .int(int)
+        } else if value == "true" || value == "false" {
+            table[key] = .bool(value == "true")
+        } else {
+            table[key] = .string(value)
         }
+    }
+    return table
+}
 
-        static func text(_ value: FieldValue) -> String {
-            switch value {
-            case .string(let s): s
-            case .int(let i): String(i)
-            case .bool(let b): String(b)
-            case .double(let d): String(d)
-            default: json(value)
-            }
-        }
-
-        static func json(_ value: FieldValue) -> String {
-            switch value {
-            case .string(let s):
-                let data = (try? JSONSerialization.data(withJSONObject: [s], options: [.fragmentsAllowed])) ?? Data("[\"\"]".utf8)
-                return String(decoding: data.dropFirst().dropLast(), as: UTF8.self)
-            case .int(let i): return String(i)
-            case .bool(let b): return String(b)
-            case .double(let d): return String(d)
-            case .bytes(let b): return "[" + b.map(String.init).joined(separator: ",") + "]"
-            case .array(let values): return "[" + values.map(json).joined(separator: ",") + "]"
-            case .table(let t): return "{" + t.keys.sorted().map { "\"\($0)\":\(json(t[$0]!))" }.joined(separator: ",") + "}"
-            }
-        }
+/// Runs a check of the wire rules (names, keys) as a usage check: its failure exits 64 with its message.
+func usage(_ check: () throws -> Void) throws {
+    do {
+        try check()
+    } catch let error as BrokerError {
+        throw ValidationError(error.message)
     }
 }

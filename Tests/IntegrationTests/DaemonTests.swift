@@ -149,15 +149,20 @@ struct DaemonTests {
         }
     }
 
-    static func run(_ name: String, _ arguments: [String]) throws -> (Int32, String, String) {
+    /// Runs a built executable to completion with `input` on its stdin; returns its status, stdout and stderr.
+    static func run(_ name: String, _ arguments: [String], input: String? = nil) throws -> (Int32, String, String) {
         let process = Process()
         process.executableURL = try executable(name)
         process.arguments = arguments
         let out = Pipe()
         let err = Pipe()
+        let stdin = Pipe()
         process.standardOutput = out
         process.standardError = err
+        process.standardInput = stdin
         try process.run()
+        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+        try stdin.fileHandleForWriting.close()
         let outData = out.fileHandleForReading.readDataToEndOfFile()
         let errData = err.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()

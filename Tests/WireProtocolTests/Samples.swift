@@ -36,6 +36,7 @@ enum Samples {
         .reject(Settle(deliveryTag: 4, requeue: true)),
         .get(Get(requestId: 11, queue: "q", noAck: true)),
         .status(requestId: 12),
+        .manage(Manage(requestId: 13, method: "list.queues", arguments: ["columns": .array([.string("name")])])),
     ]
 
     static let server: [ServerMessage] = [
@@ -59,6 +60,7 @@ enum Samples {
         .connectionBlocked(reason: "free disk below the limit"),
         .connectionUnblocked,
         .statusOk(requestId: 14, status: ["version": .string("0.1.0"), "queues": .int(3)]),
+        .manageOk(requestId: 15, result: ["rows": .array([.table(["name": .string("q"), "messages_ready": .int(1)])])]),
         .error(ErrorFrame(requestId: 15, code: .preconditionFailed, text: "inequivalent arg")),
     ]
 

@@ -1,0 +1,295 @@
+import BrokerStorage
+import NIOCore
+public import WireProtocol
+
+/// The management methods behind the `manage` frame (docs/protocol.md §12): listings, peek, move and users. Each
+/// takes a table of arguments and answers a table; listings answer `{"rows": [table, ...]}` with snake_case keys,
+/// which brokerctl prints as they are. Admin only: the session checks before calling.
+extension Broker {
+    /// Every method name, for the spec, errors (an unknown method is code 540, like an unknown frame) and tests.
+    public static let managementMethods = [
+        "list.queues", "list.exchanges", "list.bindings", "list.connections", "list.consumers",
+        "queue.peek", "queue.move", "user.list", "user.add", "user.delete", "user.passwd",
+    ]
+
+    /// Runs one management method on behalf of `session` (whose user is an administrator).
+    public func manage(_ request: Manage, by session: Session) throws(BrokerError) -> FieldTable {
+        let args = ManagementArguments(request.method, request.arguments)
+        switch request.method {
+        case "list.queues": return rows(queues.values.sorted { $0.name < $1.name }.map(queueRow))
+        case "list.exchanges": return rows(exchanges.values.sorted { $0.name < $1.name }.map(exchangeRow))
+        case "list.bindings": return rows(bindingRows())
+        case "list.connections": return rows(sessions.values.sorted { $0.id < $1.id }.map(connectionRow))
+        case "list.consumers": return rows(consumerRows())
+        case "queue.peek": return try peek(args)
+        case "queue.move": return try move(args)
+        case "user.list": return rows(users.users.values.sorted { $0.name < $1.name }.map(userRow))
+        case "user.add": return try addUser(args)
+        case "user.delete": return try deleteUser(args, by: session)
+        case "user.passwd": return try changePassword(args)
+        default:
+            throw BrokerError(.unknownFrame, "unknown management method '\(request.method)'; known: \(Self.managementMethods.joined(separator: ", "))")
+        }
+    }
+
+    private func rows(_ rows: [FieldTable]) -> FieldTable { ["rows": .array(rows.map { .table($0) })] }
+
+    // MARK: - Listings
+
+    private func queueRow(_ queue: Queue) -> FieldTable {
+        var row: FieldTable = [
+            "name": .string(queue.name),
+            "durable": .bool(queue.durable),
+            "auto_delete": .bool(queue.autoDelete),
+            "exclusive": .bool(queue.exclusiveOwner != nil),
+            "messages": .int(Int64(queue.readyCount + queue.unackedCount)),
+            "messages_ready": .int(Int64(queue.readyCount)),
+            "messages_unacked": .int(Int64(queue.unackedCount)),
+            "messages_in_memory": .int(Int64(queue.readyCount - queue.pagedCount)),
+            "messages_paged": .int(Int64(queue.pagedCount)),
+            "memory_bytes": .int(Int64(queue.memoryBytes)),
+            "consumers": .int(Int64(queue.consumerCount)),
+            "published": .int(Int64(clamping: queue.publishedCount)),
+            "delivered": .int(Int64(clamping: queue.deliveredCount)),
+            "publish_rate": .double(queue.publishRate),
+            "deliver_rate": .double(queue.deliverRate),
+            "state": .string(queue.pagedCount > 0 ? "paging" : (queue.publishRate > 0 || queue.deliverRate > 0 ? "running" : "idle")),
+        ]
+        if let owner = queue.exclusiveOwner { row["owner_connection"] = .int(Int64(clamping: owner)) }
+        row["arguments"] = .table(queue.arguments.table)
+        return row
+    }
+
+    private func exchangeRow(_ exchange: Exchange) -> FieldTable {
+        [
+            "name": .string(exchange.name),
+            "type": .string(exchange.kind.description),
+            "durable": .bool(exchange.durable),
+            "auto_delete": .bool(exchange.autoDelete),
+            "builtin": .bool(exchange.builtIn),
+            "bindings": .int(Int64(exchange.bindingCount)),
+        ]
+    }
+
+    private func bindingRows() -> [FieldTable] {
+        var rows: [FieldTable] = []
+        for exchange in exchanges.values.sorted(by: { $0.name < $1.name }) where !exchange.name.isEmpty {
+            for binding in exchange.bindings.sorted(by: { ($0.queue, $0.key) < ($1.queue, $1.key) }) {
+                rows.append(["source": .string(exchange.name), "destination": .string(binding.queue), "routing_key": .string(binding.key)])
+            }
+        }
+        return rows
+    }
+
+    private func connectionRow(_ session: Session) -> FieldTable {
+        [
+            "id": .int(Int64(clamping: session.id)),
+            "name": .string(session.clientName),
+            "peer": .string(session.peer),
+            "user": .string(session.user.name),
+            "consumers": .int(Int64(session.consumerCount)),
+            "messages_unacked": .int(Int64(session.unackedCount)),
+            "published": .int(Int64(clamping: session.publishedCount)),
+            "delivered": .int(Int64(clamping: session.deliveredCount)),
+            "confirm_mode": .bool(session.confirmMode),
+            "state": .string(session.isPaused ? "blocked" : (alarm != nil ? "notified" : "running")),
+            "connected_seconds": .int(Int64((now() &- session.openedAt) / 1_000_000_000)),
+        ]
+    }
+
+    private func consumerRows() -> [FieldTable] {
+        var rows: [FieldTable] = []
+        for session in sessions.values.sorted(by: { $0.id < $1.id }) {
+            for consumer in session.consumers.values.sorted(by: { $0.tag < $1.tag }) {
+                rows.append([
+                    "queue": .string(consumer.queue.name),
+                    "consumer_tag": .int(Int64(consumer.tag)),
+                    "connection": .int(Int64(clamping: session.id)),
+                    "connection_name": .string(session.clientName),
+                    "ack_required": .bool(!consumer.noAck),
+                    "exclusive": .bool(consumer.exclusive),
+                    "prefetch": .int(Int64(consumer.prefetch)),
+                    "messages_unacked": .int(Int64(consumer.unacked)),
+                ])
+            }
+        }
+        return rows
+    }
+
+    private func userRow(_ user: User) -> FieldTable {
+        ["name": .string(user.name), "admin": .bool(user.isAdmin), "loopback_only": .bool(user.loopbackOnly)]
+    }
+
+    /// Recomputes every queue's publish and deliver rates; the sweeper calls it about once a second.
+    func sampleRates() {
+        let time = now()
+        let elapsed = Double(time &- lastRateSample) / 1e9
+        guard elapsed >= 1 else { return }
+        lastRateSample = time
+        for queue in queues.values {
+            queue.publishRate = Double(queue.publishedCount &- queue.sampledPublished) / elapsed
+            queue.deliverRate = Double(queue.deliveredCount &- queue.sampledDelivered) / elapsed
+            queue.sampledPublished = queue.publishedCount
+            queue.sampledDelivered = queue.deliveredCount
+        }
+    }
+
+    // MARK: - Messages
+
+    /// `queue.peek {queue, count}`: the first `count` (default 1, at most 1000) ready messages, left untouched.
+    private func peek(_ args: ManagementArguments) throws(BrokerError) -> FieldTable {
+        let queue = try existingQueue(args.string("queue"))
+        let count = try args.int("count", default: 1, range: 1...1000)
+        return rows(queue.peek(count).map { message in
+            var row = Self.messageRow(message.envelope)
+            row["redelivered"] = .bool(message.redelivered)
+            return row
+        })
+    }
+
+    /// A message as management shows it: names, decoded properties (snake_case), body bytes.
+    static func messageRow(_ envelope: MessageEnvelope) -> FieldTable {
+        let names = try? envelope.names()
+        var row: FieldTable = [
+            "exchange": .string(names?.exchange ?? ""),
+            "routing_key": .string(names?.routingKey ?? ""),
+            "body": .bytes(Array(buffer: envelope.body)),
+            "body_size": .int(Int64(envelope.bodyLength)),
+        ]
+        row["properties"] = .table((try? envelope.properties.decode())?.table ?? [:])
+        return row
+    }
+
+    /// `queue.move {source, destination, count}`: moves up to `count` (default all) ready messages from the head
+    /// of one queue to the tail of another, in order, keeping their properties, names and redelivered flags. In
+    /// the log, a persistent message gains its record in a durable destination in the same batch that settles it
+    /// in the source, so a crash leaves it in one queue or (at worst) both, never in neither. Stops early, without
+    /// losing anything, if the destination refuses a message (its overflow policy is `reject-publish`).
+    private func move(_ args: ManagementArguments) throws(BrokerError) -> FieldTable {
+        let source = try existingQueue(args.string("source"))
+        let destination = try existingQueue(args.string("destination"))
+        guard source !== destination else { throw BrokerError(.preconditionFailed, "source and destination are the same queue") }
+        let limit = try args.int("count", default: Int.max, range: 1...Int.max)
+        var moved = 0
+        var stoppedBy: String?
+        while moved < limit, let message = source.takeHead() {
+            var copy = message
+            copy.deliveries = 0
+            copy.logId = 0
+            copy.stored = .none
+            if let store, let id = destination.durableId, message.envelope.isPersistent {
+                let record = store.appendPublish(envelope: message.envelope.bytes, queues: [id])
+                copy.logId = record.id
+                copy.stored = record
+            }
+            guard destination.enqueue(copy) else {
+                if let store, let id = destination.durableId, copy.logId != 0 { store.appendSettle(id: copy.logId, queue: id) }
+                source.putBackHead(message)
+                stoppedBy = "queue '\(destination.name)' refused a message (it is full)"
+                break
+            }
+            if let store, let id = source.durableId, message.logId != 0 { store.appendSettle(id: message.logId, queue: id) }
+            moved += 1
+        }
+        destination.dispatch()
+        source.dispatch()
+        var result: FieldTable = ["moved": .int(Int64(moved)), "remaining": .int(Int64(source.readyCount))]
+        if let stoppedBy { result["stopped"] = .string(stoppedBy) }
+        return result
+    }
+
+    private func existingQueue(_ name: String) throws(BrokerError) -> Queue {
+        try NameRules.validateName(name, kind: "queue")
+        guard let queue = queues[name] else { throw BrokerError(.notFound, "no queue '\(name)'") }
+        return queue
+    }
+
+    // MARK: - Users
+
+    private func addUser(_ args: ManagementArguments) throws(BrokerError) -> FieldTable {
+        let name = try args.string("name")
+        try Self.validateUserName(name)
+        guard users.user(named: name) == nil else { throw BrokerError(.preconditionFailed, "user '\(name)' already exists") }
+        let password = try args.string("password")
+        guard !password.isEmpty else { throw BrokerError(.invalidArgument, "the password must not be empty") }
+        let admin = try args.bool("admin", default: false)
+        try changeUsers { $0.add(User(name: name, password: PasswordHash(password: password), isAdmin: admin)) }
+        return [:]
+    }
+
+    private func deleteUser(_ args: ManagementArguments, by session: Session) throws(BrokerError) -> FieldTable {
+        let name = try args.string("name")
+        guard users.user(named: name) != nil else { throw BrokerError(.notFound, "no user '\(name)'") }
+        guard name != session.user.name else {
+            throw BrokerError(.preconditionFailed, "you cannot delete the user you are connected as ('\(name)')")
+        }
+        let adminsLeft = users.users.values.filter { $0.isAdmin && $0.name != name }.count
+        guard adminsLeft > 0 else { throw BrokerError(.preconditionFailed, "'\(name)' is the last administrator") }
+        try changeUsers { _ = $0.remove(named: name) }
+        return [:]
+    }
+
+    private func changePassword(_ args: ManagementArguments) throws(BrokerError) -> FieldTable {
+        let name = try args.string("name")
+        guard var user = users.user(named: name) else { throw BrokerError(.notFound, "no user '\(name)'") }
+        let password = try args.string("password")
+        guard !password.isEmpty else { throw BrokerError(.invalidArgument, "the password must not be empty") }
+        user.password = PasswordHash(password: password)
+        try changeUsers { $0.add(user) }
+        return [:]
+    }
+
+    /// Applies a change to the users and saves it; from the first change on, the saved list is complete (the
+    /// default user included, or its deletion remembered).
+    private func changeUsers(_ change: (inout UserStore) -> Void) throws(BrokerError) {
+        let before = users
+        let wasComplete = usersCustomized
+        change(&users)
+        usersCustomized = true
+        do {
+            try saveDefinitions()
+        } catch {
+            users = before
+            usersCustomized = wasComplete
+            throw error
+        }
+    }
+
+    static func validateUserName(_ name: String) throws(BrokerError) {
+        guard !name.isEmpty, name.utf8.count <= 255,
+              name.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7F }) else {
+            throw BrokerError(.invalidArgument, "a user name is 1 to 255 bytes of UTF-8 without spaces or control characters")
+        }
+    }
+}
+
+/// Typed access to a management request's arguments, with errors that name the method and the argument.
+struct ManagementArguments {
+    let method: String
+    let table: FieldTable
+
+    init(_ method: String, _ table: FieldTable) {
+        self.method = method
+        self.table = table
+    }
+
+    func string(_ key: String) throws(BrokerError) -> String {
+        guard let value = table[key] else { throw BrokerError(.invalidArgument, "\(method) needs the argument '\(key)'") }
+        guard let text = value.stringValue else { throw BrokerError(.invalidArgument, "\(method): '\(key)' must be a string") }
+        return text
+    }
+
+    func int(_ key: String, default defaultValue: Int, range: ClosedRange<Int>) throws(BrokerError) -> Int {
+        guard let value = table[key] else { return defaultValue }
+        guard let number = value.intValue, let int = Int(exactly: number), range.contains(int) else {
+            throw BrokerError(.invalidArgument, "\(method): '\(key)' must be an integer from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return int
+    }
+
+    func bool(_ key: String, default defaultValue: Bool) throws(BrokerError) -> Bool {
+        guard let value = table[key] else { return defaultValue }
+        guard let flag = value.boolValue else { throw BrokerError(.invalidArgument, "\(method): '\(key)' must be a boolean") }
+        return flag
+    }
+}

@@ -1,0 +1,100 @@
+import ArgumentParser
+import BrokerClient
+import Foundation
+import WireProtocol
+
+extension Brokerctl {
+    struct Users: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Manage the broker's users.",
+            discussion: """
+                Users are administrators (every method, management included) or not (messaging only); there are \
+                no per-queue permissions. Changes are saved with the broker's metadata. The built-in guest user \
+                works from loopback only; delete it once you have an administrator of your own.
+                """,
+            subcommands: [ListUsers.self, Add.self, Remove.self, Passwd.self])
+    }
+}
+
+/// A new password, from an option or from the first line of standard input.
+struct NewPassword: ParsableArguments {
+    @Option(help: "The new password (visible to other local users in the process list; prefer --password-stdin).")
+    var newPassword: String?
+
+    @Flag(help: "Read the new password from the first line of standard input.")
+    var passwordStdin = false
+
+    func validate() throws {
+        guard (newPassword != nil) != passwordStdin else { throw ValidationError("give exactly one of --new-password and --password-stdin") }
+    }
+
+    func read() throws -> String {
+        if let newPassword { return newPassword }
+        guard let line = readLine(strippingNewline: true), !line.isEmpty else { throw ValidationError("no password on standard input") }
+        return line
+    }
+}
+
+extension Brokerctl.Users {
+    struct ListUsers: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List users.")
+
+        @OptionGroup var output: OutputOptions
+        @OptionGroup var connection: ConnectionOptions
+
+        func run() async throws {
+            let renderer = Renderer(format: output.format, requested: output.columnList)
+            let all = ["name", "admin", "loopback_only"]
+            let columns = try renderer.columns(defaults: all, available: all)
+            let result = try await connection.run { try await $0.manage("user.list") }
+            var rows: [FieldTable] = []
+            if case .array(let values)? = result["rows"] {
+                for case .table(let row) in values { rows.append(row) }
+            }
+            print(renderer.render(rows, columns: columns))
+        }
+    }
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add a user.")
+
+        @Argument(help: "User name.") var name: String
+        @OptionGroup var password: NewPassword
+        @Flag(help: "Make the user an administrator.") var admin = false
+        @OptionGroup var connection: ConnectionOptions
+
+        func run() async throws {
+            let secret = try password.read()
+            _ = try await connection.run {
+                try await $0.manage("user.add", ["name": .string(name), "password": .string(secret), "admin": .bool(admin)])
+            }
+            print("user '\(name)' added\(admin ? " (administrator)" : "")")
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete a user (not the one you are connected as).")
+
+        @Argument(help: "User name.") var name: String
+        @OptionGroup var connection: ConnectionOptions
+
+        func run() async throws {
+            _ = try await connection.run { try await $0.manage("user.delete", ["name": .string(name)]) }
+            print("user '\(name)' deleted")
+        }
+    }
+
+    struct Passwd: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Change a user's password.")
+
+        @Argument(help: "User name.") var name: String
+        @OptionGroup var password: NewPassword
+        @OptionGroup var connection: ConnectionOptions
+
+        func run() async throws {
+            let secret = try password.read()
+            _ = try await connection.run { try await $0.manage("user.passwd", ["name": .string(name), "password": .string(secret)]) }
+            print("password of '\(name)' changed")
+        }
+    }
+}

@@ -1,0 +1,207 @@
+import BrokerClient
+import Foundation
+import Testing
+import WireProtocol
+
+/// brokerctl, the executable, against a real brokerd executable: output and exit codes.
+@Suite("brokerctl against a running brokerd", .serialized, .timeLimit(.minutes(2)))
+struct BrokerctlTests {
+    /// Runs brokerctl against `port` and returns status, stdout, stderr.
+    func ctl(_ port: Int, _ arguments: [String], user: String? = nil, password: String? = nil, input: String? = nil) throws -> (Int32, String, String) {
+        var all = arguments + ["--port", "\(port)"]
+        if let user { all += ["--user", user] }
+        if let password { all += ["--password", password] }
+        return try DaemonTests.run("brokerctl", all, input: input)
+    }
+
+    /// Runs brokerctl with `--format json` and parses its array of rows.
+    func rows(_ port: Int, _ arguments: [String]) throws -> [[String: Any]] {
+        let (status, out, err) = try ctl(port, arguments + ["--format", "json"])
+        #expect(status == 0, "\(arguments): \(err)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]], "not a JSON array: \(out)")
+    }
+
+    func queue(_ port: Int, _ name: String) throws -> [String: Any]? {
+        try rows(port, ["list", "queues"]).first { $0["name"] as? String == name }
+    }
+
+    @Test("declare, publish and list: queues with depths, chosen columns, table and JSON; bindings and exchanges")
+    func listings() async throws {
+        try await DaemonTests.withDaemon { _, port, _ in
+            #expect(try ctl(port, ["declare", "queue", "trips", "--durable", "--argument", "x-max-length=1000"]).0 == 0)
+            #expect(try ctl(port, ["declare", "exchange", "events", "--type", "topic", "--durable"]).0 == 0)
+            #expect(try ctl(port, ["bind", "events", "trips", "--routing-key", "trip.*"]).0 == 0)
+            let (published, out, err) = try ctl(port, ["publish", "--exchange", "events", "--routing-key", "trip.created", "--persistent", "from argument"])
+            #expect(published == 0, "\(err)")
+            #expect(out.contains("confirmed"))
+            #expect(try ctl(port, ["publish", "--routing-key", "trips", "--content-type", "text/plain"], input: "from stdin").0 == 0)
+
+            let trips = try #require(try queue(port, "trips"))
+            #expect(trips["messages_ready"] as? Int == 2)
+            #expect(trips["messages_unacked"] as? Int == 0)
+            #expect(trips["consumers"] as? Int == 0)
+            #expect(trips["durable"] as? Bool == true)
+            #expect(trips["messages_in_memory"] as? Int == 2 && trips["messages_paged"] as? Int == 0)
+            #expect((trips["memory_bytes"] as? Int ?? 0) > 0)
+            #expect(trips["publish_rate"] is Double || trips["publish_rate"] is Int)
+            #expect((trips["arguments"] as? [String: Any])?["x-max-length"] as? Int == 1000)
+
+            // Chosen columns, in JSON and as an aligned table.
+            let narrow = try rows(port, ["list", "queues", "--columns", "name,messages_ready"])
+            #expect(narrow.map { Set($0.keys) } == [["name", "messages_ready"]])
+            let (_, table, _) = try ctl(port, ["list", "queues", "--columns", "name,messages_ready,state"])
+            let lines = table.split(separator: "\n")
+            #expect(lines.first?.split(separator: " ", omittingEmptySubsequences: true) == ["name", "messages_ready", "state"])
+            #expect(lines.contains { $0.hasPrefix("trips") && $0.contains(" 2 ") })
+
+            let (badColumn, _, badErr) = try ctl(port, ["list", "queues", "--columns", "name,nope"])
+            #expect(badColumn == 64)
+            #expect(badErr.contains("unknown column nope") && badErr.contains("messages_ready"))
+
+            #expect(try rows(port, ["list", "bindings"]).contains {
+                $0["source"] as? String == "events" && $0["destination"] as? String == "trips" && $0["routing_key"] as? String == "trip.*"
+            })
+            #expect(try rows(port, ["list", "exchanges"]).contains { $0["name"] as? String == "events" && $0["type"] as? String == "topic" })
+            let connections = try rows(port, ["list", "connections"])
+            #expect(connections.count == 1 && connections[0]["user"] as? String == "guest")
+            #expect((connections[0]["peer"] as? String)?.hasPrefix("127.0.0.1:") == true)
+
+            // A consumer shows up in list consumers and in its queue's row.
+            let client = try await BrokerConnection.connect(ClientConfiguration(port: port))
+            _ = try await client.consume(queue: "trips", prefetch: 7)
+            let consumers = try rows(port, ["list", "consumers"])
+            #expect(consumers.count == 1 && consumers[0]["queue"] as? String == "trips" && consumers[0]["prefetch"] as? Int == 7)
+            #expect(try queue(port, "trips")?["consumers"] as? Int == 1)
+            await client.close()
+
+            #expect(try ctl(port, ["unbind", "events", "trips", "--routing-key", "trip.*"]).0 == 0)
+            #expect(try rows(port, ["list", "bindings"]).isEmpty)
+        }
+    }
+
+    @Test("peek leaves messages untouched, get takes them, move brings dead letters back in order and survives a restart")
+    func messages() async throws {
+        let dataDirectory = DaemonTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        var (process, port, _) = try DaemonTests.startDaemon(dataDirectory: dataDirectory)
+        defer { DaemonTests.stop(process) }
+        #expect(try ctl(port, ["declare", "queue", "work", "--durable"]).0 == 0)
+        #expect(try ctl(port, ["declare", "queue", "work.dead", "--durable"]).0 == 0)
+        for i in 0..<5 { #expect(try ctl(port, ["publish", "--routing-key", "work.dead", "--persistent", "--header", "n=\(i)", "job-\(i)"]).0 == 0) }
+
+        let peeked = try rows(port, ["peek", "work.dead", "--count", "3"])
+        #expect(peeked.map { $0["body"] as? String } == ["job-0", "job-1", "job-2"])
+        #expect(peeked.allSatisfy { $0["redelivered"] as? Bool == false })
+        #expect(((peeked[1]["properties"] as? [String: Any])?["headers"] as? [String: Any])?["n"] as? Int == 1)
+        #expect(try rows(port, ["peek", "work.dead", "--count", "3"]).map { $0["body"] as? String } == ["job-0", "job-1", "job-2"])
+        #expect(try queue(port, "work.dead")?["messages_ready"] as? Int == 5)
+
+        let (moved, out, _) = try ctl(port, ["move", "work.dead", "work", "--count", "4"])
+        #expect(moved == 0)
+        #expect(out.contains("moved 4 messages") && out.contains("1 left"))
+        #expect(try queue(port, "work")?["messages_ready"] as? Int == 4)
+
+        // Restart: the moves were logged (published to work, settled in work.dead).
+        DaemonTests.stop(process)
+        (process, port, _) = try DaemonTests.startDaemon(dataDirectory: dataDirectory)
+        #expect(try queue(port, "work")?["messages_ready"] as? Int == 4)
+        #expect(try queue(port, "work.dead")?["messages_ready"] as? Int == 1)
+
+        let got = try rows(port, ["get", "work", "--count", "3"])
+        #expect(got.map { $0["body"] as? String } == ["job-0", "job-1", "job-2"])
+        #expect(try queue(port, "work")?["messages_ready"] as? Int == 1)
+        let kept = try rows(port, ["get", "work", "--requeue"])
+        #expect(kept.map { $0["body"] as? String } == ["job-3"])
+        #expect(try rows(port, ["peek", "work"]).first?["redelivered"] as? Bool == true)
+
+        let (empty, emptyOut, _) = try ctl(port, ["get", "work.dead", "--count", "5"])
+        #expect(empty == 0 && emptyOut.contains("job-4"))
+        let (none, noneOut, _) = try ctl(port, ["peek", "work.dead"])
+        #expect(none == 0 && noneOut.contains("no ready messages"))
+    }
+
+    @Test("mistakes exit non-zero with the broker's reason: unknown queue, precondition, bad names, unroutable mandatory")
+    func errors() async throws {
+        try await DaemonTests.withDaemon { _, port, _ in
+            let (missing, _, missingErr) = try ctl(port, ["purge", "nosuch"])
+            #expect(missing == 65)
+            #expect(missingErr.contains("no queue 'nosuch'") && missingErr.contains("404"))
+
+            #expect(try ctl(port, ["declare", "queue", "q"]).0 == 0)
+            #expect(try ctl(port, ["publish", "--routing-key", "q", "x"]).0 == 0)
+            let (notEmpty, _, notEmptyErr) = try ctl(port, ["delete", "queue", "q", "--if-empty"])
+            #expect(notEmpty == 65)
+            #expect(notEmptyErr.contains("406"))
+            let (conflict, _, conflictErr) = try ctl(port, ["declare", "queue", "q", "--durable"])
+            #expect(conflict == 65, "\(conflictErr)")
+
+            let (badName, _, badNameErr) = try ctl(port, ["declare", "queue", String(repeating: "n", count: 300)])
+            #expect(badName == 64)
+            #expect(badNameErr.contains("255"))
+            let (badArgument, _, badArgumentErr) = try ctl(port, ["declare", "queue", "r", "--argument", "x-bogus=1"])
+            #expect(badArgument == 65)
+            #expect(badArgumentErr.contains("unknown queue argument 'x-bogus'"))
+
+            let (unroutable, _, unroutableErr) = try ctl(port, ["publish", "--routing-key", "nowhere", "--mandatory", "lost?"])
+            #expect(unroutable == 65)
+            #expect(unroutableErr.contains("no queue took the message"))
+
+            let (purged, purgedOut, _) = try ctl(port, ["purge", "q"])
+            #expect(purged == 0 && purgedOut.contains("purged 1"))
+            let (deleted, deletedOut, _) = try ctl(port, ["delete", "queue", "q"])
+            #expect(deleted == 0 && deletedOut.contains("deleted"))
+            #expect(try queue(port, "q") == nil)
+
+            let (usage, _, usageErr) = try ctl(port, ["list", "everything"])
+            #expect(usage == 64 && usageErr.contains("queues"))
+        }
+    }
+
+    @Test("users: add, list, passwd, delete; non-admins are refused with 77; changes survive a restart")
+    func users() async throws {
+        let dataDirectory = DaemonTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        var (process, port, _) = try DaemonTests.startDaemon(dataDirectory: dataDirectory)
+        defer { DaemonTests.stop(process) }
+        #expect(try ctl(port, ["users", "add", "ops", "--new-password", "first", "--admin"]).0 == 0)
+        #expect(try ctl(port, ["users", "add", "app", "--password-stdin"], input: "app-secret\n").0 == 0)
+        let listed = try rows(port, ["users", "list"])
+        #expect(listed.map { $0["name"] as? String } == ["app", "guest", "ops"])
+        #expect(listed.first { $0["name"] as? String == "app" }?["admin"] as? Bool == false)
+
+        let (refused, _, refusedErr) = try ctl(port, ["status"], user: "app", password: "app-secret")
+        #expect(refused == 77)
+        #expect(refusedErr.contains("not an administrator"))
+        #expect(try ctl(port, ["users", "passwd", "ops", "--new-password", "second"]).0 == 0)
+        #expect(try ctl(port, ["status"], user: "ops", password: "first").0 == 77)
+        #expect(try ctl(port, ["status"], user: "ops", password: "second").0 == 0)
+        let (selfDelete, _, selfDeleteErr) = try ctl(port, ["users", "delete", "ops"], user: "ops", password: "second")
+        #expect(selfDelete == 65 && selfDeleteErr.contains("connected as"))
+        #expect(try ctl(port, ["users", "delete", "guest"], user: "ops", password: "second").0 == 0)
+
+        DaemonTests.stop(process)
+        (process, port, _) = try DaemonTests.startDaemon(dataDirectory: dataDirectory)
+        // guest stays deleted; ops keeps its new password; app is still a non-admin.
+        #expect(try ctl(port, ["status"]).0 == 77)
+        #expect(try ctl(port, ["status"], user: "ops", password: "second").0 == 0)
+        let (_, out, _) = try ctl(port, ["users", "list", "--format", "json"], user: "ops", password: "second")
+        let names = (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.compactMap { $0["name"] as? String }
+        #expect(names == ["app", "ops"])
+    }
+
+    @Test("watch prints its view and stops after --count; help and completions work")
+    func watchAndHelp() async throws {
+        try await DaemonTests.withDaemon { _, port, _ in
+            #expect(try ctl(port, ["declare", "queue", "watched"]).0 == 0)
+            let (status, out, err) = try ctl(port, ["watch", "--count", "2", "--interval", "0.2"])
+            #expect(status == 0, "\(err)")
+            #expect(out.components(separatedBy: "brokerd ").count - 1 == 2, "two refreshes: \(out)")
+            #expect(out.contains("watched") && out.contains("messages_ready"))
+            #expect(!out.contains("\u{1B}["), "no terminal codes when stdout is not a terminal")
+        }
+        let (help, helpOut, _) = try DaemonTests.run("brokerctl", ["--help"])
+        #expect(help == 0 && helpOut.contains("Exit codes") && helpOut.contains("list"))
+        let (completion, script, _) = try DaemonTests.run("brokerctl", ["--generate-completion-script", "bash"])
+        #expect(completion == 0 && script.contains("brokerctl"))
+    }
+}
