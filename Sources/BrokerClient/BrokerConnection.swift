@@ -205,10 +205,15 @@ public final class BrokerConnection: Sendable {
         return result
     }
 
+    /// Runs a management method that answers rows (`list.queues`, `queue.peek`, `user.list`) and returns them.
+    public func rows(_ method: String, _ arguments: FieldTable = [:]) async throws -> [FieldTable] {
+        guard case .array(let rows)? = try await manage(method, arguments)["rows"] else { return [] }
+        return rows.compactMap { if case .table(let row) = $0 { row } else { nil } }
+    }
+
     /// Runs a listing method (`list.queues`, ...) and returns its rows.
     public func list(_ what: String) async throws -> [FieldTable] {
-        guard case .array(let rows)? = try await manage("list." + what)["rows"] else { return [] }
-        return rows.compactMap { if case .table(let row) = $0 { row } else { nil } }
+        try await rows("list." + what)
     }
 
     // MARK: - Publishing

@@ -226,7 +226,10 @@ extension Broker {
         let adminsLeft = users.users.values.filter { $0.isAdmin && $0.name != name }.count
         guard adminsLeft > 0 else { throw BrokerError(.preconditionFailed, "'\(name)' is the last administrator") }
         try changeUsers { _ = $0.remove(named: name) }
-        return [:]
+        // As in RabbitMQ: the deleted user's connections go (their credentials no longer exist).
+        let closing = sessions.values.filter { $0.user.name == name }
+        for other in closing { other.transport?.closeConnection(code: .connectionForced, reason: "user '\(name)' was deleted") }
+        return ["closed_connections": .int(Int64(closing.count))]
     }
 
     private func changePassword(_ args: ManagementArguments) throws(BrokerError) -> FieldTable {

@@ -13,6 +13,8 @@ public protocol SessionTransport: AnyObject {
     func resumeSoon()
     /// Stops or resumes reading from the connection (flow control of publishers).
     func setReading(_ reading: Bool)
+    /// Closes the connection from the broker's side with `close` (code and reason), as for a shutdown.
+    func closeConnection(code: BrokerError.Code, reason: String)
 }
 
 /// One authenticated connection's broker-side state: its consumers, unacknowledged deliveries, publisher confirms,

@@ -223,6 +223,10 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     }
 
     /// Closes the connection with a reason (broker shutdown).
+    func closeConnection(code: BrokerError.Code, reason: String) {
+        run(machine.fail(code, reason))
+    }
+
     func closeForShutdown() {
         run(machine.fail(.connectionForced, "broker is shutting down"))
         broker.flush()

@@ -17,7 +17,7 @@ struct Brokerctl: AsyncParsableCommand {
             Exit codes:
               0   success
               64  usage error (unknown flag, bad value)
-              65  the broker refused the request (no such queue, invalid argument, precondition failed)
+              65  the broker refused the request (not found, invalid, precondition)
               69  the broker cannot be reached, or the connection was lost
               70  any other error
               77  access refused (wrong credentials, or the user is not an administrator)

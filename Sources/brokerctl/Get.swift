@@ -6,6 +6,24 @@ import WireProtocol
 /// Columns of a shown message (get and peek).
 let messageColumns = ["exchange", "routing_key", "redelivered", "body_size", "body", "properties"]
 
+/// The checks `get` and `peek` share: queue name, count range, columns.
+func validateMessageCommand(queue: String, count: Int, maximum: Int, output: OutputOptions) throws {
+    try usage { try NameRules.validateName(queue, kind: "queue") }
+    guard (1...maximum).contains(count) else { throw ValidationError("--count must be from 1 to \(maximum)") }
+    _ = try Renderer(format: output.format, requested: output.columnList).columns(defaults: messageColumns, available: messageColumns)
+}
+
+/// Prints messages (get and peek), or says the queue had none.
+func printMessages(_ rows: [FieldTable], queue: String, output: OutputOptions) throws {
+    let renderer = Renderer(format: output.format, requested: output.columnList)
+    let columns = try renderer.columns(defaults: messageColumns, available: messageColumns)
+    if rows.isEmpty && output.format == .table {
+        print("queue '\(queue)' has no ready messages")
+    } else {
+        print(renderer.render(rows, columns: columns))
+    }
+}
+
 extension Brokerctl {
     struct Get: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -22,14 +40,10 @@ extension Brokerctl {
         @OptionGroup var connection: ConnectionOptions
 
         func validate() throws {
-            try usage { try NameRules.validateName(queue, kind: "queue") }
-            guard (1...10_000).contains(count) else { throw ValidationError("--count must be from 1 to 10000") }
-            _ = try Renderer(format: output.format, requested: output.columnList).columns(defaults: messageColumns, available: messageColumns)
+            try validateMessageCommand(queue: queue, count: count, maximum: 10_000, output: output)
         }
 
         func run() async throws {
-            let renderer = Renderer(format: output.format, requested: output.columnList)
-            let columns = try renderer.columns(defaults: messageColumns, available: messageColumns)
             let rows = try await connection.run { client in
                 var taken: [Message] = []
                 while taken.count < count, let message = try await client.get(queue: queue) { taken.append(message) }
@@ -43,11 +57,7 @@ extension Brokerctl {
                 }
                 return taken.map(Self.row)
             }
-            if rows.isEmpty && output.format == .table {
-                print("queue '\(queue)' has no ready messages")
-            } else {
-                print(renderer.render(rows, columns: columns))
-            }
+            try printMessages(rows, queue: queue, output: output)
         }
 
         static func row(_ message: Message) -> FieldTable {
@@ -59,72 +69,6 @@ extension Brokerctl {
                 "body": .bytes(Array(buffer: message.body)),
                 "properties": .table(message.properties.table),
             ]
-        }
-    }
-
-    struct Peek: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Show messages at the head of a queue without taking them.",
-            discussion: "The messages stay exactly as they were: same position, no redelivered flag, no delivery counted.")
-
-        @Argument(help: "Queue name.") var queue: String
-        @Option(help: "How many messages at most (up to 1000).") var count = 1
-        @OptionGroup var output: OutputOptions
-        @OptionGroup var connection: ConnectionOptions
-
-        func validate() throws {
-            try usage { try NameRules.validateName(queue, kind: "queue") }
-            guard (1...1000).contains(count) else { throw ValidationError("--count must be from 1 to 1000") }
-            _ = try Renderer(format: output.format, requested: output.columnList).columns(defaults: messageColumns, available: messageColumns)
-        }
-
-        func run() async throws {
-            let renderer = Renderer(format: output.format, requested: output.columnList)
-            let columns = try renderer.columns(defaults: messageColumns, available: messageColumns)
-            let result = try await connection.run { try await $0.manage("queue.peek", ["queue": .string(queue), "count": .int(Int64(count))]) }
-            var rows: [FieldTable] = []
-            if case .array(let values)? = result["rows"] {
-                for case .table(let row) in values { rows.append(row) }
-            }
-            if rows.isEmpty && output.format == .table {
-                print("queue '\(queue)' has no ready messages")
-            } else {
-                print(renderer.render(rows, columns: columns))
-            }
-        }
-    }
-
-    struct Move: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Move ready messages from one queue to another, in order, without loss.",
-            discussion: """
-                For example, back from a dead-letter queue to the queue they died in:
-                  brokerctl move trips.dead trips
-                Messages keep their properties and routing key. Stops early if the destination is full \
-                (x-overflow reject-publish); what was not moved stays in the source.
-                """)
-
-        @Argument(help: "Queue to take messages from.") var source: String
-        @Argument(help: "Queue to put them in.") var destination: String
-        @Option(help: "How many messages at most (default: all).") var count: Int?
-        @OptionGroup var connection: ConnectionOptions
-
-        func validate() throws {
-            try usage { try NameRules.validateName(source, kind: "queue") }
-            try usage { try NameRules.validateName(destination, kind: "queue") }
-            if let count, count < 1 { throw ValidationError("--count must be at least 1") }
-        }
-
-        func run() async throws {
-            var arguments: FieldTable = ["source": .string(source), "destination": .string(destination)]
-            if let count { arguments["count"] = .int(Int64(count)) }
-            let result = try await connection.run { try await $0.manage("queue.move", arguments) }
-            let moved = result["moved"]?.intValue ?? 0
-            let remaining = result["remaining"]?.intValue ?? 0
-            print("moved \(moved) messages from '\(source)' to '\(destination)' (\(remaining) left in '\(source)')")
-            if let stopped = result["stopped"]?.stringValue {
-                throw Failure(error: BrokerError(.resourceError, "stopped early: \(stopped)"), address: connection.address).exit()
-            }
         }
     }
 }

@@ -6,15 +6,8 @@ extension Brokerctl {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "List queues, exchanges, bindings, connections or consumers.",
-            discussion: """
-                Columns (the defaults first):
-                  queues       \(Kind.queues.defaults.joined(separator: ", ")); also \(Kind.queues.extra.joined(separator: ", "))
-                  exchanges    \(Kind.exchanges.defaults.joined(separator: ", ")); also \(Kind.exchanges.extra.joined(separator: ", "))
-                  bindings     \(Kind.bindings.defaults.joined(separator: ", "))
-                  connections  \(Kind.connections.defaults.joined(separator: ", ")); also \(Kind.connections.extra.joined(separator: ", "))
-                  consumers    \(Kind.consumers.defaults.joined(separator: ", ")); also \(Kind.consumers.extra.joined(separator: ", "))
-                Rates are messages per second over the broker's last one-second sample.
-                """)
+            discussion: Kind.allCases.map(\.columnHelp).joined(separator: "\n\n")
+                + "\n\nRates are messages per second over the broker's last one-second sample.")
 
         enum Kind: String, ExpressibleByArgument, CaseIterable {
             case queues, exchanges, bindings, connections, consumers
@@ -29,6 +22,23 @@ extension Brokerctl {
                 case .connections: ["id", "name", "peer", "user", "consumers", "messages_unacked", "state"]
                 case .consumers: ["queue", "consumer_tag", "connection", "ack_required", "prefetch", "messages_unacked"]
                 }
+            }
+
+            /// The columns of this listing for --help, wrapped to fit 80 columns (argument-parser does not indent
+            /// the lines it wraps itself).
+            var columnHelp: String {
+                var lines = ["\(rawValue) columns (the defaults | the others):"]
+                var line = " "
+                for (i, column) in (defaults + extra).enumerated() {
+                    let word = " " + column + (i == defaults.count - 1 && !extra.isEmpty ? " |" : (i < defaults.count + extra.count - 1 ? "," : ""))
+                    if line.count + word.count > 76 {
+                        lines.append(line)
+                        line = " "
+                    }
+                    line += word
+                }
+                lines.append(line)
+                return lines.joined(separator: "\n")
             }
 
             var extra: [String] {

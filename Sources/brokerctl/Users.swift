@@ -46,11 +46,7 @@ extension Brokerctl.Users {
             let renderer = Renderer(format: output.format, requested: output.columnList)
             let all = ["name", "admin", "loopback_only"]
             let columns = try renderer.columns(defaults: all, available: all)
-            let result = try await connection.run { try await $0.manage("user.list") }
-            var rows: [FieldTable] = []
-            if case .array(let values)? = result["rows"] {
-                for case .table(let row) in values { rows.append(row) }
-            }
+            let rows = try await connection.run { try await $0.rows("user.list") }
             print(renderer.render(rows, columns: columns))
         }
     }

@@ -8,6 +8,7 @@ import WireProtocol
 
 /// A transport that drops what it is given (the broker's cost without the socket's).
 final class DiscardingTransport: SessionTransport {
+    func closeConnection(code: BrokerError.Code, reason: String) {}
     var bytes = 0
     var resumeRequested = false
     func send(_ buffer: ByteBuffer) { bytes &+= buffer.readableBytes }

@@ -12,6 +12,8 @@ final class CapturingTransport: SessionTransport {
     func resumeSoon() { resumeRequests += 1 }
     var reading = true
     func setReading(_ reading: Bool) { self.reading = reading }
+    var closedWith: (BrokerError.Code, String)?
+    func closeConnection(code: BrokerError.Code, reason: String) { closedWith = (code, reason) }
 
     func send(_ buffer: ByteBuffer) {
         batches += 1
@@ -340,6 +342,45 @@ struct CoreTests {
         #expect(workerTransport.reading)
         h.broker.setAlarm(.memory, nil)
         #expect(flooderTransport.reading)
+    }
+
+    @Test("management: admin only, unknown methods refused, move stops at a full destination without losing anything")
+    func management() throws {
+        let h = Harness()
+        let (admin, t) = h.connect()
+        try h.declare(admin, queue: "src")
+        try h.send(admin, .queueDeclare(QueueDeclare(requestId: 1, name: "dst",
+                                                     arguments: ["x-max-length": .int(2), "x-overflow": .string("reject-publish")])))
+        for i in 0..<5 { try h.publish(admin, key: "src", "m\(i)") }
+        _ = t.take()
+        func manage(_ session: Session, _ method: String, _ arguments: FieldTable = [:]) throws -> ServerMessage? {
+            try h.send(session, .manage(Manage(requestId: 9, method: method, arguments: arguments)))
+            return t.take().last
+        }
+        guard case .manageOk(_, let moved)? = try manage(admin, "queue.move", ["source": .string("src"), "destination": .string("dst")]) else {
+            Issue.record("move failed")
+            return
+        }
+        #expect(moved["moved"] == .int(2) && moved["remaining"] == .int(3))
+        #expect(moved["stopped"]?.stringValue?.contains("full") == true)
+        guard case .manageOk(_, let peeked)? = try manage(admin, "queue.peek", ["queue": .string("src"), "count": .int(10)]),
+              case .array(let rows)? = peeked["rows"] else {
+            Issue.record("peek failed")
+            return
+        }
+        #expect(rows.compactMap { if case .table(let r) = $0, case .bytes(let b)? = r["body"] { String(decoding: b, as: UTF8.self) } else { nil } }
+                == ["m2", "m3", "m4"])
+        #expect(h.broker.queueInfo("src")?.ready == 3 && h.broker.queueInfo("dst")?.ready == 2)
+
+        guard case .error(let unknown)? = try manage(admin, "queue.teleport") else { Issue.record("no error"); return }
+        #expect(unknown.code == .unknownFrame && unknown.text.contains("queue.move"))
+        guard case .error(let missing)? = try manage(admin, "queue.peek") else { Issue.record("no error"); return }
+        #expect(missing.code == .invalidArgument && missing.text.contains("'queue'"))
+
+        h.broker.users.add(User(name: "app", password: PasswordHash(password: "x", rounds: 1), isAdmin: false))
+        let app = h.broker.openSession(user: h.broker.users.user(named: "app")!, clientName: "app", peer: "local", transport: t)
+        guard case .error(let refused)? = try manage(app, "list.queues") else { Issue.record("no error"); return }
+        #expect(refused.code == .accessRefused)
     }
 
     @Test("passwords are stored salted and hashed")

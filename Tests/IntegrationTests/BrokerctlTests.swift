@@ -177,6 +177,17 @@ struct BrokerctlTests {
         #expect(try ctl(port, ["status"], user: "ops", password: "second").0 == 0)
         let (selfDelete, _, selfDeleteErr) = try ctl(port, ["users", "delete", "ops"], user: "ops", password: "second")
         #expect(selfDelete == 65 && selfDeleteErr.contains("connected as"))
+        // Deleting a user closes its connections.
+        let appConnection = try await BrokerConnection.connect(ClientConfiguration(port: port, user: "app", password: "app-secret"))
+        #expect(try ctl(port, ["users", "delete", "app"]).0 == 0)
+        do {
+            _ = try await appConnection.declareQueue("after-delete")
+            Issue.record("the deleted user's connection still answers")
+        } catch let error as BrokerError {
+            #expect(error.code == .connectionForced && error.message.contains("deleted"), "\(error)")
+        }
+        await appConnection.close()
+        #expect(try ctl(port, ["users", "add", "app", "--new-password", "app-secret"]).0 == 0)
         #expect(try ctl(port, ["users", "delete", "guest"], user: "ops", password: "second").0 == 0)
 
         DaemonTests.stop(process)
