@@ -41,6 +41,9 @@ let package = Package(
         ),
         // CRC-32C with the SSE 4.2 instruction when the CPU has it (the message log checks every record).
         .target(name: "CCRC32C"),
+        // libsystemd's notify, watchdog, socket activation and journal calls, loaded at run time
+        // (Sources/CSystemd/include/CSystemd.h says why it is not a linked systemLibrary).
+        .target(name: "CSystemd", linkerSettings: [.linkedLibrary("dl")]),
         // The message log, its recovery, and the data directory. Knows nothing of exchanges or queues.
         .target(
             name: "BrokerStorage",
@@ -68,7 +71,7 @@ let package = Package(
         .target(
             name: "BrokerServer",
             dependencies: [
-                "WireProtocol", "BrokerCore", "BrokerStorage",
+                "WireProtocol", "BrokerCore", "BrokerStorage", "CSystemd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -142,7 +145,10 @@ let package = Package(
         ),
         .testTarget(
             name: "BrokerServerTests",
-            dependencies: ["BrokerServer", "WireProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "BrokerServer", "WireProtocol", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: upcoming
         ),
         .testTarget(

@@ -17,19 +17,19 @@ public final class BrokerServer: Sendable {
     /// The port actually bound (useful when the configuration asked for port 0).
     public let port: Int
     private let group: MultiThreadedEventLoopGroup
-    private let serverChannel: any Channel
+    private let serverChannels: [any Channel]
     private let state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry)>
     private let logger: Logger
     private let directory: DataDirectory?
     private let writer: LogWriter?
 
-    private init(configuration: ServerConfiguration, port: Int, group: MultiThreadedEventLoopGroup, serverChannel: any Channel,
+    private init(configuration: ServerConfiguration, port: Int, group: MultiThreadedEventLoopGroup, serverChannels: [any Channel],
                  state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry)>, logger: Logger, directory: DataDirectory?,
                  writer: LogWriter?) {
         self.configuration = configuration
         self.port = port
         self.group = group
-        self.serverChannel = serverChannel
+        self.serverChannels = serverChannels
         self.state = state
         self.logger = logger
         self.directory = directory
@@ -89,10 +89,22 @@ public final class BrokerServer: Sendable {
                 }
             }
         do {
-            let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
-            let port = channel.localAddress?.port ?? configuration.port
+            var channels: [any Channel] = []
+            if configuration.activatedSockets.isEmpty {
+                channels.append(try await bootstrap.bind(host: configuration.host, port: configuration.port).get())
+            } else {
+                // Socket activation: systemd bound these; NIO owns each descriptor from here on.
+                for descriptor in configuration.activatedSockets {
+                    channels.append(try await bootstrap.withBoundSocket(descriptor).get())
+                }
+            }
+            let port = channels.first?.localAddress?.port ?? configuration.port
+            let listeners = channels.map { channel in
+                channel.localAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
+            }
             let info: FieldTable = [
-                "listeners": .array([.string("\(configuration.host):\(port)")]),
+                "listeners": .array(listeners.map { .string($0) }),
+                "socket_activated": .bool(!configuration.activatedSockets.isEmpty),
                 "data_directory": .string(configuration.dataDirectory ?? "(none: in memory)"),
                 "fsync": .string(directory == nil ? "none (in memory)" : configuration.fsyncPolicy.rawValue),
                 "disk_free_limit": .int(Int64(clamping: configuration.diskFreeLimit)),
@@ -119,8 +131,8 @@ public final class BrokerServer: Sendable {
                     }
                 }
             }
-            logger.info("listening", metadata: ["host": "\(configuration.host)", "port": "\(port)"])
-            return BrokerServer(configuration: configuration, port: port, group: group, serverChannel: channel, state: state, logger: logger,
+            logger.info("listening", metadata: ["listeners": "\(listeners.joined(separator: ", "))"])
+            return BrokerServer(configuration: configuration, port: port, group: group, serverChannels: channels, state: state, logger: logger,
                                 directory: directory, writer: writer)
         } catch {
             try? await group.shutdownGracefully()
@@ -136,10 +148,26 @@ public final class BrokerServer: Sendable {
         return try await group.next().submit { body(state.value.broker) }.get()
     }
 
+    /// A one-line summary for systemd's STATUS=, after a liveness check: the broker's loop answers and the log
+    /// writer's thread completes a (possibly empty) batch. A hung loop or writer never returns, so the watchdog
+    /// is not pinged and systemd restarts the broker.
+    public func checkedStatusLine() async throws -> String {
+        let status = try await withBroker { $0.status() }
+        await writer?.barrier()
+        func int(_ key: String) -> Int64 { status[key]?.intValue ?? 0 }
+        var line = "\(int("connections")) connections, \(int("queues")) queues, \(int("messages_ready")) ready, "
+            + "\(int("messages_unacked")) unacked, \(int("messages_paged")) paged; memory \(int("memory_used") / 1_000_000)"
+            + " of \(int("memory_limit") / 1_000_000) MB"
+        if case .array(let alarms)? = status["alarms"], !alarms.isEmpty {
+            line += "; ALARM: " + alarms.compactMap(\.stringValue).joined(separator: "; ")
+        }
+        return line
+    }
+
     /// Graceful shutdown: stop accepting, tell every connection why it closes, wait briefly for them to go, stop the loop.
     public func shutdown() async {
         logger.info("shutting down")
-        try? await serverChannel.close()
+        for channel in serverChannels { try? await channel.close() }
         let state = self.state
         let loop = group.next()
         _ = try? await loop.submit {
@@ -181,7 +209,11 @@ public struct BrokerService: Service {
     public func run() async throws {
         let server = try await BrokerServer.start(configuration: configuration, users: users, logger: logger)
         onStarted(server)
+        // Under systemd: READY=1 now (listeners bound, recovery done), then STATUS= and WATCHDOG=1 pings.
+        let supervision = Systemd.isSupervised ? Task { await Systemd.supervise(server, logger: logger) } : nil
         try? await gracefulShutdown()
+        supervision?.cancel()
+        Systemd.notify("STOPPING=1", "STATUS=shutting down: closing connections, flushing the log")
         await server.shutdown()
     }
 }

@@ -30,6 +30,10 @@ public struct ServerConfiguration: Sendable {
     /// Frames a client may pipeline while its password is being checked. Default 1024.
     public var maxFramesHeldDuringAuth: Int = 1024
 
+    /// Listening sockets already bound by systemd (socket activation, ``Systemd/activatedSockets()``). When
+    /// not empty they are adopted instead of binding `host` and `port`. Default none.
+    public var activatedSockets: [Int32] = []
+
     public static let defaultPort = 5680
 
     /// 40% of physical memory.

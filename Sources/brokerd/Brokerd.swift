@@ -47,6 +47,13 @@ struct Brokerd: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
+    @Option(name: .customLong("log-target"), help: "Where logs go: stderr, journal (systemd's, with structured fields), or auto (the journal when stderr is connected to it).")
+    var logTarget: LogTarget = .auto
+
+    enum LogTarget: String, ExpressibleByArgument, CaseIterable {
+        case auto, stderr, journal
+    }
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535, got \(port)") }
         guard maxFrameSize >= 4096 else { throw ValidationError("--max-frame-size must be at least 4096 bytes") }
@@ -63,7 +70,13 @@ struct Brokerd: AsyncParsableCommand {
 
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
+        let journal = logTarget == .journal || (logTarget == .auto && Systemd.stderrIsJournal)
         LoggingSystem.bootstrap { label in
+            if journal {
+                var handler = JournalLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
@@ -80,6 +93,13 @@ struct Brokerd: AsyncParsableCommand {
         configuration.fsyncIntervalMilliseconds = fsyncIntervalMs
         configuration.diskFreeLimit = diskFreeLimit
         configuration.memoryLimit = memoryLimit
+        // Socket activation: adopt systemd's listening sockets instead of binding --host/--port.
+        let activated = Systemd.activatedSockets()
+        if !activated.isEmpty {
+            configuration.activatedSockets = activated.map(\.descriptor)
+            logger.notice("using sockets from systemd (socket activation); --host and --port are not used",
+                          metadata: ["sockets": "\(activated.map { "\($0.name) (fd \($0.descriptor))" }.joined(separator: ", "))"])
+        }
         // A file-size limit (ulimit -f) must turn into a failed write we handle, not a signal that kills us.
         signal(SIGXFSZ, SIG_IGN)
 

@@ -1,4 +1,5 @@
 @testable import BrokerServer
+import Logging
 import NIOCore
 import Testing
 import WireProtocol
@@ -126,5 +127,26 @@ struct HeartbeatTests {
         #expect(!ConnectionHandler.isLoopback(try SocketAddress(ipAddress: "10.0.0.1", port: 1)))
         #expect(!ConnectionHandler.isLoopback(try SocketAddress(ipAddress: "fe80::1", port: 1)))
         #expect(!ConnectionHandler.isLoopback(nil))
+    }
+}
+
+@Suite("Journal fields")
+struct JournalTests {
+    @Test("log events become journal fields: priority by level, metadata as BROKERD_ fields named [A-Z0-9_]")
+    func fields() {
+        let fields = JournalLogHandler.fields(level: .warning, message: "alarm: blocking publishers",
+                                              metadata: ["resource": "memory", "queue-name.x": "trips"], label: "brokerd.core",
+                                              file: "Broker.swift", function: "setAlarm(_:_:)", line: 42)
+        #expect(fields.contains("MESSAGE=alarm: blocking publishers"))
+        #expect(fields.contains("PRIORITY=4"))
+        #expect(fields.contains("SYSLOG_IDENTIFIER=brokerd"))
+        #expect(fields.contains("CODE_LINE=42"))
+        #expect(fields.contains("BROKERD_RESOURCE=memory"))
+        #expect(fields.contains("BROKERD_QUEUE_NAME_X=trips"))
+        #expect(JournalLogHandler.priority(.critical) == 2 && JournalLogHandler.priority(.debug) == 7)
+        #expect(fields.allSatisfy { field in
+            let name = field.prefix(while: { $0 != "=" })
+            return !name.isEmpty && name.allSatisfy { $0.isUppercase || $0.isNumber || $0 == "_" }
+        })
     }
 }

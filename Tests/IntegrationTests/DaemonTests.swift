@@ -29,9 +29,10 @@ struct DaemonTests {
     }
 
     /// Starts brokerd on an ephemeral port with the given data directory and returns it with its port and log.
-    static func startDaemon(dataDirectory: URL, fileSizeLimitKiB: Int? = nil) throws -> (Process, Int, DaemonLog) {
+    static func startDaemon(dataDirectory: URL, fileSizeLimitKiB: Int? = nil, environment: [String: String] = [:]) throws -> (Process, Int, DaemonLog) {
         let process = Process()
-        let arguments = ["--port", "0", "--data-dir", dataDirectory.path, "--log-level", "info"]
+        let arguments = ["--port", "0", "--data-dir", dataDirectory.path, "--log-level", "info", "--log-target", "stderr"]
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new } }
         if let fileSizeLimitKiB {
             // Through bash, so `ulimit -f` makes the kernel refuse writes past the limit (a real failing disk write).
             process.executableURL = URL(fileURLWithPath: "/bin/bash")
