@@ -44,6 +44,9 @@ public enum Systemd {
         }
     }
 
+    /// Whether journald is running here (its socket exists). libsystemd drops entries silently when it is not.
+    public static var journalIsRunning: Bool { access("/run/systemd/journal/socket", F_OK) == 0 }
+
     /// Whether stderr is the journal: `JOURNAL_STREAM` names stderr's device and inode (systemd.exec(5)).
     public static var stderrIsJournal: Bool {
         guard let value = getenv("JOURNAL_STREAM").map({ String(cString: $0) }) else { return false }

@@ -70,7 +70,11 @@ struct Brokerd: AsyncParsableCommand {
 
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
-        let journal = logTarget == .journal || (logTarget == .auto && Systemd.stderrIsJournal)
+        // libsystemd drops journal entries silently when journald is not running: then stderr, said once.
+        let journal = Systemd.journalIsRunning && (logTarget == .journal || (logTarget == .auto && Systemd.stderrIsJournal))
+        if logTarget == .journal && !journal {
+            FileHandle.standardError.write(Data("brokerd: --log-target journal, but journald is not running here; logging to stderr\n".utf8))
+        }
         LoggingSystem.bootstrap { label in
             if journal {
                 var handler = JournalLogHandler(label: label)
