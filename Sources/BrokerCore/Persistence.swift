@@ -100,6 +100,7 @@ extension Broker {
             exchange.bind(queue, key: b.key)
         }
         var restored = 0
+        let wallNow = store?.wallClock() ?? 0
         for message in recovered.messages {
             // Each envelope is read back (from the page cache: recovery just scanned it) and checked; queues past
             // the paging threshold drop it again at once, keeping only its location (no second write).
@@ -115,6 +116,12 @@ extension Broker {
                 guard let queue = byId[id] else { continue }  // its queue was deleted
                 var queued = QueuedMessage(envelope: envelope, redelivered: message.delivered.contains(id), logId: message.id)
                 queued.stored = message.location
+                // TTLs keep counting while the broker is down: a message whose time ran out expires at once (and
+                // is dead-lettered as `expired`). Format-1 records have no publication time: their TTL restarts.
+                if queue.expires(queued) {
+                    let age = message.publishedAt.map { wallNow > $0 ? wallNow - $0 : 0 } ?? 0
+                    queue.setExpiry(&queued, age: age)
+                }
                 queue.append(queued)
                 restored += 1
             }

@@ -160,14 +160,22 @@ public final class Queue {
         return true
     }
 
-    private func setExpiry(_ message: inout QueuedMessage) {
+    /// Sets when the message expires: the queue's TTL or the message's own expiration, whichever is sooner,
+    /// counted from its publication `age` milliseconds ago (0 for a new message; its time in the log at recovery).
+    func setExpiry(_ message: inout QueuedMessage, age: UInt64 = 0) {
         var ttl = arguments.messageTTL
         if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0,
            let own = (try? message.envelope.properties.decode())?.expiration {
             ttl = min(ttl ?? UInt64(own), UInt64(own))
         }
         guard let ttl else { return }
-        message.expiresAt = max(1, broker.now() &+ ttl * 1_000_000)
+        let left = ttl > age ? ttl - age : 0
+        message.expiresAt = max(1, broker.now() &+ left * 1_000_000)
+    }
+
+    /// Whether messages joining this queue get an expiry (a queue TTL, or their own expiration).
+    func expires(_ message: QueuedMessage) -> Bool {
+        hasQueueTTL || message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0
     }
 
     func append(_ incoming: QueuedMessage) {

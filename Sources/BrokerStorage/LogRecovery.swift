@@ -18,6 +18,8 @@ public struct RecoveredLog: Sendable {
         public var delivered: [UInt32]
         /// The segment holding its publish record.
         public var segment: UInt64
+        /// When it was published (wall-clock ms since the epoch); nil for format-1 records, which lack it.
+        public var publishedAt: UInt64?
 
         /// Reads its envelope from its segment in `directory` (the broker reads through its ``MessageStore``).
         public func readEnvelope(directory: String) throws -> ByteBuffer {
@@ -81,6 +83,7 @@ public enum LogRecovery {
             var queues: [UInt32]
             var delivered: [UInt32]
             var segment: UInt64
+            var publishedAt: UInt64?
         }
         var ranges: [(segment: UInt64, firstId: UInt64, lastId: UInt64)] = []
         var entries: [UInt64: Entry] = [:]
@@ -95,17 +98,18 @@ public enum LogRecovery {
             var buffer = try readFile(path)
             let fileSize = buffer.readableBytes
             bytes += fileSize
-            let header = LogRecord.segmentHeader
-            guard buffer.readableBytes >= header.count, buffer.readBytes(length: header.count) == header else {
+            let headerSize = LogRecord.segmentHeader.count
+            guard buffer.readableBytes >= headerSize, let header = buffer.readBytes(length: headerSize),
+                  LogRecord.readableHeaders.contains(header) else {
                 // A segment created but never written (crash right after creation) or not ours.
-                if fileSize < header.count {
+                if fileSize < headerSize {
                     repairs.append("\(path): \(fileSize)-byte segment without a complete header removed")
                     unlink(path)
                     continue
                 }
                 throw StorageError("\(path) is not a brokerd log segment (bad header); move it out of the data directory")
             }
-            var validEnd = header.count
+            var validEnd = headerSize
             var problem: String?
             var firstId = UInt64.max
             var lastId: UInt64 = 0
@@ -136,8 +140,10 @@ public enum LogRecovery {
                 records += 1
                 let type = record.readInteger(as: UInt8.self) ?? 0
                 switch type {
-                case LogRecord.publishType:
-                    guard let (id, count) = record.readMultipleIntegers(as: (UInt64, UInt16).self),
+                case LogRecord.publishType, LogRecord.untimedPublishType:
+                    guard let id = record.readInteger(as: UInt64.self),
+                          let publishedAt = type == LogRecord.publishType ? record.readInteger(as: UInt64.self) : 0,
+                          let count = record.readInteger(as: UInt16.self),
                           record.readableBytes >= Int(count) * 4 else {
                         problem = "malformed publish record"
                         break
@@ -145,9 +151,11 @@ public enum LogRecovery {
                     var queues: [UInt32] = []
                     for _ in 0..<count { queues.append(record.readInteger(as: UInt32.self) ?? 0) }
                     if entries[id] == nil { order.append(id) }
-                    let location = LogLocation(id: id, offset: UInt32(truncatingIfNeeded: recordStart + LogRecord.publishEnvelopeOffset(queues: Int(count))),
+                    // The record slice starts after length and CRC; its reader now stands at the envelope.
+                    let location = LogLocation(id: id, offset: UInt32(truncatingIfNeeded: recordStart + 8 + record.readerIndex),
                                                length: UInt32(truncatingIfNeeded: record.readableBytes))
-                    entries[id] = Entry(location: location, queues: queues, delivered: [], segment: segment)
+                    entries[id] = Entry(location: location, queues: queues, delivered: [], segment: segment,
+                                        publishedAt: type == LogRecord.publishType ? publishedAt : nil)
                     maxId = max(maxId, id)
                     firstId = min(firstId, id)
                     lastId = max(lastId, id)
@@ -179,7 +187,7 @@ public enum LogRecovery {
         let live = order.compactMap { id -> RecoveredLog.Message? in
             guard let entry = entries[id], !entry.queues.isEmpty else { return nil }
             return RecoveredLog.Message(id: id, location: entry.location, queues: entry.queues, delivered: entry.delivered,
-                                        segment: entry.segment)
+                                        segment: entry.segment, publishedAt: entry.publishedAt)
         }
         return RecoveredLog(segmentRanges: ranges, messages: live, segments: segments.filter { FileManager.default.fileExists(atPath: LogWriter.segmentPath(directory, $0)) },
                             nextMessageId: maxId + 1, repairs: repairs, recordsScanned: records, bytesScanned: bytes)

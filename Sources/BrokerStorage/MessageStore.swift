@@ -35,6 +35,16 @@ public final class MessageStore {
     public private(set) var nextMessageId: UInt64
     /// Records with lower ids were on disk when the broker started.
     public let firstIdOfThisRun: UInt64
+    /// Wall-clock milliseconds since the Unix epoch, stamped on publish records (tests replace it).
+    public var wallClock: () -> UInt64 = MessageStore.millisecondsSinceEpoch
+    private var batchTime: UInt64 = 0
+
+    /// The real clock: `CLOCK_REALTIME` in milliseconds.
+    public static func millisecondsSinceEpoch() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        return UInt64(max(0, time.tv_sec)) * 1000 + UInt64(max(0, time.tv_nsec)) / 1_000_000
+    }
 
     struct Segment {
         var index: UInt64
@@ -94,7 +104,8 @@ public final class MessageStore {
         // Fits: segments are at most `maxSegmentSizeLimit` plus one record, and a record is at most 2^31 bytes.
         let location = LogLocation(id: id, offset: UInt32(truncatingIfNeeded: recordStart + LogRecord.publishEnvelopeOffset(queues: queues.count)),
                                    length: UInt32(truncatingIfNeeded: envelope.readableBytes))
-        LogRecord.writePublish(into: &batch, id: id, queues: queues, envelope: envelope)
+        if batch.readableBytes == 0 { batchTime = wallClock() }  // one clock read per batch
+        LogRecord.writePublish(into: &batch, id: id, publishedAt: batchTime, queues: queues, envelope: envelope)
         current.lastId = id
         current.live += queues.count + pageReferences
         rollIfFull()

@@ -91,7 +91,35 @@ struct LogTests {
         reopened.writer.shutdown()
     }
 
-    @Test("a torn tail is cut at every possible length, keeping every intact record before it", arguments: [1, 5, 9, 20, 31])  // each record here is 32 bytes
+    @Test("publish records carry their publication time; format-1 segments (no time) are still read")
+    func publicationTime() async throws {
+        let dir = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A format-1 segment as the first brokerd wrote it: header version 1, publish record type 1.
+        var record: [UInt8] = [1]
+        record += withUnsafeBytes(of: UInt64(7).bigEndian, Array.init) + withUnsafeBytes(of: UInt16(1).bigEndian, Array.init)
+        record += withUnsafeBytes(of: UInt32(3).bigEndian, Array.init) + Array("old envelope".utf8)
+        let crc = record.withUnsafeBytes { LogRecord.crc($0) }
+        var segment = Array("BRKLOG".utf8) + [0, 1]
+        segment += withUnsafeBytes(of: UInt32(record.count).bigEndian, Array.init) + withUnsafeBytes(of: crc.bigEndian, Array.init) + record
+        try Data(segment).write(to: URL(fileURLWithPath: dir + "/00000000000000000001.seg"))
+
+        let writer = LogWriter(directory: dir, policy: .never)
+        let store = MessageStore(writer: writer, recovered: try LogRecovery.recover(directory: dir))
+        store.wallClock = { 1_790_000_000_123 }
+        try await writeBatch(store) { s in _ = s.appendPublish(envelope: ByteBuffer(string: "new envelope"), queues: [3]) }
+        writer.shutdown()
+
+        let recovered = try LogRecovery.recover(directory: dir)
+        #expect(recovered.repairs.isEmpty)
+        #expect(recovered.messages.map(\.id) == [7, 8])
+        #expect(recovered.messages.map(\.publishedAt) == [nil, 1_790_000_000_123])
+        #expect(try recovered.messages.map { String(buffer: try $0.readEnvelope(directory: dir)) } == ["old envelope", "new envelope"])
+        let newSegment = dir + "/" + segmentFiles(dir).last!  // the test made both files
+        #expect(Array(FileManager.default.contents(atPath: newSegment)!.prefix(8)) == LogRecord.segmentHeader)
+    }
+
+    @Test("a torn tail is cut at every possible length, keeping every intact record before it", arguments: [1, 5, 9, 20, 31, 39])  // each record here is 40 bytes
     func tornTail(cut: Int) async throws {
         let dir = scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }

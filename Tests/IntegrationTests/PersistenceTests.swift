@@ -86,6 +86,38 @@ struct PersistenceTests {
         }
     }
 
+    @Test("TTLs keep counting while the broker is down: a message whose time ran out is dead-lettered at restart, others wait")
+    func ttlAcrossRestart() async throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await withBroker(dataDirectory: dir) { _, config in
+            try await withConnection(config) { c in
+                try await c.declareQueue("short", durable: true, arguments: [
+                    "x-message-ttl": .int(800), "x-dead-letter-exchange": .string(""), "x-dead-letter-routing-key": .string("short.dead"),
+                ])
+                try await c.declareQueue("short.dead", durable: true)
+                try await c.declareQueue("long", durable: true)
+                try await c.enableConfirms()
+                try await c.publish(routingKey: "short", body: "ran out", properties: Self.persistent)
+                try await c.publish(routingKey: "long", body: "own expiration",
+                                    properties: MessageProperties(expiration: 60_000, persistent: true))
+            }
+        }
+        try await Task.sleep(for: .milliseconds(1000))  // longer than the 800 ms TTL, with the broker down
+        try await withBroker(dataDirectory: dir) { server, config in
+            // Before: recovered messages got no expiry at all and stayed forever.
+            #expect(try await eventually(timeout: .seconds(2)) { try await server.withBroker { $0.queueInfo("short.dead")?.ready } == 1 })
+            #expect(try await server.withBroker { $0.queueInfo("short")?.ready } == 0)
+            #expect(try await server.withBroker { $0.queueInfo("long")?.ready } == 1)
+            try await withConnection(config) { c in
+                let dead = try await c.get(queue: "short.dead", noAck: true)
+                #expect(dead?.bodyString == "ran out")
+                #expect(dead?.properties.headers?["x-first-death-reason"] == .string("expired"))
+                #expect(try await c.get(queue: "long", noAck: true)?.bodyString == "own expiration")
+            }
+        }
+    }
+
     @Test("the data directory shrinks after the backlog is drained")
     func shrinksAfterDrain() async throws {
         let dir = temporaryDirectory()
