@@ -7,73 +7,100 @@ import Logging
 import ServiceLifecycle
 import UnixSignals
 
-/// The broker daemon: parse flags, set up logging and the data directory, run the server until SIGTERM/SIGINT.
+/// The broker daemon: read settings (flags over an optional TOML file over defaults), set up logging, run the
+/// server until SIGTERM/SIGINT.
 @main
 struct Brokerd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "brokerd",
         abstract: "The brokerd message broker.",
-        discussion: "With no flags it listens on 127.0.0.1:\(ServerConfiguration.defaultPort) and keeps its data in ./brokerd-data. "
-            + "The default user guest/guest may connect only from localhost.",
+        discussion: """
+            With no flags it listens on 127.0.0.1:\(ServerConfiguration.defaultPort) and keeps its data in \
+            ./brokerd-data. The default user guest/guest may connect only from localhost.
+
+            Every flag can also be set in a TOML file given with --config, under the flag's name with _ for - \
+            (port = 5680, data_dir = "/var/lib/brokerd"); a flag wins over the file. docs/operations.md lists them.
+
+            Exit codes: 0 after a clean shutdown, 64 bad flags, 69 cannot listen, 73 data directory unusable, \
+            78 bad configuration file.
+            """,
         version: Broker.version)
 
-    @Option(help: "Address to listen on.")
-    var host = "127.0.0.1"
+    @Option(help: ArgumentHelp("Settings file (TOML).", valueName: "path"))
+    var config: String?
 
-    @Option(help: "TCP port to listen on (0 picks a free port).")
-    var port = ServerConfiguration.defaultPort
+    @Option(help: "Address to listen on (default 127.0.0.1).")
+    var host: String?
 
-    @Option(name: .customLong("data-dir"), help: "Data directory (created if missing).")
-    var dataDir = "brokerd-data"
+    @Option(help: "TCP port to listen on; 0 picks a free port (default \(ServerConfiguration.defaultPort)).")
+    var port: Int?
 
-    @Option(help: "Heartbeat interval to propose to clients, in seconds (0 disables).")
-    var heartbeat: UInt16 = 30
+    @Option(name: .customLong("data-dir"), help: "Data directory, created if missing (default ./brokerd-data).")
+    var dataDir: String?
 
-    @Option(name: .customLong("max-frame-size"), help: "Largest frame accepted, in bytes (bounds one message's size).")
-    var maxFrameSize: UInt32 = 8 << 20
+    @Option(help: "Heartbeat interval to propose to clients, in seconds; 0 disables (default 30).")
+    var heartbeat: Int?
 
-    @Option(help: "When the message log is flushed to disk: always (before every confirm), interval, or never.")
-    var fsync = "always"
+    @Option(name: .customLong("max-frame-size"), help: "Largest frame accepted, in bytes; bounds one message's size (default 8 MiB).")
+    var maxFrameSize: Int?
 
-    @Option(name: .customLong("fsync-interval-ms"), help: "With --fsync interval: longest time between flushes, in ms.")
-    var fsyncIntervalMs = 100
+    @Option(help: "When the message log is flushed to disk: always (before every confirm, the default), interval, or never.")
+    var fsync: String?
 
-    @Option(name: .customLong("disk-free-limit"), help: "Block publishers while the data directory's disk has fewer free bytes.")
-    var diskFreeLimit: UInt64 = 50_000_000
+    @Option(name: .customLong("fsync-interval-ms"), help: "With --fsync interval: longest time between flushes, in ms (default 100).")
+    var fsyncIntervalMs: Int?
 
-    @Option(name: .customLong("memory-limit"), help: "Block publishers above this many bytes of messages held in memory (default: 40% of RAM; 0: no limit).")
-    var memoryLimit: Int = ServerConfiguration.defaultMemoryLimit
+    @Option(name: .customLong("disk-free-limit"), help: "Block publishers while the data directory's disk has fewer free bytes (default 50 MB).")
+    var diskFreeLimit: Int?
 
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel = "info"
+    @Option(name: .customLong("memory-limit"), help: "Block publishers above this many bytes of messages held in memory; paging starts at half (default 40% of RAM; 0: no limit).")
+    var memoryLimit: Int?
 
-    @Option(name: .customLong("log-target"), help: "Where logs go: stderr, journal (systemd's, with structured fields), or auto (the journal when stderr is connected to it).")
-    var logTarget: LogTarget = .auto
+    @Option(name: .customLong("log-level"), help: "trace, debug, info (default), notice, warning, error or critical.")
+    var logLevel: String?
 
-    enum LogTarget: String, ExpressibleByArgument, CaseIterable {
-        case auto, stderr, journal
+    @Option(name: .customLong("log-target"), help: "Where logs go: stderr, journal (systemd's, with structured fields), or auto (the default: the journal when stderr is connected to it).")
+    var logTarget: String?
+
+    /// The settings given as flags.
+    var flags: BrokerSettings {
+        var settings = BrokerSettings()
+        settings.host = host
+        settings.port = port
+        settings.dataDir = dataDir
+        settings.heartbeat = heartbeat
+        settings.maxFrameSize = maxFrameSize
+        settings.fsync = fsync
+        settings.fsyncIntervalMs = fsyncIntervalMs
+        settings.diskFreeLimit = diskFreeLimit
+        settings.memoryLimit = memoryLimit
+        settings.logLevel = logLevel
+        settings.logTarget = logTarget
+        return settings
     }
 
     func validate() throws {
-        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535, got \(port)") }
-        guard maxFrameSize >= 4096 else { throw ValidationError("--max-frame-size must be at least 4096 bytes") }
-        guard !host.isEmpty else { throw ValidationError("--host must not be empty") }
-        guard FsyncPolicy(rawValue: fsync) != nil else {
-            throw ValidationError("--fsync must be one of always, interval, never")
-        }
-        guard memoryLimit >= 0 else { throw ValidationError("--memory-limit must not be negative") }
-        guard fsyncIntervalMs >= 1 else { throw ValidationError("--fsync-interval-ms must be at least 1") }
-        guard Logger.Level(rawValue: logLevel) != nil else {
-            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        if let problem = flags.problem(naming: { "--" + $0.replacingOccurrences(of: "_", with: "-") }) {
+            throw ValidationError(problem)
         }
     }
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
+        var settings = flags
+        if let config {
+            do {
+                settings = settings.over(try BrokerSettings.load(path: config))
+            } catch {
+                FileHandle.standardError.write(Data("brokerd: \(error.description)\n".utf8))
+                throw ExitCode(78)  // EX_CONFIG
+            }
+        }
+        let level = settings.logLevel.flatMap(Logger.Level.init(rawValue:)) ?? .info
+        let target = settings.logTarget ?? "auto"
         // libsystemd drops journal entries silently when journald is not running: then stderr, said once.
-        let journal = Systemd.journalIsRunning && (logTarget == .journal || (logTarget == .auto && Systemd.stderrIsJournal))
-        if logTarget == .journal && !journal {
-            FileHandle.standardError.write(Data("brokerd: --log-target journal, but journald is not running here; logging to stderr\n".utf8))
+        let journal = Systemd.journalIsRunning && (target == "journal" || (target == "auto" && Systemd.stderrIsJournal))
+        if target == "journal" && !journal {
+            FileHandle.standardError.write(Data("brokerd: log target journal, but journald is not running here; logging to stderr\n".utf8))
         }
         LoggingSystem.bootstrap { label in
             if journal {
@@ -86,22 +113,14 @@ struct Brokerd: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "brokerd")
+        if let config { logger.info("settings read", metadata: ["file": "\(config)"]) }
 
-        var configuration = ServerConfiguration()
-        configuration.host = host
-        configuration.port = port
-        configuration.dataDirectory = dataDir
-        configuration.heartbeatSeconds = heartbeat
-        configuration.maxFrameSize = maxFrameSize
-        configuration.fsyncPolicy = FsyncPolicy(rawValue: fsync) ?? .always
-        configuration.fsyncIntervalMilliseconds = fsyncIntervalMs
-        configuration.diskFreeLimit = diskFreeLimit
-        configuration.memoryLimit = memoryLimit
-        // Socket activation: adopt systemd's listening sockets instead of binding --host/--port.
+        var configuration = settings.serverConfiguration
+        // Socket activation: adopt systemd's listening sockets instead of binding host and port.
         let activated = Systemd.activatedSockets()
         if !activated.isEmpty {
             configuration.activatedSockets = activated.map(\.descriptor)
-            logger.notice("using sockets from systemd (socket activation); --host and --port are not used",
+            logger.notice("using sockets from systemd (socket activation); host and port settings are not used",
                           metadata: ["sockets": "\(activated.map { "\($0.name) (fd \($0.descriptor))" }.joined(separator: ", "))"])
         }
         // A file-size limit (ulimit -f) must turn into a failed write we handle, not a signal that kills us.
@@ -128,4 +147,3 @@ struct Brokerd: AsyncParsableCommand {
         }
     }
 }
-

@@ -1,4 +1,5 @@
 @testable import BrokerServer
+import BrokerStorage
 import Logging
 import NIOCore
 import Testing
@@ -148,5 +149,51 @@ struct JournalTests {
             let name = field.prefix(while: { $0 != "=" })
             return !name.isEmpty && name.allSatisfy { $0.isUppercase || $0.isNumber || $0 == "_" }
         })
+    }
+}
+
+@Suite("Settings file")
+struct SettingsTests {
+    @Test("a TOML document sets what it names; flags win; defaults fill the rest")
+    func parseAndMerge() throws {
+        let file = try BrokerSettings.parse("""
+            # comments are fine
+            host = "0.0.0.0"
+            port = 5700
+            data_dir = "/var/lib/brokerd"
+            memory_limit = 2_000_000_000
+            fsync = "interval"
+            fsync_interval_ms = 20
+            log_level = "notice"
+            """, source: "test.toml")
+        #expect(file.port == 5700 && file.dataDir == "/var/lib/brokerd" && file.memoryLimit == 2_000_000_000)
+        var flags = BrokerSettings()
+        flags.port = 6000
+        let merged = flags.over(file)
+        #expect(merged.port == 6000 && merged.host == "0.0.0.0" && merged.logLevel == "notice")
+        let configuration = merged.serverConfiguration
+        #expect(configuration.port == 6000 && configuration.host == "0.0.0.0")
+        #expect(configuration.fsyncPolicy == .interval && configuration.fsyncIntervalMilliseconds == 20)
+        #expect(configuration.heartbeatSeconds == 30, "unset: the default")
+        #expect(BrokerSettings().serverConfiguration.dataDirectory == "brokerd-data")
+    }
+
+    @Test("errors name the file, the key and the fix", arguments: [
+        ("prot = 1", "unknown key prot"),
+        ("port = \"x\"", "'port' must be an integer"),
+        ("host = 5", "'host' must be a string"),
+        ("port = ", "line 1"),
+        ("port = 70000", "'port' must be between 0 and 65535"),
+        ("fsync = \"sometimes\"", "'fsync' must be one of always, interval, never"),
+        ("log_target = \"syslog\"", "'log_target' must be one of auto, stderr, journal"),
+    ])
+    func errors(document: String, expected: String) {
+        do {
+            _ = try BrokerSettings.parse(document, source: "broken.toml")
+            Issue.record("accepted: \(document)")
+        } catch {
+            #expect(error.description.hasPrefix("broken.toml: "))
+            #expect(error.description.contains(expected), "\(error.description)")
+        }
     }
 }

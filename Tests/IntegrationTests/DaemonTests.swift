@@ -29,9 +29,10 @@ struct DaemonTests {
     }
 
     /// Starts brokerd on an ephemeral port with the given data directory and returns it with its port and log.
-    static func startDaemon(dataDirectory: URL, fileSizeLimitKiB: Int? = nil, environment: [String: String] = [:]) throws -> (Process, Int, DaemonLog) {
+    static func startDaemon(dataDirectory: URL, fileSizeLimitKiB: Int? = nil, environment: [String: String] = [:],
+                            extraArguments: [String] = []) throws -> (Process, Int, DaemonLog) {
         let process = Process()
-        let arguments = ["--port", "0", "--data-dir", dataDirectory.path, "--log-level", "info", "--log-target", "stderr"]
+        let arguments = ["--port", "0", "--data-dir", dataDirectory.path, "--log-level", "info", "--log-target", "stderr"] + extraArguments
         if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new } }
         if let fileSizeLimitKiB {
             // Through bash, so `ulimit -f` makes the kernel refuse writes past the limit (a real failing disk write).
@@ -126,6 +127,37 @@ struct DaemonTests {
         #expect(down == 69)
         #expect(downErr.contains("cannot reach brokerd"))
         }
+    }
+
+    @Test("a TOML settings file configures brokerd, flags win over it, and a bad file exits 78 naming the problem")
+    func settingsFile() async throws {
+        let dataDirectory = Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("brokerd-\(UUID().uuidString).toml")
+        defer { try? FileManager.default.removeItem(at: file) }
+        try "# brokerd settings\nmemory_limit = 123_000_000\nheartbeat = 7\nfsync = \"interval\"\n".write(to: file, atomically: true, encoding: .utf8)
+        do {
+            let (process, port, _) = try Self.startDaemon(dataDirectory: dataDirectory, extraArguments: ["--config", file.path])
+            defer { Self.stop(process) }
+            let (_, out, _) = try Self.run("brokerctl", ["status", "--port", "\(port)", "--format", "json"])
+            let status = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+            #expect(status["memory_limit"] as? Int == 123_000_000)
+            #expect(status["heartbeat_seconds"] as? Int == 7)
+            #expect(status["fsync"] as? String == "interval")
+        }
+        do {
+            let (process, port, _) = try Self.startDaemon(dataDirectory: dataDirectory,
+                                                          extraArguments: ["--config", file.path, "--memory-limit", "99000000"])
+            defer { Self.stop(process) }
+            let (_, out, _) = try Self.run("brokerctl", ["status", "--port", "\(port)", "--format", "json"])
+            let status = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+            #expect(status["memory_limit"] as? Int == 99_000_000, "the flag wins")
+            #expect(status["heartbeat_seconds"] as? Int == 7, "the file still applies to the rest")
+        }
+        try "memory_limit = 1\nmax_frame_sise = 4096\n".write(to: file, atomically: true, encoding: .utf8)
+        let (status, _, err) = try Self.run("brokerd", ["--config", file.path, "--port", "0", "--data-dir", dataDirectory.path])
+        #expect(status == 78)
+        #expect(err.contains(file.path) && err.contains("unknown key max_frame_sise") && err.contains("max_frame_size"))
     }
 
     @Test("brokerbench runs a short scenario end to end and its JSON parses")
