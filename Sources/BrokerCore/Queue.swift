@@ -354,9 +354,14 @@ public final class Queue {
             if message.envelope.isPaged {
                 if let entry = inFlight[message.stored.id] {
                     message.envelope = entry.envelope
-                } else if let store = broker.store, let bytes = try? store.read(message.stored),
-                          let envelope = try? MessageEnvelope(parsing: bytes) {
-                    message.envelope = envelope
+                } else if let store = broker.store {
+                    do {
+                        message.envelope = try MessageEnvelope(parsing: store.read(message.stored))
+                    } catch {
+                        // Left in the queue (a consumer's page-in will report it too); the operator hears now.
+                        broker.logger.error("peek: a paged message could not be read back", metadata: ["queue": "\(name)", "error": "\(error)"])
+                        continue
+                    }
                 } else {
                     continue
                 }
