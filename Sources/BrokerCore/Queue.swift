@@ -185,9 +185,7 @@ public final class Queue {
            let store = broker.store {
             pageOut(&message, store: store)
         }
-        account(message.footprint)
-        if hasByteLimit { readyBytes += message.envelope.bodyLength }
-        if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
+        remember(message)
         messages.append(message)
     }
 
@@ -256,6 +254,14 @@ public final class Queue {
         if message.ownsPageRecord { broker.store?.releasePage(message.stored.id) }
     }
 
+    /// Counts a message joining the ready list: memory, bytes for a byte limit, own expirations.
+    private func remember(_ message: QueuedMessage) {
+        account(message.footprint)
+        if hasByteLimit { readyBytes += message.envelope.bodyLength }
+        if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
+    }
+
+    /// The counterpart of ``remember(_:)`` for a message leaving the ready list.
     private func forget(_ message: QueuedMessage) {
         account(-message.footprint)
         if hasByteLimit { readyBytes -= message.envelope.bodyLength }
@@ -306,9 +312,7 @@ public final class Queue {
                 continue
             }
             message.redelivered = true
-            account(message.footprint)
-            if hasByteLimit { readyBytes += message.envelope.bodyLength }
-            if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
+            remember(message)
             messages.prepend(message)
         }
     }
@@ -382,9 +386,7 @@ public final class Queue {
 
     /// Puts a message taken by ``takeHead()`` back, unchanged (its move was refused).
     func putBackHead(_ message: QueuedMessage) {
-        account(message.footprint)
-        if hasByteLimit { readyBytes += message.envelope.bodyLength }
-        if message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 { messagesWithOwnExpiry += 1 }
+        remember(message)
         messages.prepend(message)
     }
 
