@@ -198,7 +198,7 @@ public final class BrokerConnection: Sendable {
         return status
     }
 
-    /// Runs a management method (admin only; docs/protocol.md §12) and returns its result table.
+    /// Runs a management method (admin only; docs/protocol.md §11) and returns its result table.
     public func manage(_ method: String, _ arguments: FieldTable = [:]) async throws -> FieldTable {
         let answer = try await request { .manage(Manage(requestId: $0, method: method, arguments: arguments)) }
         guard case .manageOk(_, let result) = answer else { throw Self.unexpected(answer) }
