@@ -2,7 +2,7 @@ import BrokerStorage
 import NIOCore
 public import WireProtocol
 
-/// The management methods behind the `manage` frame (docs/protocol.md §12): listings, peek, move and users. Each
+/// The management methods behind the `manage` frame (docs/protocol.md §11): listings, peek, move and users. Each
 /// takes a table of arguments and answers a table; listings answer `{"rows": [table, ...]}` with snake_case keys,
 /// which brokerctl prints as they are. Admin only: the session checks before calling.
 extension Broker {

@@ -24,7 +24,7 @@ public enum ClientMessage: Hashable, Sendable {
     case get(Get)
     /// Management: broker status (admin only).
     case status(requestId: UInt32)
-    /// Management: one named method with a table of arguments (admin only; docs/protocol.md §12).
+    /// Management: one named method with a table of arguments (admin only; docs/protocol.md §11).
     case manage(Manage)
 
     public var frameType: FrameType {

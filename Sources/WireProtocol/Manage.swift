@@ -1,13 +1,13 @@
 public import NIOCore
 
-/// `manage` (0x41): a management method by name with its arguments (docs/protocol.md §12). Admin only.
+/// `manage` (0x41): a management method by name with its arguments (docs/protocol.md §11). Admin only.
 ///
 /// Management is one frame type with a method name, not a frame type per method: methods are added without a
 /// protocol version, their arguments and results are field tables that any client can decode, and an unknown
 /// method is an ordinary `notImplemented` error.
 public struct Manage: Hashable, Sendable {
     public var requestId: UInt32
-    /// A method name such as `list.queues` (docs/protocol.md §12 lists them).
+    /// A method name such as `list.queues` (docs/protocol.md §11 lists them).
     public var method: String
     public var arguments: FieldTable
 
