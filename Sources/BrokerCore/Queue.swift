@@ -217,10 +217,10 @@ public final class Queue {
         let location = message.stored
         var restored = message
         pagedCount -= 1
-        if message.ownsPageRecord {
-            restored.stored = .none
-            broker.store?.releasePage(location.id)
-        }
+        let releases = message.ownsPageRecord
+        if releases { restored.stored = .none }
+        // Only after the read below: releasing the last live record of the oldest segment deletes that segment.
+        defer { if releases { broker.store?.releasePage(location.id) } }
         if let entry = inFlight.removeValue(forKey: location.id) {
             restored.envelope = entry.envelope
             return restored

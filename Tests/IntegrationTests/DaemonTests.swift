@@ -160,6 +160,40 @@ struct DaemonTests {
         #expect(err.contains(file.path) && err.contains("unknown key max_frame_sise") && err.contains("max_frame_size"))
     }
 
+    @Test("the brokerd process absorbs a 100 MB burst with a 16 MB limit in under 80 MB of RSS, then drains it all")
+    func burstStaysWithinMemoryBound() async throws {
+        // The suite-sized version of the benchmark's 1M x 1 KiB burst (docs/benchmarks.md): same rule, smaller
+        // numbers. Unpaged, this burst peaks at about 140 MB here; paged, at about 57 MB.
+        let dataDirectory = Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        let (process, port, _) = try Self.startDaemon(dataDirectory: dataDirectory, extraArguments: ["--memory-limit", "16000000"])
+        defer { Self.stop(process) }
+        let (published, publishOut, publishErr) = try Self.run("brokerbench", [
+            "--port", "\(port)", "--prefix", "burst", "--size", "1024", "--producers", "1", "--consumers", "0",
+            "--count", "100000", "--duration", "60", "--keep", "--json",
+        ])
+        #expect(published == 0, "\(publishErr)")
+        let publish = try #require(try JSONSerialization.jsonObject(with: Data((publishOut.split(separator: "\n").last ?? "").utf8)) as? [String: Any])
+        #expect(publish["published"] as? Int == 100_000)
+        let peak = try #require(Self.peakResidentKiB(process.processIdentifier))
+        #expect(peak < 80_000, "peak RSS \(peak) KiB for a 100 MB burst with --memory-limit 16000000")
+
+        let (drained, drainOut, drainErr) = try Self.run("brokerbench", [
+            "--port", "\(port)", "--prefix", "burst", "--size", "1024", "--producers", "0", "--consumers", "1",
+            "--prefetch", "500", "--ack-every", "50", "--count", "100000", "--duration", "60", "--idle-ms", "2000", "--json",
+        ])
+        #expect(drained == 0, "\(drainErr)")
+        let drain = try #require(try JSONSerialization.jsonObject(with: Data((drainOut.split(separator: "\n").last ?? "").utf8)) as? [String: Any])
+        #expect(drain["consumed"] as? Int == 100_000)
+    }
+
+    /// VmHWM of a running process we started, in KiB.
+    static func peakResidentKiB(_ pid: Int32) -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }) else { return nil }
+        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+    }
+
     @Test("brokerbench runs a short scenario end to end and its JSON parses")
     func brokerbenchScenario() async throws {
         try await Self.withDaemon { _, port, _ in
