@@ -199,6 +199,8 @@ public final class Queue {
         if message.stored.id >= store.firstIdOfThisRun {
             if inFlight.isEmpty { broker.queuesPaging.append(self) }
             inFlight[message.stored.id] = (broker.openBatch, message.envelope)
+            // Counted until written: a disk slower than the publishers must raise the memory alarm, not RSS.
+            account(message.envelope.bytes.readableBytes)
         }
         message.envelope = MessageEnvelope(pagedOutWith: message.envelope.propertyFlags)
         pagedCount += 1
@@ -222,6 +224,7 @@ public final class Queue {
         // Only after the read below: releasing the last live record of the oldest segment deletes that segment.
         defer { if releases { broker.store?.releasePage(location.id) } }
         if let entry = inFlight.removeValue(forKey: location.id) {
+            account(-entry.envelope.bytes.readableBytes)
             restored.envelope = entry.envelope
             return restored
         }
@@ -242,6 +245,7 @@ public final class Queue {
                 inFlight[id] = (UInt64.max, entry.envelope)
             } else {
                 inFlight[id] = nil
+                account(-entry.envelope.bytes.readableBytes)
             }
         }
     }
@@ -250,7 +254,7 @@ public final class Queue {
     private func discardPage(_ message: QueuedMessage) {
         guard message.envelope.isPaged else { return }
         pagedCount -= 1
-        inFlight[message.stored.id] = nil
+        if let entry = inFlight.removeValue(forKey: message.stored.id) { account(-entry.envelope.bytes.readableBytes) }
         if message.ownsPageRecord { broker.store?.releasePage(message.stored.id) }
     }
 

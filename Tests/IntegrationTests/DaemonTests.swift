@@ -168,7 +168,7 @@ struct DaemonTests {
         defer { try? FileManager.default.removeItem(at: dataDirectory) }
         let (process, port, _) = try Self.startDaemon(dataDirectory: dataDirectory, extraArguments: ["--memory-limit", "16000000"])
         defer { Self.stop(process) }
-        let (published, publishOut, publishErr) = try Self.run("brokerbench", [
+        let (published, publishOut, publishErr) = try await Self.runOffPool("brokerbench", [
             "--port", "\(port)", "--prefix", "burst", "--size", "1024", "--producers", "1", "--consumers", "0",
             "--count", "100000", "--duration", "60", "--keep", "--json",
         ])
@@ -178,7 +178,7 @@ struct DaemonTests {
         let peak = try #require(Self.peakResidentKiB(process.processIdentifier))
         #expect(peak < 80_000, "peak RSS \(peak) KiB for a 100 MB burst with --memory-limit 16000000")
 
-        let (drained, drainOut, drainErr) = try Self.run("brokerbench", [
+        let (drained, drainOut, drainErr) = try await Self.runOffPool("brokerbench", [
             "--port", "\(port)", "--prefix", "burst", "--size", "1024", "--producers", "0", "--consumers", "1",
             "--prefetch", "500", "--ack-every", "50", "--count", "100000", "--duration", "60", "--idle-ms", "2000", "--json",
         ])
@@ -197,7 +197,7 @@ struct DaemonTests {
     @Test("brokerbench runs a short scenario end to end and its JSON parses")
     func brokerbenchScenario() async throws {
         try await Self.withDaemon { _, port, _ in
-        let (status, out, err) = try Self.run("brokerbench", [
+        let (status, out, err) = try await Self.runOffPool("brokerbench", [
             "--port", "\(port)", "--size", "64", "--count", "3000", "--confirm", "100", "--prefetch", "200", "--ack-every", "10",
             "--duration", "10", "--drain", "10", "--label", "suite", "--json",
         ])
@@ -213,6 +213,14 @@ struct DaemonTests {
             #expect(json[key] != nil, "missing \(key)")
         }
         #expect(out.contains("RESULT label=suite"))
+        }
+    }
+
+    /// ``run(_:_:input:)`` on a thread of its own, for long runs: blocking a thread of Swift's cooperative pool
+    /// (two threads on this machine) for seconds starves every other test running in parallel.
+    static func runOffPool(_ name: String, _ arguments: [String]) async throws -> (Int32, String, String) {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread { continuation.resume(with: Result { try run(name, arguments) }) }.start()
         }
     }
 
