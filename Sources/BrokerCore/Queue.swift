@@ -142,9 +142,7 @@ public final class Queue {
     @discardableResult
     func enqueue(_ incoming: QueuedMessage) -> Bool {
         publishedCount &+= 1
-        guard hasQueueTTL || incoming.envelope.propertyFlags & MessageProperties.Bit.expiration != 0 else {
-            return place(incoming)
-        }
+        guard expires(incoming) else { return place(incoming) }
         var message = incoming
         setExpiry(&message)
         return place(message)
@@ -174,6 +172,7 @@ public final class Queue {
     }
 
     /// Whether messages joining this queue get an expiry (a queue TTL, or their own expiration).
+    @inline(__always)
     func expires(_ message: QueuedMessage) -> Bool {
         hasQueueTTL || message.envelope.propertyFlags & MessageProperties.Bit.expiration != 0
     }
@@ -396,14 +395,10 @@ public final class Queue {
 
     /// Removes and returns the message at the head (for `get`).
     func dequeue() -> QueuedMessage? {
-        if !messages.isEmpty && (hasQueueTTL || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
-        while !messages.isEmpty {
-            guard var message = removeFirst() else { continue }
-            message.deliveries &+= 1
-            deliveredCount &+= 1
-            return message
-        }
-        return nil
+        guard var message = takeHead() else { return nil }
+        message.deliveries &+= 1
+        deliveredCount &+= 1
+        return message
     }
 
     /// Drops every ready message (recording that in the log); unacknowledged ones stay with their consumers.
