@@ -40,6 +40,20 @@ public final class BrokerConnection: Sendable {
         self.flow = flow
     }
 
+    /// Connects, runs `body` with the connection, and closes it whether `body` returns or throws.
+    public static func withConnection<T>(_ configuration: ClientConfiguration,
+                                         _ body: (BrokerConnection) async throws -> T) async throws -> T {
+        let connection = try await connect(configuration)
+        do {
+            let result = try await body(connection)
+            await connection.close()
+            return result
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
     /// Connects, negotiates the protocol version and authenticates.
     public static func connect(_ configuration: ClientConfiguration = ClientConfiguration(),
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> BrokerConnection {

@@ -55,15 +55,7 @@ struct ConnectionOptions: ParsableArguments {
         let configuration = ClientConfiguration(host: host, port: port, user: user, password: password, clientName: "brokerctl",
                                                 connectTimeout: .seconds(5), requestTimeout: .seconds(10))
         do {
-            let client = try await BrokerConnection.connect(configuration)
-            do {
-                let result = try await body(client)
-                await client.close()
-                return result
-            } catch {
-                await client.close()
-                throw error
-            }
+            return try await BrokerConnection.withConnection(configuration, body)
         } catch let error as BrokerError {
             throw Failure(error: error, address: address).exit()
         } catch let error as Failure {

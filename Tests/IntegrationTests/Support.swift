@@ -46,15 +46,7 @@ func temporaryDirectory() -> String {
 /// Connects a client, runs `body`, closes the client.
 @discardableResult
 func withConnection<T>(_ configuration: ClientConfiguration, _ body: (BrokerConnection) async throws -> T) async throws -> T {
-    let connection = try await BrokerConnection.connect(configuration)
-    do {
-        let result = try await body(connection)
-        await connection.close()
-        return result
-    } catch {
-        await connection.close()
-        throw error
-    }
+    try await BrokerConnection.withConnection(configuration, body)
 }
 
 /// Expects `body` to throw a BrokerError with `code`.
