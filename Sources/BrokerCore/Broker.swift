@@ -175,7 +175,7 @@ public final class Broker {
         if !toPause.isEmpty {
             let sessions = toPause
             toPause.removeAll()
-            for session in sessions where alarm != nil { session.pauseReading() }
+            for session in sessions { session.pauseReading() }  // each checks that its alarm is still on
         }
         commitLog()
         guard !dirtySessions.isEmpty else { return }
@@ -547,7 +547,7 @@ public final class Broker {
             consumers += queue.consumerCount
         }
         let uptime = ContinuousClock.now - startedAt
-        return [
+        var status: FieldTable = [
             "version": .string(Self.version),
             "uptime_ms": .int(uptime.components.seconds * 1000 + uptime.components.attoseconds / 1_000_000_000_000_000),
             "connections": .int(Int64(sessions.count)),
@@ -561,7 +561,10 @@ public final class Broker {
             "memory_limit": .int(Int64(memoryLimit)),
             "alarms": .array(AlarmSource.allCases.compactMap { alarms[$0] }.map { .string($0) }),
             "persistent": .bool(persists),
-        ].merging(serverInfo) { own, _ in own }.merging(diskFree.map { ["disk_free": .int(Int64(clamping: $0))] } ?? [:]) { own, _ in own }
+        ]
+        status.merge(serverInfo) { own, _ in own }
+        if let diskFree { status["disk_free"] = .int(Int64(clamping: diskFree)) }
+        return status
     }
 
     /// Ready and unacknowledged counts of a queue (nil if it does not exist), for tests and tools.
