@@ -10,6 +10,10 @@ let upcoming: [SwiftSetting] = [
 /// The broker's hot-path modules drop the dynamic exclusivity checks in release builds: profiling showed them at
 /// ~17% of the broker's CPU (class-property accesses per message). Debug builds, and so the whole test suite, keep
 /// the checks, so an exclusivity violation still fails the tests. docs/design.md, "The hot path".
+///
+/// Only the server's modules carry the flag. SwiftPM refuses a versioned dependency on a product whose targets use
+/// `unsafeFlags`, so the products other packages depend on (`BrokerClient` and the `WireProtocol` it builds on)
+/// carry none: WireProtocol is value types (structs, enums, ByteBuffer), which pay no dynamic exclusivity checks.
 let hotPath: [SwiftSetting] = upcoming + [
     .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ]
@@ -32,13 +36,15 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit.git", exact: "0.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
     ],
     targets: [
         // Frames, codec and errors of the wire protocol. NIOCore only, so it tests without sockets.
         .target(
             name: "WireProtocol",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")],
-            swiftSettings: hotPath
+            swiftSettings: upcoming
         ),
         // CRC-32C with the SSE 4.2 instruction when the CPU has it (the message log checks every record).
         .target(name: "CCRC32C"),
@@ -81,7 +87,7 @@ let package = Package(
             ],
             swiftSettings: hotPath
         ),
-        // The async/await Swift client.
+        // The async/await Swift client: a product other packages depend on by version, so no unsafe flags.
         .target(
             name: "BrokerClient",
             dependencies: [
@@ -89,8 +95,12 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            swiftSettings: hotPath
+            swiftSettings: upcoming
         ),
         .executableTarget(
             name: "brokerd",
@@ -141,6 +151,11 @@ let package = Package(
             swiftSettings: upcoming
         ),
         .testTarget(
+            name: "BrokerClientTests",
+            dependencies: ["BrokerClient", "WireProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
             name: "BrokerStorageTests",
             dependencies: ["BrokerStorage", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: upcoming
@@ -160,6 +175,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: upcoming
         ),

@@ -1,15 +1,24 @@
-public import NIOCore
+@_exported public import NIOCore
 public import NIOPosix
-public import WireProtocol
+public import ServiceLifecycle
+@_exported public import WireProtocol
+import ServiceContextModule
 
 /// A connection to brokerd: declare, bind, publish (with awaitable confirms), consume as an `AsyncSequence`, get.
 ///
-/// Thread-safe: every call hops to the connection's event loop, where ``ClientHandler`` keeps the state.
-public final class BrokerConnection: Sendable {
+/// It survives a broker restart or a dropped socket on its own (``ClientConfiguration/recovery``): it reconnects
+/// with backoff, redeclares the exchanges, queues and bindings it declared, resumes its consumers and re-sends
+/// publishes still awaiting a confirm. ``events`` tells what happens. As a swift-service-lifecycle `Service`, it
+/// runs in a service's `ServiceGroup` and shuts down gracefully (docs/client.md).
+///
+/// Thread-safe: every call hops to the connection's event loop, where ``ConnectionDriver`` and its
+/// ``ClientStateMachine`` keep the state.
+public final class BrokerConnection: Sendable, Service {
     public let configuration: ClientConfiguration
-    /// The version, limits and server name agreed in the handshake.
+    /// The version, limits and server name agreed in the first handshake (a reconnect offers the same).
     public let serverName: String
     public let protocolVersion: ProtocolVersion
+    /// The broker's id for the first connection; after a reconnect the broker knows this client by a new id.
     public let connectionId: UInt64
     public let maxFrameSize: UInt32
     public let heartbeatSeconds: UInt16
@@ -21,15 +30,18 @@ public final class BrokerConnection: Sendable {
     /// Flow control: the broker stopped reading this connection's publishes (an alarm, such as free disk below its
     /// limit) or resumed. Publishes made while blocked wait; they do not fail.
     public let flow: AsyncStream<FlowEvent>
+    /// Disconnected, reconnecting, recovered, failed, closed: the connection's life, for a service to log or act on.
+    public let events: AsyncStream<ConnectionEvent>
 
-    private let channel: any Channel
-    private let handler: NIOLoopBound<ClientHandler>
+    private let loop: any EventLoop
+    private let driver: NIOLoopBound<ConnectionDriver>
 
-    private init(configuration: ClientConfiguration, channel: any Channel, handler: NIOLoopBound<ClientHandler>, helloOk: HelloOk,
-                 authOk: AuthOk, returns: AsyncStream<ReturnedMessage>, errors: AsyncStream<BrokerError>, flow: AsyncStream<FlowEvent>) {
+    private init(configuration: ClientConfiguration, loop: any EventLoop, driver: NIOLoopBound<ConnectionDriver>, helloOk: HelloOk,
+                 authOk: AuthOk, returns: AsyncStream<ReturnedMessage>, errors: AsyncStream<BrokerError>, flow: AsyncStream<FlowEvent>,
+                 events: AsyncStream<ConnectionEvent>) {
         self.configuration = configuration
-        self.channel = channel
-        self.handler = handler
+        self.loop = loop
+        self.driver = driver
         self.serverName = helloOk.serverName
         self.protocolVersion = helloOk.version
         self.connectionId = authOk.connectionId
@@ -38,6 +50,7 @@ public final class BrokerConnection: Sendable {
         self.returns = returns
         self.errors = errors
         self.flow = flow
+        self.events = events
     }
 
     /// Connects, runs `body` with the connection, and closes it whether `body` returns or throws.
@@ -54,100 +67,109 @@ public final class BrokerConnection: Sendable {
         }
     }
 
-    /// Connects, negotiates the protocol version and authenticates.
+    /// Connects (trying each configured endpoint once, in turn), negotiates the protocol version and authenticates.
+    /// Recovery applies once this first connect has succeeded.
     public static func connect(_ configuration: ClientConfiguration = ClientConfiguration(),
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> BrokerConnection {
         let loop = group.next()
-        let handshake = loop.makePromise(of: (HelloOk, AuthOk).self)
         let (returns, returnsContinuation) = AsyncStream<ReturnedMessage>.makeStream(bufferingPolicy: .bufferingNewest(1024))
         let (errors, errorsContinuation) = AsyncStream<BrokerError>.makeStream(bufferingPolicy: .bufferingNewest(256))
         let (flow, flowContinuation) = AsyncStream<FlowEvent>.makeStream(bufferingPolicy: .bufferingNewest(64))
-        let timeout = TimeAmount.nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000
-                                             + configuration.connectTimeout.components.attoseconds / 1_000_000_000)
-        let channel: any Channel
-        do {
-            channel = try await ClientBootstrap(group: loop)
-                .connectTimeout(timeout)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        let handler = ClientHandler(configuration: configuration, handshake: handshake)
-                        handler.returns = returnsContinuation
-                        handler.errors = errorsContinuation
-                        handler.flow = flowContinuation
-                        try channel.pipeline.syncOperations.addHandler(handler)
-                    }
-                }
-                .connect(host: configuration.host, port: configuration.port).get()
-        } catch {
-            handshake.fail(error)
-            throw BrokerError(.connectionClosed, "cannot connect to \(configuration.host):\(configuration.port): \(error)")
-        }
-        let scheduledTimeout = loop.scheduleTask(in: timeout) {
-            handshake.fail(BrokerError(.timeout, "handshake with \(configuration.host):\(configuration.port) timed out"))
-            channel.close(promise: nil)
-        }
-        do {
-            let (helloOk, authOk) = try await handshake.futureResult.get()
-            scheduledTimeout.cancel()
-            let handler = try await loop.submit {
-                NIOLoopBound(try channel.pipeline.syncOperations.handler(type: ClientHandler.self), eventLoop: loop)
-            }.get()
-            let connection = BrokerConnection(configuration: configuration, channel: channel, handler: handler, helloOk: helloOk,
-                                              authOk: authOk, returns: returns, errors: errors, flow: flow)
-            try await loop.submit { handler.value.connection = connection }.get()
-            return connection
-        } catch {
-            scheduledTimeout.cancel()
-            channel.close(promise: nil)
-            throw error
-        }
+        let (events, eventsContinuation) = AsyncStream<ConnectionEvent>.makeStream(bufferingPolicy: .bufferingNewest(256))
+        let driver = try await loop.submit {
+            let driver = ConnectionDriver(loop: loop, configuration: configuration, returns: returnsContinuation,
+                                          errors: errorsContinuation, flow: flowContinuation, events: eventsContinuation)
+            driver.start()
+            return NIOLoopBound(driver, eventLoop: loop)
+        }.get()
+        let (helloOk, authOk) = try await loop.flatSubmit { driver.value.opened.futureResult }.get()
+        let connection = BrokerConnection(configuration: configuration, loop: loop, driver: driver, helloOk: helloOk, authOk: authOk,
+                                          returns: returns, errors: errors, flow: flow, events: events)
+        try await loop.submit { driver.value.connection = connection }.get()
+        return connection
     }
 
-    /// Closes the connection politely (close / closeOk). Consumers finish; pending confirms fail.
+    /// Closes the connection politely (close / closeOk). Consumers finish; pending confirms and requests fail.
     public func close() async {
-        let promise = channel.eventLoop.makePromise(of: Void.self)
-        let handler = self.handler
-        channel.eventLoop.execute {
-            handler.value.close(promise: promise)
-            handler.value.connection = nil
-        }
-        try? await promise.futureResult.get()
+        _ = try? await perform { (driver, promise: EventLoopPromise<Void>) in driver.close(promise: promise) }
     }
 
-    /// Completes when the connection has closed, for whatever reason.
+    /// Completes when the connection has ended for good (closed, or failed past recovery).
     public func closed() async {
-        try? await channel.closeFuture.get()
+        let driver = self.driver
+        try? await loop.flatSubmit { driver.value.terminated.futureResult }.get()
+    }
+
+    /// Why the connection ended: nil while it is alive or when the caller closed it; the terminal error otherwise.
+    public func terminalError() async -> BrokerError? {
+        let driver = self.driver
+        return try? await loop.submit { () -> BrokerError? in
+            let machine = driver.value.machine
+            guard machine.isTerminal, !machine.closedByClient else { return nil }
+            return machine.closedError
+        }.get()
+    }
+
+    // MARK: - Service
+
+    /// Runs the connection as a swift-service-lifecycle `Service`: returns when it is closed, throws its terminal
+    /// error if it fails past recovery (so the `ServiceGroup` shuts the service down), and on graceful shutdown
+    /// stops consuming, waits for in-flight deliveries to be settled and publishes to be confirmed (up to
+    /// ``ClientConfiguration/shutdownTimeout``), then closes.
+    public func run() async throws {
+        try await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await self.closed()
+            } onGracefulShutdown: {
+                Task { await self.shutdownGracefully() }
+            }
+        } onCancel: {
+            Task { await self.close() }
+        }
+        if let error = await terminalError() { throw error }
+    }
+
+    /// Stops every consumer, waits (bounded by ``ClientConfiguration/shutdownTimeout``) until the deliveries already
+    /// handed out are settled and every publish is confirmed, then closes.
+    public func shutdownGracefully() async {
+        let timeout = TimeAmount(configuration.shutdownTimeout)
+        let driver = self.driver
+        let loop = self.loop
+        _ = try? await loop.flatSubmit { () -> EventLoopFuture<Void> in
+            let promise = loop.makePromise(of: Void.self)
+            driver.value.drain(promise: promise)
+            let timer = loop.scheduleTask(in: timeout) { promise.succeed() }
+            promise.futureResult.whenComplete { _ in timer.cancel() }
+            return promise.futureResult
+        }.get()
+        await close()
     }
 
     // MARK: - Requests
 
-    private func request(consumer: AsyncThrowingStream<Message, any Error>.Continuation? = nil,
-                         _ build: @escaping @Sendable (UInt32) -> ClientMessage) async throws -> ServerMessage {
-        let loop = channel.eventLoop
-        let promise = loop.makePromise(of: ServerMessage.self)
-        let handler = self.handler
-        loop.execute { handler.value.request(build, promise: promise, consumer: consumer) }
-        let timeout = configuration.requestTimeout
-        let scheduled = loop.scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
-                                                          + timeout.components.attoseconds / 1_000_000_000)) {
-            promise.fail(BrokerError(.timeout, "no answer from the broker within \(timeout)"))
-        }
-        defer { scheduled.cancel() }
+    /// Runs `body` on the loop with a fresh promise, and awaits the promise.
+    private func perform<T: Sendable>(_ body: @escaping @Sendable (ConnectionDriver, EventLoopPromise<T>) -> Void) async throws -> T {
+        let promise = loop.makePromise(of: T.self)
+        let driver = self.driver
+        loop.execute { body(driver.value, promise) }
         return try await promise.futureResult.get()
+    }
+
+    private func request(_ message: ClientMessage, recording change: ClientStateMachine.TopologyChange? = nil) async throws -> ServerMessage {
+        try await perform { driver, promise in driver.request(message, recording: change, promise: promise) }
     }
 
     private static func unexpected(_ message: ServerMessage) -> BrokerError {
         BrokerError(.unexpectedFrame, "unexpected answer \(message.frameType) from the broker")
     }
 
-    private func expectOk(_ build: @escaping @Sendable (UInt32) -> ClientMessage) async throws {
-        let answer = try await request(build)
+    private func expectOk(_ message: ClientMessage, recording change: ClientStateMachine.TopologyChange? = nil) async throws {
+        let answer = try await request(message, recording: change)
         guard case .ok = answer else { throw Self.unexpected(answer) }
     }
 
-    private func expectCount(_ build: @escaping @Sendable (UInt32) -> ClientMessage) async throws -> Int {
-        let answer = try await request(build)
+    private func expectCount(_ message: ClientMessage, recording change: ClientStateMachine.TopologyChange? = nil) async throws -> Int {
+        let answer = try await request(message, recording: change)
         guard case .countOk(_, let count) = answer else { throw Self.unexpected(answer) }
         return Int(count)
     }
@@ -157,15 +179,14 @@ public final class BrokerConnection: Sendable {
     public func declareExchange(_ name: String, type: ExchangeKind, durable: Bool = false, autoDelete: Bool = false,
                                 passive: Bool = false, arguments: FieldTable = [:]) async throws {
         try NameRules.validateName(name, kind: "exchange")
-        try await expectOk {
-            .exchangeDeclare(ExchangeDeclare(requestId: $0, name: name, kind: type, durable: durable, autoDelete: autoDelete,
-                                             passive: passive, arguments: arguments))
-        }
+        let declare = ExchangeDeclare(requestId: 0, name: name, kind: type, durable: durable, autoDelete: autoDelete, passive: passive,
+                                      arguments: arguments)
+        try await expectOk(.exchangeDeclare(declare), recording: passive ? nil : .declareExchange(declare))
     }
 
     public func deleteExchange(_ name: String, ifUnused: Bool = false) async throws {
         try NameRules.validateName(name, kind: "exchange")
-        try await expectOk { .exchangeDelete(ExchangeDelete(requestId: $0, name: name, ifUnused: ifUnused)) }
+        try await expectOk(.exchangeDelete(ExchangeDelete(requestId: 0, name: name, ifUnused: ifUnused)), recording: .deleteExchange(name))
     }
 
     /// Declares a queue; an empty name asks the broker to generate one (returned in ``QueueInfo/name``).
@@ -173,10 +194,9 @@ public final class BrokerConnection: Sendable {
     public func declareQueue(_ name: String = "", durable: Bool = false, exclusive: Bool = false, autoDelete: Bool = false,
                              passive: Bool = false, arguments: FieldTable = [:]) async throws -> QueueInfo {
         if !name.isEmpty { try NameRules.validateName(name, kind: "queue") }
-        let answer = try await request {
-            .queueDeclare(QueueDeclare(requestId: $0, name: name, durable: durable, exclusive: exclusive, autoDelete: autoDelete,
-                                       passive: passive, arguments: arguments))
-        }
+        let declare = QueueDeclare(requestId: 0, name: name, durable: durable, exclusive: exclusive, autoDelete: autoDelete,
+                                   passive: passive, arguments: arguments)
+        let answer = try await request(.queueDeclare(declare), recording: passive ? nil : .declareQueue(declare, serverNamed: name.isEmpty))
         guard case .queueDeclareOk(let ok) = answer else { throw Self.unexpected(answer) }
         return QueueInfo(name: ok.name, messageCount: ok.messageCount, consumerCount: ok.consumerCount)
     }
@@ -185,36 +205,39 @@ public final class BrokerConnection: Sendable {
     @discardableResult
     public func deleteQueue(_ name: String, ifUnused: Bool = false, ifEmpty: Bool = false) async throws -> Int {
         try NameRules.validateName(name, kind: "queue")
-        return try await expectCount { .queueDelete(QueueDelete(requestId: $0, name: name, ifUnused: ifUnused, ifEmpty: ifEmpty)) }
+        return try await expectCount(.queueDelete(QueueDelete(requestId: 0, name: name, ifUnused: ifUnused, ifEmpty: ifEmpty)),
+                                     recording: .deleteQueue(name))
     }
 
     /// Drops a queue's ready messages; returns how many.
     @discardableResult
     public func purgeQueue(_ name: String) async throws -> Int {
         try NameRules.validateName(name, kind: "queue")
-        return try await expectCount { .queuePurge(QueuePurge(requestId: $0, name: name)) }
+        return try await expectCount(.queuePurge(QueuePurge(requestId: 0, name: name)))
     }
 
     public func bind(queue: String, exchange: String, key: String = "", arguments: FieldTable = [:]) async throws {
         try NameRules.validateKey(key, kind: "binding key")
-        try await expectOk { .queueBind(QueueBinding(requestId: $0, queue: queue, exchange: exchange, bindingKey: key, arguments: arguments)) }
+        let binding = QueueBinding(requestId: 0, queue: queue, exchange: exchange, bindingKey: key, arguments: arguments)
+        try await expectOk(.queueBind(binding), recording: .bind(binding))
     }
 
     public func unbind(queue: String, exchange: String, key: String = "") async throws {
         try NameRules.validateKey(key, kind: "binding key")
-        try await expectOk { .queueUnbind(QueueBinding(requestId: $0, queue: queue, exchange: exchange, bindingKey: key)) }
+        let binding = QueueBinding(requestId: 0, queue: queue, exchange: exchange, bindingKey: key)
+        try await expectOk(.queueUnbind(binding), recording: .unbind(binding))
     }
 
     /// Broker status (needs an administrator).
     public func status() async throws -> FieldTable {
-        let answer = try await request { .status(requestId: $0) }
+        let answer = try await request(.status(requestId: 0))
         guard case .statusOk(_, let status) = answer else { throw Self.unexpected(answer) }
         return status
     }
 
     /// Runs a management method (admin only; docs/protocol.md §11) and returns its result table.
     public func manage(_ method: String, _ arguments: FieldTable = [:]) async throws -> FieldTable {
-        let answer = try await request { .manage(Manage(requestId: $0, method: method, arguments: arguments)) }
+        let answer = try await request(.manage(Manage(requestId: 0, method: method, arguments: arguments)))
         guard case .manageOk(_, let result) = answer else { throw Self.unexpected(answer) }
         return result
     }
@@ -233,21 +256,23 @@ public final class BrokerConnection: Sendable {
     // MARK: - Publishing
 
     /// Turns on publisher confirms: from now on ``publish(exchange:routingKey:body:properties:mandatory:)`` returns when
-    /// the broker has taken responsibility for the message, and throws if it refused it.
+    /// the broker has taken responsibility for the message, and throws if it refused it. Stays on across reconnects.
     public func enableConfirms() async throws {
-        let loop = channel.eventLoop
-        let promise = loop.makePromise(of: ServerMessage.self)
-        let handler = self.handler
-        loop.execute { handler.value.enableConfirms(promise: promise) }
-        _ = try await promise.futureResult.get()
+        _ = try await perform { driver, promise in driver.enableConfirms(promise: promise) }
     }
 
     /// Publishes a message. Without confirms it returns once the message is handed to the socket (waiting while the
-    /// socket pushes back); with confirms, once the broker confirms it.
+    /// socket pushes back); with confirms, once the broker confirms it. While the connection recovers or the broker
+    /// blocks publishers, it waits (up to ``ClientConfiguration/publishTimeout``) instead of failing.
+    ///
+    /// When a tracing instrument is bootstrapped (swift-distributed-tracing) and a `ServiceContext` is current, its
+    /// trace context travels in the message's headers (W3C `traceparent`), for the consumer to continue the trace.
     public func publish(exchange: String = "", routingKey: String, body: ByteBuffer, properties: MessageProperties = MessageProperties(),
                         mandatory: Bool = false) async throws {
         try NameRules.validateKey(routingKey)
         if exchange.utf8.count > NameRules.maxShortStringBytes { try NameRules.validateName(exchange, kind: "exchange") }
+        var properties = properties
+        if let context = ServiceContext.current { TraceContextCarrier.inject(context, into: &properties) }
         let raw = try RawProperties(validating: properties)
         let frameSize = Frame.headerSize + 3 + exchange.utf8.count + routingKey.utf8.count + 2 + raw.bytes.readableBytes
             + body.readableBytes
@@ -255,11 +280,7 @@ public final class BrokerConnection: Sendable {
             throw BrokerError(.frameTooLarge, "message of \(body.readableBytes) bytes exceeds the broker's frame limit of \(maxFrameSize)")
         }
         let publish = Publish(exchange: exchange, routingKey: routingKey, mandatory: mandatory, properties: raw, body: body)
-        let loop = channel.eventLoop
-        let promise = loop.makePromise(of: Void.self)
-        let handler = self.handler
-        loop.execute { handler.value.publish(publish, promise: promise) }
-        try await promise.futureResult.get()
+        try await perform { (driver, promise: EventLoopPromise<Void>) in driver.publish(publish, promise: promise) }
     }
 
     /// Publishes a UTF-8 string.
@@ -271,62 +292,81 @@ public final class BrokerConnection: Sendable {
     // MARK: - Consuming
 
     /// Starts a consumer. Deliveries arrive through the returned sequence; it ends when the consumer is cancelled
-    /// and throws if the broker cancels it (queue deleted) or the connection drops.
+    /// and throws if the broker cancels it (queue deleted) or the connection fails for good. Across a reconnect it
+    /// goes on: the consumer is registered again with the same prefetch, and deliveries resume.
     public func consume(queue: String, prefetch: UInt16 = 100, noAck: Bool = false, exclusive: Bool = false) async throws -> Consumer {
         try NameRules.validateName(queue, kind: "queue")
         let (stream, continuation) = AsyncThrowingStream<Message, any Error>.makeStream()
-        let answer = try await request(consumer: continuation) {
-            .consume(Consume(requestId: $0, queue: queue, noAck: noAck, exclusive: exclusive, prefetch: prefetch))
+        let consume = Consume(requestId: 0, queue: queue, noAck: noAck, exclusive: exclusive, prefetch: prefetch)
+        let (answer, id) = try await perform { (driver, promise: EventLoopPromise<(ServerMessage, UInt64)>) in
+            let inner = driver.loop.makePromise(of: ServerMessage.self)
+            let id = driver.consume(consume, continuation: continuation, promise: inner)
+            inner.futureResult.map { ($0, id) }.cascade(to: promise)
         }
-        guard case .consumeOk(let ok) = answer else { throw Self.unexpected(answer) }
-        return Consumer(tag: ok.consumerTag, queue: queue, connection: self, stream: stream)
+        guard case .consumeOk = answer else { throw Self.unexpected(answer) }
+        return Consumer(id: id, queue: queue, connection: self, stream: stream)
     }
 
     /// Cancels a consumer; its sequence finishes. Unacknowledged deliveries stay unacknowledged until settled.
     public func cancel(_ consumer: Consumer) async throws {
-        try await expectOk { .cancel(Cancel(requestId: $0, consumerTag: consumer.tag)) }
-        let handler = self.handler
-        try await channel.eventLoop.submit { handler.value.cancelConsumer(tag: consumer.tag) }.get()
+        let id = consumer.id
+        _ = try await perform { driver, promise in driver.cancel(consumer: id, promise: promise) }
+    }
+
+    /// The queue a consumer reads now: a server-named queue gets a new name when it is redeclared after a reconnect.
+    public func currentQueue(of consumer: Consumer) async -> String? {
+        let driver = self.driver
+        let id = consumer.id
+        return try? await loop.submit { driver.value.queue(of: id) }.get()
     }
 
     /// Takes one message from a queue, or nil if it is empty.
     public func get(queue: String, noAck: Bool = false) async throws -> Message? {
         try NameRules.validateName(queue, kind: "queue")
-        let answer = try await request { .get(Get(requestId: $0, queue: queue, noAck: noAck)) }
+        let get = Get(requestId: 0, queue: queue, noAck: noAck)
+        let (answer, epoch) = try await perform { (driver, promise: EventLoopPromise<(ServerMessage, UInt64)>) in
+            let inner = driver.loop.makePromise(of: ServerMessage.self)
+            driver.get(get, promise: inner)
+            inner.futureResult.map { ($0, driver.machine.epoch) }.cascade(to: promise)
+        }
         switch answer {
         case .getEmpty: return nil
         case .getOk(let ok):
             return Message(deliveryTag: ok.deliveryTag, redelivered: ok.redelivered, exchange: ok.exchange, routingKey: ok.routingKey,
-                           properties: try ok.properties.decode(), body: ok.body, messageCount: ok.messageCount, connection: self)
+                           properties: try ok.properties.decode(), body: ok.body, messageCount: ok.messageCount, connection: self,
+                           epoch: epoch)
         default: throw Self.unexpected(answer)
         }
     }
 
+    /// Settles a delivery by tag on the current connection. Prefer ``Message/ack(multiple:)``, which also knows
+    /// which connection delivered the message (a tag from before a reconnect is refused with `staleDelivery`).
     public func ack(_ deliveryTag: UInt64, multiple: Bool = false) async throws {
-        try await settle(.ack(Settle(deliveryTag: deliveryTag, multiple: multiple)))
+        try await settle(epoch: nil, deliveryTag: deliveryTag, multiple: multiple, .ack)
     }
 
     public func nack(_ deliveryTag: UInt64, multiple: Bool = false, requeue: Bool = true) async throws {
-        try await settle(.nack(Settle(deliveryTag: deliveryTag, multiple: multiple, requeue: requeue)))
+        try await settle(epoch: nil, deliveryTag: deliveryTag, multiple: multiple, .nack(requeue: requeue))
     }
 
     public func reject(_ deliveryTag: UInt64, requeue: Bool = false) async throws {
-        try await settle(.reject(Settle(deliveryTag: deliveryTag, requeue: requeue)))
+        try await settle(epoch: nil, deliveryTag: deliveryTag, multiple: false, .reject(requeue: requeue))
     }
 
-    private func settle(_ message: ClientMessage) async throws {
-        let loop = channel.eventLoop
-        let promise = loop.makePromise(of: Void.self)
-        let handler = self.handler
-        loop.execute { handler.value.settle(message, promise: promise) }
-        try await promise.futureResult.get()
+    func settle(epoch: UInt64?, deliveryTag: UInt64, multiple: Bool, _ kind: ClientStateMachine.SettleKind) async throws {
+        try await perform { (driver, promise: EventLoopPromise<Void>) in
+            promise.completeWith(driver.settle(epoch: epoch ?? driver.machine.epoch, deliveryTag: deliveryTag, multiple: multiple, kind)
+                .mapError { $0 as any Error })
+        }
     }
 }
 
 /// A consumer's deliveries, in order.
 public struct Consumer: AsyncSequence, Sendable {
     public typealias Element = Message
-    public let tag: UInt32
+    /// The client's id for this consumer, stable across reconnects (the broker's tag changes with each connection).
+    public let id: UInt64
+    /// The queue named when the consumer started (see ``BrokerConnection/currentQueue(of:)`` after a reconnect).
     public let queue: String
     public let connection: BrokerConnection
     let stream: AsyncThrowingStream<Message, any Error>

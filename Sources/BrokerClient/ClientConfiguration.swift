@@ -1,31 +1,70 @@
+public import Logging
 public import NIOCore
 public import WireProtocol
 
-/// Where and how a client connects.
-public struct ClientConfiguration: Sendable {
+/// One address a client may connect to.
+public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
     public var host: String
     public var port: Int
+    public init(host: String, port: Int = 5680) {
+        self.host = host
+        self.port = port
+    }
+    public var description: String { "\(host):\(port)" }
+}
+
+/// Where and how a client connects, and how it recovers when the connection drops.
+public struct ClientConfiguration: Sendable {
+    /// Addresses to try in turn, first to last (at the first connect and on every reconnect). Never empty.
+    public var endpoints: [Endpoint] {
+        didSet { if endpoints.isEmpty { endpoints = [Endpoint(host: "127.0.0.1")] } }
+    }
+    /// The first endpoint's host.
+    public var host: String {
+        get { endpoints[0].host }
+        set { endpoints[0].host = newValue }
+    }
+    /// The first endpoint's port.
+    public var port: Int {
+        get { endpoints[0].port }
+        set { endpoints[0].port = newValue }
+    }
     public var user: String
     public var password: String
-    /// Shown in the broker's logs and connection listings.
+    /// Shown in the broker's logs and connection listings, and in this client's log metadata and metrics.
     public var clientName: String
     /// Heartbeat interval to ask for, in seconds; 0 takes the server's proposal.
     public var heartbeatSeconds: UInt16
     /// Largest frame this client accepts; 0 takes the server's.
     public var maxFrameSize: UInt32
-    /// Time allowed for TCP connect plus handshake.
+    /// Time allowed for TCP connect plus handshake, per attempt.
     public var connectTimeout: Duration
-    /// Time allowed for a request's answer (declare, bind, get...). Publisher confirms are not bounded by it.
+    /// Time allowed for a request's answer (declare, bind, get...), including any wait for a reconnect.
+    /// Publisher confirms are not bounded by it.
     public var requestTimeout: Duration
+    /// Time a publish may wait to be sent while the connection recovers or the broker blocks publishers.
+    public var publishTimeout: Duration
     /// Protocol versions offered, in any order; the server picks the highest it speaks.
     public var versions: [ProtocolVersion]
+    /// Automatic recovery after a dropped connection; nil turns it off (the connection then fails for good).
+    public var recovery: RecoveryPolicy?
+    /// With confirms on: re-send publishes still awaiting their confirm when the connection dropped, once it is
+    /// back (at-least-once: the broker may then hold the message twice; the message id is the same). When false,
+    /// such publishes fail with `connectionClosed` instead.
+    public var republishUnconfirmed: Bool
+    /// Graceful shutdown (``BrokerConnection/run()`` under a `ServiceGroup`): how long to wait for in-flight
+    /// deliveries to be settled and publishes to be confirmed before closing anyway.
+    public var shutdownTimeout: Duration
+    /// Where the connection logs; its metadata carries the client name and the broker's connection id.
+    public var logger: Logger
 
     public init(host: String = "127.0.0.1", port: Int = 5680, user: String = "guest", password: String = "guest",
                 clientName: String = "swift-client", heartbeatSeconds: UInt16 = 0, maxFrameSize: UInt32 = 0,
                 connectTimeout: Duration = .seconds(10), requestTimeout: Duration = .seconds(30),
-                versions: [ProtocolVersion] = ProtocolVersion.supported) {
-        self.host = host
-        self.port = port
+                publishTimeout: Duration = .seconds(30), versions: [ProtocolVersion] = ProtocolVersion.supported,
+                recovery: RecoveryPolicy? = .default, republishUnconfirmed: Bool = true, shutdownTimeout: Duration = .seconds(10),
+                logger: Logger = Logger(label: "brokerd.client")) {
+        self.endpoints = [Endpoint(host: host, port: port)]
         self.user = user
         self.password = password
         self.clientName = clientName
@@ -33,7 +72,18 @@ public struct ClientConfiguration: Sendable {
         self.maxFrameSize = maxFrameSize
         self.connectTimeout = connectTimeout
         self.requestTimeout = requestTimeout
+        self.publishTimeout = publishTimeout
         self.versions = versions
+        self.recovery = recovery
+        self.republishUnconfirmed = republishUnconfirmed
+        self.shutdownTimeout = shutdownTimeout
+        self.logger = logger
+    }
+
+    /// A configuration that tries `endpoints` in turn.
+    public init(endpoints: [Endpoint], user: String = "guest", password: String = "guest", clientName: String = "swift-client") {
+        self.init(user: user, password: password, clientName: clientName)
+        self.endpoints = endpoints
     }
 }
 
@@ -49,23 +99,25 @@ public struct Message: Sendable {
     public var messageCount: UInt32?
     /// The connection the message arrived on; acks go back through it.
     public let connection: BrokerConnection
+    /// Which of the connection's sockets delivered it: a delivery tag is valid only on that one.
+    let epoch: UInt64
 
     /// The body as UTF-8 text.
     public var bodyString: String { String(buffer: body) }
 
     /// Acknowledges this delivery (and, with `multiple`, every earlier one on the connection).
     public func ack(multiple: Bool = false) async throws {
-        try await connection.ack(deliveryTag, multiple: multiple)
+        try await connection.settle(epoch: epoch, deliveryTag: deliveryTag, multiple: multiple, .ack)
     }
 
     /// Negatively acknowledges; with `requeue` the message goes back to the head of its queue, marked redelivered.
     public func nack(multiple: Bool = false, requeue: Bool = true) async throws {
-        try await connection.nack(deliveryTag, multiple: multiple, requeue: requeue)
+        try await connection.settle(epoch: epoch, deliveryTag: deliveryTag, multiple: multiple, .nack(requeue: requeue))
     }
 
     /// Rejects this one delivery.
     public func reject(requeue: Bool = false) async throws {
-        try await connection.reject(deliveryTag, requeue: requeue)
+        try await connection.settle(epoch: epoch, deliveryTag: deliveryTag, multiple: false, .reject(requeue: requeue))
     }
 }
 

@@ -8,7 +8,8 @@ public import WireProtocol
 /// Replies that arrive after their call timed out are dropped. One `RPCClient` serves any number of concurrent calls.
 public final class RPCClient: Sendable {
     public let connection: BrokerConnection
-    /// The exclusive, server-named queue replies come to.
+    /// The exclusive, server-named queue replies come to, as first declared. After a reconnect the broker names it
+    /// anew; each call asks the connection for the current name (``BrokerConnection/currentQueue(of:)``).
     public let replyQueue: String
     private let waiting = Mutex<[String: Pending]>([:])
 
@@ -65,7 +66,7 @@ public final class RPCClient: Sendable {
         let id = Self.correlationId()
         var properties = properties
         properties.correlationId = id
-        properties.replyTo = replyQueue
+        properties.replyTo = await connection.currentQueue(of: consumer) ?? replyQueue
         let request = properties
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Message, any Error>) in
@@ -131,20 +132,26 @@ extension BrokerConnection {
         let consumer = try await consume(queue: queue, prefetch: prefetch)
         for try await request in consumer {
             guard let replyTo = request.properties.replyTo else {
-                try await request.reject(requeue: false)
+                try? await request.reject(requeue: false)
                 continue
             }
             let reply: RPCReply
             do {
                 reply = try await handler(request)
             } catch {
-                try await request.reject(requeue: false)
+                try? await request.reject(requeue: false)
                 continue
             }
             var properties = reply.properties
             properties.correlationId = request.properties.correlationId
             try await publish(exchange: "", routingKey: replyTo, body: reply.body, properties: properties)
-            try await request.ack()
+            do {
+                try await request.ack()
+            } catch let error as BrokerError where error.code == .staleDelivery {
+                // The connection dropped after the request arrived: the broker redelivers it, and the caller
+                // (matching by correlation id) takes whichever reply comes first.
+                continue
+            }
         }
     }
 }

@@ -42,6 +42,9 @@ public struct BrokerError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let resourceError = Code(rawValue: 506)
         /// The frame type is unknown to this protocol version.
         public static let unknownFrame = Code(rawValue: 540)
+        /// A delivery was settled on a later connection than the one that delivered it (client side only): the
+        /// old connection dropped, the broker redelivers the message, and the redelivery is the one to settle.
+        public static let staleDelivery = Code(rawValue: 598)
         /// The connection is closed (client side only).
         public static let connectionClosed = Code(rawValue: 599)
 
@@ -64,6 +67,7 @@ public struct BrokerError: Error, Hashable, Sendable, CustomStringConvertible {
             case 505: "UNSUPPORTED_VERSION"
             case 506: "RESOURCE_ERROR"
             case 540: "UNKNOWN_FRAME"
+            case 598: "STALE_DELIVERY"
             case 599: "CONNECTION_CLOSED"
             default: "CODE_\(rawValue)"
             }

@@ -53,7 +53,8 @@ struct ConnectionOptions: ParsableArguments {
     /// Connects, runs `body`, closes; every failure becomes a message on stderr and its exit code.
     func run<T>(_ body: (BrokerConnection) async throws -> T) async throws -> T {
         let configuration = ClientConfiguration(host: host, port: port, user: user, password: password, clientName: "brokerctl",
-                                                connectTimeout: .seconds(5), requestTimeout: .seconds(10))
+                                                connectTimeout: .seconds(5), requestTimeout: .seconds(10),
+                                                recovery: nil)  // a one-shot command reports a dropped connection, it does not wait
         do {
             return try await BrokerConnection.withConnection(configuration, body)
         } catch let error as BrokerError {

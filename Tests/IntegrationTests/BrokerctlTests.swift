@@ -178,7 +178,7 @@ struct BrokerctlTests {
         let (selfDelete, _, selfDeleteErr) = try ctl(port, ["users", "delete", "ops"], user: "ops", password: "second")
         #expect(selfDelete == 65 && selfDeleteErr.contains("connected as"))
         // Deleting a user closes its connections.
-        let appConnection = try await BrokerConnection.connect(ClientConfiguration(port: port, user: "app", password: "app-secret"))
+        let appConnection = try await BrokerConnection.connect(withoutRecovery(ClientConfiguration(port: port, user: "app", password: "app-secret")))
         #expect(try ctl(port, ["users", "delete", "app"]).0 == 0)
         do {
             _ = try await appConnection.declareQueue("after-delete")

@@ -121,17 +121,29 @@ struct ConsumerTests {
 
     @Test("acking an unknown tag is an error that leaves the connection open")
     func unknownTag() async throws {
-        try await withBroker { _, config in
+        try await withBroker { server, config in
+            // The client refuses it locally, before the broker sees it.
             try await withConnection(config) { c in
                 try await c.declareQueue("q")
-                try await c.ack(12345)
-                var errors = c.errors.makeAsyncIterator()
-                let error = try #require(await errors.next())
-                #expect(error.code == .preconditionFailed)
-                #expect(error.message.contains("12345"))
-                // The connection is still open.
+                await expectBrokerError(.preconditionFailed) { try await c.ack(12345) }
                 #expect(try await c.declareQueue("q", passive: true).name == "q")
             }
+            // The broker answers a raw client's ack of an unknown tag with an error and keeps the connection.
+            let raw = try RawSocket(port: server.port)
+            _ = try raw.handshake()
+            raw.send(.ack(Settle(deliveryTag: 12345)))
+            raw.send(.queueDeclare(QueueDeclare(requestId: 1, name: "q", passive: true)))
+            guard case .error(let error)? = try raw.receive() else {
+                Issue.record("no error frame for the unknown tag")
+                return
+            }
+            #expect(error.code == .preconditionFailed && error.requestId == 0)
+            #expect(error.text.contains("12345"))
+            guard case .queueDeclareOk(let ok)? = try raw.receive() else {
+                Issue.record("the connection did not stay open")
+                return
+            }
+            #expect(ok.name == "q")
         }
     }
 
@@ -182,7 +194,7 @@ struct ConsumerTests {
         var consumer: Consumer?
         try await withBroker { _, config in
             configuration = config
-            let c = try await BrokerConnection.connect(config)
+            let c = try await BrokerConnection.connect(withoutRecovery(config))
             try await c.declareQueue("q")
             consumer = try await c.consume(queue: "q")
         }

@@ -29,7 +29,9 @@ struct CrashTests {
         var redeliveredAfterAck = 0
         for cycle in 0..<10 {
             let (process, port, _) = try DaemonTests.startDaemon(dataDirectory: dir)
-            let config = ClientConfiguration(port: port, connectTimeout: .seconds(5), requestTimeout: .seconds(5))
+            // Fresh connections each cycle, without automatic recovery: this test is about the broker's own recovery
+            // (RecoveryTests covers the client's).
+            let config = withoutRecovery(ClientConfiguration(port: port, connectTimeout: .seconds(5), requestTimeout: .seconds(5)))
             let publisher = try await BrokerConnection.connect(config)
             let consumerConnection = try await BrokerConnection.connect(config)
             try await publisher.declareQueue("crash", durable: true)
@@ -37,23 +39,13 @@ struct CrashTests {
             let ackedBefore = ledger.acked.withLock { $0 }
 
             let publishing = Task {
-                await withTaskGroup(of: Void.self) { group in
-                    for _ in 0..<4 {
-                        group.addTask {
-                            while !Task.isCancelled {
-                                let n = ledger.next.withLock { value -> Int in
-                                    value += 1
-                                    return value
-                                }
-                                do {
-                                    try await publisher.publish(routingKey: "crash", body: Self.body(n),
-                                                                properties: MessageProperties(persistent: true))
-                                    _ = ledger.confirmed.withLock { $0.insert(n) }
-                                } catch {
-                                    return
-                                }
-                            }
-                        }
+                await publishNumbered(publishers: 4, nextNumber: { ledger.next.withLock { $0 += 1; return $0 } }) { n in
+                    do {
+                        try await publisher.publish(routingKey: "crash", body: Self.body(n), properties: MessageProperties(persistent: true))
+                        _ = ledger.confirmed.withLock { $0.insert(n) }
+                        return true
+                    } catch {
+                        return false
                     }
                 }
             }

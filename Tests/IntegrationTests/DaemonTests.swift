@@ -100,7 +100,7 @@ struct DaemonTests {
             process.terminate()
             throw error
         }
-        let watcher = try await BrokerConnection.connect(ClientConfiguration(port: port))
+        let watcher = try await BrokerConnection.connect(withoutRecovery(ClientConfiguration(port: port)))
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)

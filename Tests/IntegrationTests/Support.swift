@@ -28,7 +28,8 @@ func withBroker(users: UserStore = UserStore(), heartbeat: UInt16 = 0, maxFrameS
     configuration.handshakeTimeoutSeconds = 5
     let server = try await BrokerServer.start(configuration: configuration, users: users,
                                               logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-    let client = ClientConfiguration(port: server.port, clientName: "tests", connectTimeout: .seconds(5), requestTimeout: .seconds(5))
+    var client = ClientConfiguration(port: server.port, clientName: "tests", connectTimeout: .seconds(5), requestTimeout: .seconds(5))
+    client.logger = quietLogger
     do {
         try await body(server, client)
     } catch {
@@ -36,6 +37,17 @@ func withBroker(users: UserStore = UserStore(), heartbeat: UInt16 = 0, maxFrameS
         throw error
     }
     await server.shutdown()
+}
+
+/// A logger that drops everything (clients in tests would otherwise log reconnect attempts to stdout).
+let quietLogger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+/// A client configuration without automatic recovery, for tests of what the broker does when a connection ends.
+func withoutRecovery(_ configuration: ClientConfiguration) -> ClientConfiguration {
+    var configuration = configuration
+    configuration.recovery = nil
+    configuration.logger = quietLogger
+    return configuration
 }
 
 /// A fresh path under the system's temporary directory.
@@ -78,6 +90,21 @@ func next(_ consumer: Consumer, timeout: Duration = .seconds(5)) async throws ->
             throw BrokerError(.timeout, "no delivery within \(timeout)")
         }
         return message
+    }
+}
+
+/// Runs `publishers` concurrent loops until the task is cancelled or `publish` returns false: each loop takes the
+/// next number from `nextNumber` and publishes it.
+func publishNumbered(publishers: Int, nextNumber: @escaping @Sendable () -> Int,
+                     _ publish: @escaping @Sendable (Int) async -> Bool) async {
+    await withTaskGroup(of: Void.self) { group in
+        for _ in 0..<publishers {
+            group.addTask {
+                while !Task.isCancelled {
+                    if await !publish(nextNumber()) { return }
+                }
+            }
+        }
     }
 }
 
