@@ -4,7 +4,7 @@ import NIOCore
 import WireProtocol
 
 /// Columns of a shown message (get and peek).
-let messageColumns = ["exchange", "routing_key", "redelivered", "body_size", "body", "properties"]
+let messageColumns = PeekedMessage.columns
 
 /// The checks `get` and `peek` share: queue name, count range, columns.
 func validateMessageCommand(queue: String, count: Int, maximum: Int, output: OutputOptions) throws {
@@ -55,20 +55,15 @@ extension Brokerctl {
                         try await client.ack(last.deliveryTag, multiple: true)
                     }
                 }
-                return taken.map(Self.row)
+                return try encodeRows(taken.map(Self.row))
             }
             try printMessages(rows, queue: queue, output: output)
         }
 
-        static func row(_ message: Message) -> FieldTable {
-            [
-                "exchange": .string(message.exchange),
-                "routing_key": .string(message.routingKey),
-                "redelivered": .bool(message.redelivered),
-                "body_size": .int(Int64(message.body.readableBytes)),
-                "body": .bytes(Array(buffer: message.body)),
-                "properties": .table(message.properties.table),
-            ]
+        /// A message taken, shown like a peeked one.
+        static func row(_ message: Message) -> PeekedMessage {
+            PeekedMessage(exchange: message.exchange, routingKey: message.routingKey, redelivered: message.redelivered,
+                          body: Array(buffer: message.body), properties: message.properties.table)
         }
     }
 }

@@ -2,6 +2,11 @@ import ArgumentParser
 import BrokerClient
 import WireProtocol
 
+/// Typed rows as the tables brokerctl renders (keys are the rows' coding keys).
+func encodeRows<Row: Encodable>(_ rows: [Row]) throws -> [FieldTable] {
+    try rows.map { try FieldTableEncoder().encode($0) }
+}
+
 extension Brokerctl {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -41,14 +46,29 @@ extension Brokerctl {
                 return lines.joined(separator: "\n")
             }
 
-            var extra: [String] {
+            /// The Swift type of this listing's rows: its coding keys are the columns there are.
+            var rowType: any ManagementRow.Type {
                 switch self {
-                case .queues:
-                    ["durable", "auto_delete", "exclusive", "owner_connection", "messages", "published", "delivered", "arguments"]
-                case .exchanges: ["builtin"]
-                case .bindings: []
-                case .connections: ["published", "delivered", "confirm_mode", "connected_seconds"]
-                case .consumers: ["connection_name", "exclusive"]
+                case .queues: QueueRow.self
+                case .exchanges: ExchangeRow.self
+                case .bindings: BindingRow.self
+                case .connections: ConnectionRow.self
+                case .consumers: ConsumerRow.self
+                }
+            }
+
+            /// The columns shown only when asked for: every field of the row type not among the defaults.
+            var extra: [String] { rowType.columns.filter { !defaults.contains($0) } }
+
+            /// The rows, fetched as their Swift type and encoded back to tables, so that what brokerctl prints
+            /// (table or JSON) is exactly what the typed API returns.
+            func rows(_ connection: BrokerConnection) async throws -> [FieldTable] {
+                switch self {
+                case .queues: try encodeRows(try await connection.listQueues())
+                case .exchanges: try encodeRows(try await connection.listExchanges())
+                case .bindings: try encodeRows(try await connection.listBindings())
+                case .connections: try encodeRows(try await connection.listConnections())
+                case .consumers: try encodeRows(try await connection.listConsumers())
                 }
             }
         }
@@ -67,7 +87,7 @@ extension Brokerctl {
         func run() async throws {
             let renderer = Renderer(format: output.format, requested: output.columnList)
             let columns = try renderer.columns(defaults: kind.defaults, available: kind.defaults + kind.extra)
-            let rows = try await connection.run { try await $0.list(kind.rawValue) }
+            let rows = try await connection.run { try await kind.rows($0) }
             print(renderer.render(rows, columns: columns))
         }
     }

@@ -25,13 +25,9 @@ extension Brokerctl {
         }
 
         func run() async throws {
-            var arguments: FieldTable = ["source": .string(source), "destination": .string(destination)]
-            if let count { arguments["count"] = .int(Int64(count)) }
-            let result = try await connection.run { try await $0.manage("queue.move", arguments) }
-            let moved = result["moved"]?.intValue ?? 0
-            let remaining = result["remaining"]?.intValue ?? 0
-            print("moved \(moved) messages from '\(source)' to '\(destination)' (\(remaining) left in '\(source)')")
-            if let stopped = result["stopped"]?.stringValue {
+            let result = try await connection.run { try await $0.move(from: source, to: destination, count: count) }
+            print("moved \(result.moved) messages from '\(source)' to '\(destination)' (\(result.remaining) left in '\(source)')")
+            if let stopped = result.stopped {
                 throw Failure(error: BrokerError(.resourceError, "stopped early: \(stopped)"), address: connection.address).exit()
             }
         }

@@ -18,7 +18,7 @@ extension Brokerctl {
         }
 
         func run() async throws {
-            let rows = try await connection.run { try await $0.rows("queue.peek", ["queue": .string(queue), "count": .int(Int64(count))]) }
+            let rows = try await connection.run { try encodeRows(try await $0.peek(queue: queue, count: count)) }
             try printMessages(rows, queue: queue, output: output)
         }
     }

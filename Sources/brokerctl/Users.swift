@@ -44,9 +44,8 @@ extension Brokerctl.Users {
 
         func run() async throws {
             let renderer = Renderer(format: output.format, requested: output.columnList)
-            let all = ["name", "admin", "loopback_only"]
-            let columns = try renderer.columns(defaults: all, available: all)
-            let rows = try await connection.run { try await $0.rows("user.list") }
+            let columns = try renderer.columns(defaults: UserRow.columns, available: UserRow.columns)
+            let rows = try await connection.run { try encodeRows(try await $0.listUsers()) }
             print(renderer.render(rows, columns: columns))
         }
     }
@@ -61,9 +60,7 @@ extension Brokerctl.Users {
 
         func run() async throws {
             let secret = try password.read()
-            _ = try await connection.run {
-                try await $0.manage("user.add", ["name": .string(name), "password": .string(secret), "admin": .bool(admin)])
-            }
+            try await connection.run { try await $0.addUser(name, password: secret, admin: admin) }
             print("user '\(name)' added\(admin ? " (administrator)" : "")")
         }
     }
@@ -75,7 +72,7 @@ extension Brokerctl.Users {
         @OptionGroup var connection: ConnectionOptions
 
         func run() async throws {
-            _ = try await connection.run { try await $0.manage("user.delete", ["name": .string(name)]) }
+            try await connection.run { try await $0.deleteUser(name) }
             print("user '\(name)' deleted")
         }
     }
@@ -89,7 +86,7 @@ extension Brokerctl.Users {
 
         func run() async throws {
             let secret = try password.read()
-            _ = try await connection.run { try await $0.manage("user.passwd", ["name": .string(name), "password": .string(secret)]) }
+            try await connection.run { try await $0.changePassword(of: name, to: secret) }
             print("password of '\(name)' changed")
         }
     }

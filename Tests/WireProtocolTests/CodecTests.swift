@@ -190,3 +190,49 @@ struct EnvelopeTests {
         #expect(throws: BrokerError.self) { try PublishView(parsing: payload) }  // undefined flag bit
     }
 }
+
+/// Codable over field tables (the typed management rows).
+@Suite struct FieldTableCodingTests {
+    struct Row: Codable, Equatable {
+        struct Inner: Codable, Equatable {
+            var flag: Bool
+            var ratio: Double
+        }
+        var name: String
+        var count: Int64
+        var small: UInt16
+        var optional: String?
+        var bytes: [UInt8]
+        var inner: Inner
+        var list: [Inner]
+        var names: [String]
+        var raw: FieldTable
+    }
+
+    @Test func roundTrip() throws {
+        let row = Row(name: "q", count: -5, small: 7, optional: nil, bytes: [0, 255], inner: .init(flag: true, ratio: 0.5),
+                      list: [.init(flag: false, ratio: 2)], names: ["a", "b"], raw: ["x": .array([.int(1)])])
+        let table = try FieldTableEncoder().encode(row)
+        #expect(table["name"] == .string("q"))
+        #expect(table["count"] == .int(-5))
+        #expect(table["optional"] == nil)
+        #expect(table["bytes"] == .bytes([0, 255]))
+        #expect(table["inner"] == .table(["flag": .bool(true), "ratio": .double(0.5)]))
+        #expect(table["list"] == .array([.table(["flag": .bool(false), "ratio": .double(2)])]))
+        #expect(table["raw"] == .table(["x": .array([.int(1)])]))
+        #expect(try FieldTableDecoder().decode(Row.self, from: table) == row)
+    }
+
+    @Test func mismatchesAreErrorsNotTraps() {
+        var table: FieldTable = ["name": .int(1), "count": .int(1), "small": .int(1), "bytes": .bytes([]),
+                                 "inner": .table(["flag": .bool(true), "ratio": .int(1)]), "list": .array([]), "names": .array([]),
+                                 "raw": .table([:])]
+        #expect(throws: DecodingError.self) { try FieldTableDecoder().decode(Row.self, from: table) }
+        table["name"] = .string("ok")
+        table["small"] = .int(70_000)  // does not fit UInt16
+        #expect(throws: DecodingError.self) { try FieldTableDecoder().decode(Row.self, from: table) }
+        table["small"] = .int(1)
+        table["inner"] = nil
+        #expect(throws: DecodingError.self) { try FieldTableDecoder().decode(Row.self, from: table) }
+    }
+}
