@@ -152,7 +152,10 @@ let package = Package(
         ),
         .testTarget(
             name: "BrokerClientTests",
-            dependencies: ["BrokerClient", "WireProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "BrokerClient", "WireProtocol", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+            ],
             swiftSettings: upcoming
         ),
         .testTarget(
@@ -176,6 +179,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: upcoming
         ),

@@ -1,4 +1,5 @@
 public import Logging
+public import Metrics
 public import NIOCore
 public import WireProtocol
 
@@ -57,6 +58,9 @@ public struct ClientConfiguration: Sendable {
     public var shutdownTimeout: Duration
     /// Where the connection logs; its metadata carries the client name and the broker's connection id.
     public var logger: Logger
+    /// Where the connection's counters go (`brokerd_client_*_total`, labelled `client`); nil uses the process's
+    /// bootstrapped `MetricsSystem` (a no-op until one is bootstrapped).
+    public var metricsFactory: (any MetricsFactory)?
 
     public init(host: String = "127.0.0.1", port: Int = 5680, user: String = "guest", password: String = "guest",
                 clientName: String = "swift-client", heartbeatSeconds: UInt16 = 0, maxFrameSize: UInt32 = 0,

@@ -52,7 +52,7 @@ final class ConnectionDriver {
         self.events = events
         self.opened = loop.makePromise()
         self.terminated = loop.makePromise()
-        self.metrics = ClientMetrics(clientName: configuration.clientName)
+        self.metrics = ClientMetrics(clientName: configuration.clientName, factory: configuration.metricsFactory ?? MetricsSystem.factory)
         var logger = configuration.logger
         logger[metadataKey: "brokerd.client"] = .string(configuration.clientName)
         self.logger = logger
@@ -97,6 +97,7 @@ final class ConnectionDriver {
             ClientMessage.hello(hello).encode(into: &buffer)
             channel.writeAndFlush(buffer, promise: nil)
         case .send(let message):
+            if case .publish = message { metrics.published.increment() }
             send(message)
         case .closeChannel:
             // The machine has already accounted for this socket's end: later events from it are ignored.
@@ -121,10 +122,8 @@ final class ConnectionDriver {
             calls.removeValue(forKey: call)?.fail(error)
         case .written(let id):
             guard let promise = publishes.removeValue(forKey: id) else { return }
-            metrics.published.increment()
             if channel?.isWritable ?? true { promise.succeed() } else { writabilityWaiters.append(promise) }
         case .confirmed(let id):
-            metrics.published.increment()
             metrics.confirmed.increment()
             publishes.removeValue(forKey: id)?.succeed()
         case .publishFailed(let id, let error):
@@ -451,14 +450,17 @@ struct ClientMetrics {
     let acked: Counter
     let reconnects: Counter
 
-    init(clientName: String) {
+    init(clientName: String, factory: any MetricsFactory) {
         let dimensions = [("client", clientName)]
-        published = Counter(label: "brokerd_client_published_total", dimensions: dimensions)
-        confirmed = Counter(label: "brokerd_client_confirmed_total", dimensions: dimensions)
-        nacked = Counter(label: "brokerd_client_nacked_total", dimensions: dimensions)
-        delivered = Counter(label: "brokerd_client_delivered_total", dimensions: dimensions)
-        acked = Counter(label: "brokerd_client_settled_total", dimensions: dimensions)
-        reconnects = Counter(label: "brokerd_client_reconnects_total", dimensions: dimensions)
+        func counter(_ name: String) -> Counter {
+            Counter(label: "brokerd_client_\(name)_total", dimensions: dimensions, factory: factory)
+        }
+        published = counter("published")
+        confirmed = counter("confirmed")
+        nacked = counter("nacked")
+        delivered = counter("delivered")
+        acked = counter("settled")
+        reconnects = counter("reconnects")
     }
 }
 

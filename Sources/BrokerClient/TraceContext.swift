@@ -19,17 +19,18 @@ enum TraceContextCarrier {
         }
     }
 
-    static func inject(_ context: ServiceContext, into properties: inout MessageProperties) {
+    static func inject(_ context: ServiceContext, into properties: inout MessageProperties,
+                       instrument: any Instrument = InstrumentationSystem.instrument) {
         var headers = properties.headers ?? [:]
         let before = headers.count
-        InstrumentationSystem.instrument.inject(context, into: &headers, using: HeaderInjector())
+        instrument.inject(context, into: &headers, using: HeaderInjector())
         if headers.count != before { properties.headers = headers }
     }
 
-    static func extract(from properties: MessageProperties) -> ServiceContext {
+    static func extract(from properties: MessageProperties, instrument: any Instrument = InstrumentationSystem.instrument) -> ServiceContext {
         var context = ServiceContext.topLevel
         if let headers = properties.headers {
-            InstrumentationSystem.instrument.extract(headers, into: &context, using: HeaderExtractor())
+            instrument.extract(headers, into: &context, using: HeaderExtractor())
         }
         return context
     }
