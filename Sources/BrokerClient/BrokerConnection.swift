@@ -28,7 +28,8 @@ public final class BrokerConnection: Sendable, Service {
     /// (for example to a missing exchange) or an ack, nack or reject of an unknown delivery tag.
     public let errors: AsyncStream<BrokerError>
     /// Flow control: the broker stopped reading this connection's publishes (an alarm, such as free disk below its
-    /// limit) or resumed. Publishes made while blocked wait; they do not fail.
+    /// limit) or resumed. Publishes made while blocked wait (up to ``ClientConfiguration/publishTimeout``, then fail
+    /// with `TIMEOUT`), so the connection stays readable for acks and requests.
     public let flow: AsyncStream<FlowEvent>
     /// Disconnected, reconnecting, recovered, failed, closed: the connection's life, for a service to log or act on.
     public let events: AsyncStream<ConnectionEvent>

@@ -84,10 +84,11 @@ public struct ClientConfiguration: Sendable {
         self.logger = logger
     }
 
-    /// A configuration that tries `endpoints` in turn.
+    /// A configuration that tries `endpoints` in turn (an empty list means the default, 127.0.0.1:5680).
     public init(endpoints: [Endpoint], user: String = "guest", password: String = "guest", clientName: String = "swift-client") {
         self.init(user: user, password: password, clientName: clientName)
-        self.endpoints = endpoints
+        // Observers do not run in an initializer, so the non-empty rule is applied here too.
+        if !endpoints.isEmpty { self.endpoints = endpoints }
     }
 }
 

@@ -101,6 +101,9 @@ struct ClientStateMachine {
         var arguments: FieldTable
         /// The broker's tag on the current connection; nil while not (yet, or no longer) registered.
         var serverTag: UInt32?
+        /// Whether the broker ever accepted this consumer: only those are resumed after a reconnect (a consume
+        /// still waiting in the queue of requests goes out by itself).
+        var registered = false
     }
 
     /// A request that waits for the connection to be open (issued while recovering or waiting to reconnect).
@@ -453,7 +456,7 @@ struct ClientStateMachine {
             for binding in bindings {
                 actions.append(sendRecovery(.binding) { var b = binding; b.requestId = $0; return .queueBind(b) })
             }
-            for (id, record) in consumers.sorted(by: { $0.key < $1.key }) {
+            for (id, record) in consumers.sorted(by: { $0.key < $1.key }) where record.registered {
                 actions.append(sendRecovery(.consumer(id)) {
                     .consume(Consume(requestId: $0, queue: record.queue, noAck: record.noAck, exclusive: record.exclusive,
                                      prefetch: record.prefetch, arguments: record.arguments))
@@ -530,6 +533,7 @@ struct ClientStateMachine {
         case .consume(let call, let consumer):
             guard case .consumeOk(let ok) = message, var record = consumers[consumer] else { return [.succeed(call, message)] }
             record.serverTag = ok.consumerTag
+            record.registered = true
             consumers[consumer] = record
             consumerByTag[ok.consumerTag] = consumer
             return [.succeed(call, message)]
@@ -540,9 +544,7 @@ struct ClientStateMachine {
         case .abandoned(let wasConsume):
             if wasConsume, case .consumeOk(let ok) = message {
                 // Nobody holds this consumer: cancel it at the broker so its messages go to others.
-                let id = allocateRequestId()
-                pending[id] = PendingRequest(purpose: .abandoned(wasConsume: false), deadline: nil)
-                return [.send(.cancel(Cancel(requestId: id, consumerTag: ok.consumerTag)))]
+                return [cancelOrphan(tag: ok.consumerTag)]
             }
             return []
         case .recovery(let step):
@@ -551,6 +553,10 @@ struct ClientStateMachine {
                 if case .queueDeclareOk(let ok) = message { rename(queue: recordedName, to: ok.name) }
             case .consumer(let consumer):
                 if case .consumeOk(let ok) = message {
+                    guard consumers[consumer] != nil else {
+                        // Cancelled by the caller while it was being resumed: cancel it at the broker too.
+                        return [cancelOrphan(tag: ok.consumerTag)] + advanceRecovery()
+                    }
                     consumers[consumer]?.serverTag = ok.consumerTag
                     consumerByTag[ok.consumerTag] = consumer
                 }
@@ -559,6 +565,13 @@ struct ClientStateMachine {
             }
             return advanceRecovery()
         }
+    }
+
+    /// Cancels, at the broker, a consumer nobody holds; its answer is ignored.
+    private mutating func cancelOrphan(tag: UInt32) -> Action {
+        let id = allocateRequestId()
+        pending[id] = PendingRequest(purpose: .abandoned(wasConsume: false), deadline: nil)
+        return .send(.cancel(Cancel(requestId: id, consumerTag: tag)))
     }
 
     private mutating func answerError(_ requestId: UInt32, _ error: BrokerError) -> [Action] {

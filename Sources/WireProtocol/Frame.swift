@@ -118,6 +118,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
         self.expectsMagic = expectsMagic
     }
 
+    @inlinable  // compiled into the caller: see FrameReader
     public mutating func decode(buffer: inout ByteBuffer) throws -> Frame? {
         if expectsMagic {
             guard buffer.readableBytes >= protocolMagic.count else { return nil }

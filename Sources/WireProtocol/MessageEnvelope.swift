@@ -16,7 +16,8 @@ public struct MessageEnvelope: Hashable, Sendable {
     public let propertyFlags: UInt16
 
     /// Parses an envelope, checking every length and the structure of the properties block, without building the
-    /// names (see ``names()``).
+    /// names (see ``names()``). Inlinable so that it compiles into the broker's hot modules (see ``FrameReader``).
+    @inlinable
     public init(parsing bytes: ByteBuffer) throws(BrokerError) {
         var reader = bytes
         let exchangeLength = Int(try reader.readInt("exchange", as: UInt8.self))
@@ -116,6 +117,7 @@ public struct PublishView: Sendable {
     }
 
     /// Parses a `publish` payload (docs/protocol.md §9.1).
+    @inlinable
     public init(parsing payload: ByteBuffer) throws(BrokerError) {
         var reader = payload
         let flags = try reader.readFlags("publish flags", allowed: 0b1)

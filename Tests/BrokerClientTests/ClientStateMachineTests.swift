@@ -320,3 +320,47 @@ import WireProtocol
         #expect(!RecoveryPolicy(maximumAttempts: 3).allows(attempt: 4))
     }
 }
+
+extension ClientStateMachineTests {
+    @Test func aConsumeMadeWhileDisconnectedIsSentOnceNotAlsoResumed() {
+        var m = openMachine()
+        _ = m.channelClosed(nil)
+        #expect(m.consume(1, consumer: 100, Consume(requestId: 0, queue: "q", prefetch: 5), now: t0) == [])
+        let recovery = reconnect(&m)
+        // No topology and no registered consumer: recovery is done at once, then the queued consume goes out, once.
+        #expect(recovery.count == 2)
+        #expect(recovery.first == .event(.recovered))
+        guard case .send(.consume(let consume)) = recovery.last else { Issue.record("\(recovery)"); return }
+        #expect(consume.prefetch == 5)
+        #expect(m.received(.consumeOk(ConsumeOk(requestId: consume.requestId, consumerTag: 4)), now: t0)
+            == [.succeed(1, .consumeOk(ConsumeOk(requestId: consume.requestId, consumerTag: 4)))])
+    }
+
+    @Test func aConsumerCancelledWhileBeingResumedIsCancelledAtTheBroker() {
+        var m = openMachine()
+        _ = m.consume(1, consumer: 100, Consume(requestId: 0, queue: "q"), now: t0)
+        _ = m.received(.consumeOk(ConsumeOk(requestId: 1, consumerTag: 1)), now: t0)
+        _ = m.channelClosed(nil)
+        let resume = reconnect(&m)
+        guard case .send(.consume(let consume)) = resume.first, resume.count == 1 else { Issue.record("\(resume)"); return }
+        // The caller cancels before the broker answered the resumed consume: it ends locally at once...
+        #expect(m.cancel(2, consumer: 100, now: t0) == [.succeed(2, .ok(requestId: 0)), .finishConsumer(100, nil)])
+        // ...and when the broker registers it, the client cancels it there, then recovery completes.
+        let late = m.received(.consumeOk(ConsumeOk(requestId: consume.requestId, consumerTag: 7)), now: t0)
+        #expect(late.count == 2)
+        guard case .send(.cancel(let cancel)) = late.first else { Issue.record("\(late)"); return }
+        #expect(cancel.consumerTag == 7)
+        #expect(late.last == .event(.recovered))
+    }
+
+    @Test func accessRefusedOnReconnectIsTerminal() {
+        var m = openMachine()
+        _ = m.channelClosed(nil)
+        #expect(m.reconnectTimerFired() == [.connect(endpoint: 0)])
+        _ = m.channelActive(now: t0)
+        _ = m.received(.helloOk(Self.helloOk), now: t0)
+        let actions = m.received(.close(Close(code: .accessRefused, reason: "user 'guest' was deleted")), now: t0)
+        let error = BrokerError(.accessRefused, "the broker refused this client's credentials on reconnect: user 'guest' was deleted")
+        #expect(actions == [.send(.closeOk), .closeChannel, .event(.failed(error))])
+    }
+}

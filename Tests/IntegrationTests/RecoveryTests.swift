@@ -247,4 +247,21 @@ struct RecoveryTests {
             }
         }
     }
+
+    @Test("connect tries the endpoints in turn; a wrong address first does not stop it")
+    func endpointsInTurn() async throws {
+        try await withBroker { server, client in
+            var configuration = ClientConfiguration(endpoints: [Endpoint(host: "127.0.0.1", port: 1),
+                                                                Endpoint(host: "127.0.0.1", port: server.port)])
+            configuration.logger = quietLogger
+            try await withConnection(configuration) { c in
+                let queue = try await c.declareQueue("reached")
+                #expect(queue.name == "reached")
+            }
+            // No endpoint answers: the first connect fails with the last endpoint's error.
+            var nowhere = ClientConfiguration(endpoints: [Endpoint(host: "127.0.0.1", port: 1), Endpoint(host: "127.0.0.1", port: 1)])
+            nowhere.logger = quietLogger
+            await expectBrokerError(.connectionClosed) { _ = try await BrokerConnection.connect(nowhere) }
+        }
+    }
 }
