@@ -287,6 +287,10 @@ public final class Broker {
         topologyVersion &+= 1
         if m.durable && !m.exclusive && store != nil {
             // An exclusive queue ends with its connection, so it is never kept across restarts.
+            guard nextQueueId < UInt32.max else {
+                queues[name] = nil
+                throw BrokerError(.resourceError, "no durable queue ids left (4,294,967,294 durable queues declared in this data directory); declare it non-durable")
+            }
             queue.durableId = nextQueueId
             nextQueueId += 1
             do {
@@ -527,7 +531,7 @@ public final class Broker {
         let time = now()
         for queue in Array(queues.values) where !queue.isDeleted {
             if queue.arguments.messageTTL != nil || queue.messagesWithOwnExpiry > 0 { queue.expireAll(now: time) }
-            if let expires = queue.arguments.expires, queue.consumers.isEmpty, time &- queue.lastUsed > expires * 1_000_000 {
+            if let expires = queue.arguments.expires, queue.consumers.isEmpty, time &- queue.lastUsed > UInt64(0).saturatingAdd(milliseconds: expires) {
                 removeQueue(queue, reason: "queue unused for its x-expires of \(expires) ms")
             }
         }

@@ -89,9 +89,18 @@ extension Broker {
         }
         var byId: [UInt32: Queue] = [:]
         for q in definitions.queues {
+            // Arguments are checked again: a value the declare-time ranges refuse (written by an older broker, or
+            // by hand) must not stop the broker; the queue and its messages stay, the argument goes, and the log
+            // says so.
+            let (arguments, dropped) = (q.arguments ?? QueueArguments()).revalidated()
+            for reason in dropped {
+                logger.warning("recovery: queue '\(q.name)': argument \(reason); ignored", metadata: ["queue": "\(q.name)"])
+            }
             let queue = Queue(name: q.name, durable: true, autoDelete: q.autoDelete, exclusiveOwner: nil,
-                              arguments: q.arguments ?? QueueArguments(), broker: self)
+                              arguments: arguments, broker: self)
             queue.durableId = q.id
+            // Ids are handed out upwards; never again one a recovered queue holds.
+            nextQueueId = max(nextQueueId, q.id == .max ? .max : q.id + 1)
             queues[q.name] = queue
             byId[q.id] = queue
         }

@@ -168,7 +168,7 @@ public final class Queue {
         }
         guard let ttl else { return }
         let left = ttl > age ? ttl - age : 0
-        message.expiresAt = max(1, broker.now() &+ left * 1_000_000)
+        message.expiresAt = max(1, broker.now().saturatingAdd(milliseconds: left))
     }
 
     /// Whether messages joining this queue get an expiry (a queue TTL, or their own expiration).

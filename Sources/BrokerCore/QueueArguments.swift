@@ -30,6 +30,13 @@ public struct QueueArguments: Codable, Sendable, Equatable {
 
     public init() {}
 
+    /// The largest `x-message-ttl` and `x-expires` (and per-message `expiration`, a UInt32 on the wire):
+    /// 4,294,967,295 ms, about 49.7 days, as RabbitMQ allows. docs/protocol.md §8.2.
+    public static let maximumMilliseconds: Int64 = Int64(UInt32.max)
+    /// The largest `x-max-length`, `x-max-length-bytes` and `x-delivery-limit`: 2^53, so any value survives a trip
+    /// through JSON (metadata.json, `--format json`) unchanged.
+    public static let maximumCount: Int64 = 1 << 53
+
     public static let known = ["x-max-length", "x-max-length-bytes", "x-overflow", "x-message-ttl", "x-expires",
                                "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-delivery-limit"]
 
@@ -39,10 +46,12 @@ public struct QueueArguments: Codable, Sendable, Equatable {
         for key in table.keys.sorted() where !Self.known.contains(key) {
             throw BrokerError(.invalidArgument, "unknown queue argument '\(key)'; known: \(Self.known.joined(separator: ", "))")
         }
-        func integer(_ key: String, minimum: Int64) throws(BrokerError) -> Int64? {
+        func integer(_ key: String, minimum: Int64, maximum: Int64 = Self.maximumCount) throws(BrokerError) -> Int64? {
             guard let value = table[key] else { return nil }
             guard let number = value.intValue else { throw BrokerError(.invalidArgument, "queue argument '\(key)' must be an integer") }
-            guard number >= minimum else { throw BrokerError(.invalidArgument, "queue argument '\(key)' must be at least \(minimum), got \(number)") }
+            guard number >= minimum, number <= maximum else {
+                throw BrokerError(.invalidArgument, "queue argument '\(key)' must be from \(minimum) to \(maximum), got \(number)")
+            }
             return number
         }
         func string(_ key: String) throws(BrokerError) -> String? {
@@ -52,8 +61,8 @@ public struct QueueArguments: Codable, Sendable, Equatable {
         }
         maxLength = try integer("x-max-length", minimum: 0).map { Int($0) }
         maxLengthBytes = try integer("x-max-length-bytes", minimum: 0).map { Int($0) }
-        messageTTL = try integer("x-message-ttl", minimum: 0).map { UInt64($0) }
-        expires = try integer("x-expires", minimum: 1).map { UInt64($0) }
+        messageTTL = try integer("x-message-ttl", minimum: 0, maximum: Self.maximumMilliseconds).map { UInt64($0) }
+        expires = try integer("x-expires", minimum: 1, maximum: Self.maximumMilliseconds).map { UInt64($0) }
         deliveryLimit = try integer("x-delivery-limit", minimum: 0).map { Int($0) }
         if let text = try string("x-overflow") {
             guard let value = Overflow(rawValue: text) else {
@@ -68,6 +77,32 @@ public struct QueueArguments: Codable, Sendable, Equatable {
         if deadLetterRoutingKey != nil && deadLetterExchange == nil {
             throw BrokerError(.invalidArgument, "'x-dead-letter-routing-key' needs 'x-dead-letter-exchange'")
         }
+    }
+
+    /// Arguments read back from the data directory, checked again: a definition an older broker accepted but the
+    /// ranges now refuse keeps its queue (and its messages) with the offending arguments dropped. Returns the
+    /// arguments to use and one line per argument dropped, for the log.
+    public func revalidated() -> (arguments: QueueArguments, dropped: [String]) {
+        var kept = self
+        var dropped: [String] = []
+        func check<T: BinaryInteger>(_ value: T?, _ key: String, _ range: ClosedRange<Int64>) -> T? {
+            guard let value else { return nil }
+            guard let wide = Int64(exactly: value), range.contains(wide) else {
+                dropped.append("\(key)=\(value) is outside \(range.lowerBound)...\(range.upperBound)")
+                return nil
+            }
+            return value
+        }
+        kept.maxLength = check(maxLength, "x-max-length", 0...Self.maximumCount)
+        kept.maxLengthBytes = check(maxLengthBytes, "x-max-length-bytes", 0...Self.maximumCount)
+        kept.messageTTL = check(messageTTL, "x-message-ttl", 0...Self.maximumMilliseconds)
+        kept.expires = check(expires, "x-expires", 1...Self.maximumMilliseconds)
+        kept.deliveryLimit = check(deliveryLimit, "x-delivery-limit", 0...Self.maximumCount)
+        if kept.deadLetterRoutingKey != nil && kept.deadLetterExchange == nil {
+            dropped.append("x-dead-letter-routing-key without x-dead-letter-exchange")
+            kept.deadLetterRoutingKey = nil
+        }
+        return (kept, dropped)
     }
 
     var hasLimits: Bool { maxLength != nil || maxLengthBytes != nil }

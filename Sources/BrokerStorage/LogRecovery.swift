@@ -66,6 +66,10 @@ func readFile(_ path: String) throws -> ByteBuffer {
 /// Reads the log at start: checks every record's CRC, cuts a torn or corrupt tail (and says what it cut), and
 /// rebuilds which messages are still in which queues.
 public enum LogRecovery {
+    /// The largest segment number and message id recovery accepts: 2^62. At a million messages a second that is
+    /// 146,000 years of ids; anything larger was not written by brokerd, and counting on from it would overflow.
+    public static let largestIndex: UInt64 = 1 << 62
+
     public static func recover(directory: String) throws -> RecoveredLog {
         let names: [String]
         do {
@@ -77,6 +81,11 @@ public enum LogRecovery {
             guard name.hasSuffix(".seg") else { return nil }
             return UInt64(name.dropLast(4))
         }.sorted()
+        // Segment numbers and message ids count up from 1 and each run goes on from the largest found: one at the
+        // top of the range cannot have been written by brokerd, and counting on from it would overflow.
+        if let last = segments.last, last > LogRecovery.largestIndex {
+            throw StorageError("\(LogWriter.segmentPath(directory, last)): segment number \(last) is beyond \(LogRecovery.largestIndex), so it was not written by brokerd; move it out of the data directory")
+        }
 
         struct Entry {
             var location: LogLocation
@@ -147,6 +156,9 @@ public enum LogRecovery {
                           record.readableBytes >= Int(count) * 4 else {
                         problem = "malformed publish record"
                         break
+                    }
+                    guard id <= LogRecovery.largestIndex else {
+                        throw StorageError("\(path): a CRC-intact publish record at byte \(recordStart) carries message id \(id), beyond \(LogRecovery.largestIndex), so it was not written by brokerd; move the segment out of the data directory")
                     }
                     var queues: [UInt32] = []
                     for _ in 0..<count { queues.append(record.readInteger(as: UInt32.self) ?? 0) }

@@ -152,6 +152,49 @@ struct LogTests {
         #expect(try recovered.messages.allSatisfy { String(buffer: try $0.readEnvelope(directory: dir)).hasPrefix("message-") })
     }
 
+    /// A CRC-intact publish record, as a fuzzer (or a stray tool) could write one.
+    static func intactPublishRecord(id: UInt64) -> [UInt8] {
+        var payload: [UInt8] = [4]  // publish
+        withUnsafeBytes(of: id.bigEndian) { payload += $0 }
+        withUnsafeBytes(of: UInt64(0).bigEndian) { payload += $0 }  // publishedAt
+        payload += [0, 1, 0, 0, 0, 1]  // one queue: 1
+        payload += Array("body".utf8)
+        let crc = payload.withUnsafeBytes { LogRecord.crc($0) }
+        var record: [UInt8] = []
+        withUnsafeBytes(of: UInt32(payload.count).bigEndian) { record += $0 }
+        withUnsafeBytes(of: crc.bigEndian) { record += $0 }
+        return record + payload
+    }
+
+    @Test("impossible numbers on disk refuse the directory with a clear error instead of trapping")
+    func impossibleNumbers() throws {
+        // A segment named at the top of the range: counting on from it would overflow.
+        let dir = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data(LogRecord.segmentHeader).write(to: URL(fileURLWithPath: dir + "/18446744073709551615.seg"))
+        #expect { try LogRecovery.recover(directory: dir) } throws: { error in
+            (error as? StorageError)?.description.contains("18446744073709551615.seg") == true
+        }
+
+        // A CRC-intact record whose message id is 2^64-1.
+        let other = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: other) }
+        let records = Self.intactPublishRecord(id: 3) + Self.intactPublishRecord(id: .max)
+        try Data(LogRecord.segmentHeader + records).write(to: URL(fileURLWithPath: other + "/00000000000000000001.seg"))
+        #expect { try LogRecovery.recover(directory: other) } throws: { error in
+            (error as? StorageError)?.description.contains("message id 18446744073709551615") == true
+        }
+
+        // The largest id recovery accepts still recovers, and the store counts on from it.
+        let edge = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: edge) }
+        try Data(LogRecord.segmentHeader + Self.intactPublishRecord(id: LogRecovery.largestIndex))
+            .write(to: URL(fileURLWithPath: edge + "/00000000000000000001.seg"))
+        let recovered = try LogRecovery.recover(directory: edge)
+        #expect(recovered.messages.map(\.id) == [LogRecovery.largestIndex])
+        #expect(recovered.nextMessageId == LogRecovery.largestIndex + 1)
+    }
+
     @Test("a segment whose messages have all left their queues is deleted; disk use follows the backlog")
     func segmentDeletion() async throws {
         let dir = scratchDirectory()

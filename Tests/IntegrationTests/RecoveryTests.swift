@@ -121,11 +121,19 @@ struct RecoveryTests {
         #expect(lost.isEmpty, "\(lost.count) confirmed messages never consumed, first \(lost.prefix(10))")
         // Publishes in flight at each kill were re-sent after recovery; none failed.
         #expect(ledger.publishErrors.withLock { $0 }.isEmpty, "\(ledger.publishErrors.withLock { $0.prefix(5) })")
+        // Every delivery was either acked once on its own connection or refused locally as stale; nothing else. The
+        // consumer counts a delivery before its ack completes, so wait for the last ack in flight to settle (settled
+        // counts are read before deliveries, so equality is a consistent moment).
+        var seen = (settled: 0, deliveries: 0)
+        let settled = try await eventually(timeout: .seconds(20)) {
+            let settledNow = ledger.acks.withLock { $0 } + ledger.staleAcks.withLock { $0 } + ledger.ackErrors.withLock { $0.count }
+            seen = (settledNow, ledger.received.withLock { $0.values.reduce(0, +) })
+            return seen.settled >= seen.deliveries
+        }
+        #expect(settled, "acks in flight never settled: \(seen)")
         #expect(ledger.ackErrors.withLock { $0 }.isEmpty, "\(ledger.ackErrors.withLock { $0.prefix(5) })")
-        // Every delivery was either acked once on its own connection or refused locally as stale; nothing else.
-        let deliveriesSeen = received.values.reduce(0, +)
-        print("RECOVERYSTATS confirmed=\(confirmed.count) deliveries=\(deliveriesSeen) acks=\(ledger.acks.withLock { $0 }) stale=\(ledger.staleAcks.withLock { $0 }) redelivered=\(received.values.filter { $0 > 1 }.count)")
-        #expect(ledger.acks.withLock { $0 } + ledger.staleAcks.withLock { $0 } == deliveriesSeen)
+        print("RECOVERYSTATS confirmed=\(confirmed.count) deliveries=\(seen.deliveries) acks=\(ledger.acks.withLock { $0 }) stale=\(ledger.staleAcks.withLock { $0 }) redelivered=\(received.values.filter { $0 > 1 }.count)")
+        #expect(seen.settled == seen.deliveries, "\(seen)")
         #expect(publisherEvents.failure == nil && consumerEvents.failure == nil)
         await publisher.close()
         await consumer.close()
