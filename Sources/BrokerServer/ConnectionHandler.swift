@@ -18,7 +18,10 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     private var machine: ConnectionStateMachine
     private var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: Frame.handshakeMaxSize, expectsMagic: true))
     private var session: Session?
-    private var held: [ClientMessage] = []
+    /// Why reading from the socket is paused; it reads again when no reason is left.
+    private var pauses: ReadPauses = []
+    /// The authenticated user, for the per-user connection count.
+    private(set) var userName: String?
     private var context: ChannelHandlerContext?
     private var heartbeat: HeartbeatMonitor?
     private var heartbeatTask: RepeatedTask?
@@ -46,6 +49,12 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     func channelActive(context: ChannelHandlerContext) {
         registry.add(self)
         logger.debug("connection accepted")
+        if configuration.maxConnections > 0 && registry.count > configuration.maxConnections {
+            logger.warning("connection refused: limit reached", metadata: ["max_connections": "\(configuration.maxConnections)"])
+            run(machine.fail(.resourceError, "the broker's limit of \(configuration.maxConnections) connections is reached; try again later"))
+            context.fireChannelActive()
+            return
+        }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         handshakeTimeout = context.eventLoop.scheduleTask(in: .seconds(configuration.handshakeTimeoutSeconds)) {
             let handler = bound.value
@@ -72,9 +81,25 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if heartbeat != nil { heartbeat?.lastReceivedNanos = NIODeadline.now().uptimeNanoseconds.asInt64 }
-        reader.append(unwrapInboundIn(data))
-        // Every complete frame of this read, in order, without a pipeline hop per frame.
-        while machine.acceptsFrames {
+        var bytes = unwrapInboundIn(data)
+        // Queued messages keep slices of the read they came in (no copy on the hot path). A sparse read (a few
+        // bytes in a large receive buffer, as a slow publisher's are) would pin the whole buffer for as long as
+        // its messages wait in a queue, far beyond the bytes the memory limit counts: copy those out. Dense reads,
+        // the throughput case, are kept as they are.
+        if bytes.readableBytes * 4 < bytes.capacity {
+            var compact = context.channel.allocator.buffer(capacity: bytes.readableBytes)
+            compact.writeBuffer(&bytes)
+            bytes = compact
+        }
+        reader.append(bytes)
+        decodeFrames()
+    }
+
+    /// Decodes and handles every complete frame buffered, in order, without a pipeline hop per frame. Stops while
+    /// the password is checked: frames pipelined after `authenticate` stay in the read buffer (reading is paused
+    /// meanwhile) and are decoded here once the connection is open, on the same path as any other frame.
+    private func decodeFrames() {
+        while machine.decodesFrames {
             let message: ClientMessage
             do {
                 guard let frame = try reader.next() else { return }
@@ -91,17 +116,59 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
             }
             run(machine.received(message))
         }
+        if case .authenticating = machine.state {
+            if reader.bufferedBytes > configuration.maxBytesHeldDuringAuth {
+                reader.discard()
+                run(machine.fail(.resourceError, "more than \(configuration.maxBytesHeldDuringAuth) bytes sent before authentication completed"))
+            }
+            return
+        }
         reader.discard()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         broker.flush()
+        // Output the peer does not read (answers to requests, returned messages, confirms) stays in this process:
+        // past the channel's high watermark, stop reading its requests until it drains. Deliveries stop on their
+        // own (a session delivers only while writable).
+        if !context.channel.isWritable { pause(.output) }
         context.fireChannelReadComplete()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, let session { broker.sessionBecameWritable(session) }
+        if context.channel.isWritable {
+            resume(.output)
+            if let session { broker.sessionBecameWritable(session) }
+        }
         context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: - Reading
+
+    /// Reasons to stop reading the socket; each is lifted on its own.
+    struct ReadPauses: OptionSet {
+        let rawValue: UInt8
+        /// A memory or disk alarm blocks this publisher (``Session/pauseReading()``).
+        static let alarm = ReadPauses(rawValue: 1)
+        /// The peer does not read what we write.
+        static let output = ReadPauses(rawValue: 2)
+        /// Its password is being checked.
+        static let authentication = ReadPauses(rawValue: 4)
+    }
+
+    private func pause(_ reason: ReadPauses) {
+        let wasReading = pauses.isEmpty
+        pauses.insert(reason)
+        if wasReading, let context { try? context.channel.syncOptions?.setOption(.autoRead, value: false) }
+    }
+
+    private func resume(_ reason: ReadPauses) {
+        guard pauses.contains(reason) else { return }
+        pauses.remove(reason)
+        if pauses.isEmpty, let context {
+            try? context.channel.syncOptions?.setOption(.autoRead, value: true)
+            context.read()
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -124,13 +191,9 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
             } catch {
                 run(machine.fail(error.code, error.message))
             }
-        case .hold(let message):
-            held.append(message)
-            if held.count > configuration.maxFramesHeldDuringAuth {
-                run(machine.fail(.resourceError, "more than \(configuration.maxFramesHeldDuringAuth) frames sent before authentication completed"))
-            }
         case .verify(let auth, _):
             clientName = auth.user
+            pause(.authentication)
             verify(auth)
         case .open(let authOk, let tuning):
             open(authOk, tuning)
@@ -180,6 +243,14 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
 
     private func authenticated(as user: User) {
         guard case .authenticating = machine.state else { return }
+        let limit = configuration.maxConnectionsPerUser
+        if limit > 0 && registry.connections(of: user.name) >= limit {
+            logger.warning("connection refused: per-user limit reached", metadata: ["user": "\(user.name)", "max_connections_per_user": "\(limit)"])
+            run(machine.refused(BrokerError(.resourceError, "user '\(user.name)' already has \(limit) connections, the most one user may have")))
+            return
+        }
+        userName = user.name
+        registry.opened(self, user: user.name)
         let session = broker.openSession(user: user, clientName: clientName, peer: peer, transport: self)
         self.session = session
         logger[metadataKey: "connection"] = "\(session.id)"
@@ -202,10 +273,10 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
                 bound.value.heartbeatTick()
             }
         }
-        let pending = held
-        held = []
-        for message in pending { run(machine.received(message)) }
+        // Frames pipelined after `authenticate` were left undecoded: decode them now, then read again.
+        decodeFrames()
         broker.flush()
+        resume(.authentication)
     }
 
     private func heartbeatTick() {
@@ -243,9 +314,7 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
     func setReading(_ reading: Bool) {
-        guard let context else { return }
-        try? context.channel.syncOptions?.setOption(.autoRead, value: reading)
-        if reading { context.read() }
+        if reading { resume(.alarm) } else { pause(.alarm) }
     }
 
     func resumeSoon() {
@@ -277,8 +346,17 @@ extension UInt64 {
 /// The live connections, so shutdown can close each with a reason. Lives on the broker's event loop.
 final class ConnectionRegistry {
     private var handlers: [ObjectIdentifier: ConnectionHandler] = [:]
+    /// Authenticated connections per user, for `maxConnectionsPerUser`.
+    private var perUser: [String: Int] = [:]
     func add(_ handler: ConnectionHandler) { handlers[ObjectIdentifier(handler)] = handler }
-    func remove(_ handler: ConnectionHandler) { handlers[ObjectIdentifier(handler)] = nil }
+    func remove(_ handler: ConnectionHandler) {
+        guard handlers.removeValue(forKey: ObjectIdentifier(handler)) != nil, let user = handler.userName else { return }
+        perUser[user, default: 1] -= 1
+        if perUser[user] == 0 { perUser[user] = nil }
+    }
+    /// A registered connection authenticated as `user`.
+    func opened(_ handler: ConnectionHandler, user: String) { perUser[user, default: 0] += 1 }
+    func connections(of user: String) -> Int { perUser[user] ?? 0 }
     var all: [ConnectionHandler] { Array(handlers.values) }
     var count: Int { handlers.count }
 }

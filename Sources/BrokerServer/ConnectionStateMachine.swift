@@ -29,8 +29,6 @@ struct ConnectionStateMachine {
         case verify(Authenticate, Tuning)
         /// Hand the frame to the broker session.
         case forward(ClientMessage)
-        /// Keep the frame until authentication completes (a client may pipeline requests after `authenticate`).
-        case hold(ClientMessage)
         /// Authentication succeeded: send `authOk`, open the session, then replay held frames.
         case open(AuthOk, Tuning)
         /// Write this frame (a `close` or `closeOk`), then close the socket.
@@ -79,11 +77,9 @@ struct ConnectionStateMachine {
             state = .authenticating(tuning)
             return .verify(auth, tuning)
         case .authenticating:
-            switch message {
-            case .close: return closeRequested()
-            case .hello, .authenticate: return fail(.unexpectedFrame, "\(message.frameType) sent twice")
-            default: return .hold(message)
-            }
+            // The handler decodes nothing while the password is checked (``decodesFrames``): frames pipelined
+            // after `authenticate` wait, undecoded, and take the open connection's path once it opens.
+            return fail(.internalError, "\(message.frameType) decoded while authentication was in progress")
         case .open:
             switch message {
             case .close: return closeRequested()
@@ -120,7 +116,17 @@ struct ConnectionStateMachine {
 
     var isOpen: Bool { if case .open = state { true } else { false } }
 
-    /// Whether incoming frames are still read (not once we are closing).
+    /// Whether incoming frames are decoded now: not while the password is checked (they wait in the read
+    /// buffer, so a frame pipelined before `authOk` is decoded and checked exactly as on an open connection), and
+    /// not once we are closing.
+    var decodesFrames: Bool {
+        switch state {
+        case .authenticating, .closing, .closed: false
+        default: true
+        }
+    }
+
+    /// Whether the connection is still live (not closing or closed).
     var acceptsFrames: Bool {
         switch state {
         case .closing, .closed: false

@@ -27,8 +27,15 @@ public struct ServerConfiguration: Sendable {
     public var heartbeatSeconds: UInt16 = 30
     /// Time a new connection has to complete the handshake. Default 10 s.
     public var handshakeTimeoutSeconds: Int64 = 10
-    /// Frames a client may pipeline while its password is being checked. Default 1024.
-    public var maxFramesHeldDuringAuth: Int = 1024
+    /// Bytes a client may have sent past its `authenticate` frame while its password is being checked. The broker
+    /// stops reading the socket during the check, so a well-behaved pipelining client stays far below this (at
+    /// most one read, 64 KiB); more is refused with 506. Default 256 KiB.
+    public var maxBytesHeldDuringAuth: Int = 256 << 10
+    /// Most client connections at once; a connection past it is refused with 506 after its hello. 0: no limit.
+    /// Default 0 (the operating system's file descriptor limit applies).
+    public var maxConnections: Int = 0
+    /// Most connections of one user at once; 0: no limit. Default 0.
+    public var maxConnectionsPerUser: Int = 0
 
     /// Listening sockets already bound by systemd (socket activation, ``Systemd/activatedSockets()``). When
     /// not empty they are adopted instead of binding `host` and `port`. Default none.

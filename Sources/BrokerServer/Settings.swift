@@ -24,6 +24,8 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
     public var memoryLimit: Int?
     public var logLevel: String?
     public var logTarget: String?
+    public var maxConnections: Int?
+    public var maxConnectionsPerUser: Int?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case host, port, heartbeat, fsync
@@ -34,6 +36,8 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         case memoryLimit = "memory_limit"
         case logLevel = "log_level"
         case logTarget = "log_target"
+        case maxConnections = "max_connections"
+        case maxConnectionsPerUser = "max_connections_per_user"
     }
 
     /// Every key a file may hold.
@@ -57,6 +61,8 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         merged.memoryLimit = memoryLimit ?? file.memoryLimit
         merged.logLevel = logLevel ?? file.logLevel
         merged.logTarget = logTarget ?? file.logTarget
+        merged.maxConnections = maxConnections ?? file.maxConnections
+        merged.maxConnectionsPerUser = maxConnectionsPerUser ?? file.maxConnectionsPerUser
         return merged
     }
 
@@ -74,6 +80,12 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         if let fsyncIntervalMs, fsyncIntervalMs < 1 { return "\(name("fsync_interval_ms")) must be at least 1" }
         if let diskFreeLimit, diskFreeLimit < 0 { return "\(name("disk_free_limit")) must not be negative" }
         if let memoryLimit, memoryLimit < 0 { return "\(name("memory_limit")) must not be negative" }
+        if let maxConnections, !(0...1_000_000).contains(maxConnections) {
+            return "\(name("max_connections")) must be from 0 (no limit) to 1000000, got \(maxConnections)"
+        }
+        if let maxConnectionsPerUser, !(0...1_000_000).contains(maxConnectionsPerUser) {
+            return "\(name("max_connections_per_user")) must be from 0 (no limit) to 1000000, got \(maxConnectionsPerUser)"
+        }
         if let logLevel, !Self.logLevels.contains(logLevel) {
             return "\(name("log_level")) must be one of \(Self.logLevels.joined(separator: ", ")); got '\(logLevel)'"
         }
@@ -96,6 +108,8 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         if let fsyncIntervalMs { configuration.fsyncIntervalMilliseconds = fsyncIntervalMs }
         if let diskFreeLimit { configuration.diskFreeLimit = UInt64(clamping: diskFreeLimit) }
         if let memoryLimit { configuration.memoryLimit = memoryLimit }
+        if let maxConnections { configuration.maxConnections = maxConnections }
+        if let maxConnectionsPerUser { configuration.maxConnectionsPerUser = maxConnectionsPerUser }
         return configuration
     }
 

@@ -93,14 +93,20 @@ public struct FrameReader {
         }
     }
 
+    /// Most bytes reserved ahead of their arrival for a frame split across reads. A frame's declared length is
+    /// only a claim: reserving all of it at once would let a peer that sends length prefixes and nothing else
+    /// make the broker allocate up to the maximum frame size per connection. Past this, the buffer grows with
+    /// the bytes that actually arrive (doubling, so a large frame is still copied a bounded number of times).
+    public static let reservationAhead = 64 << 10
+
     /// Copies an incomplete frame's bytes into a buffer of their own, sized for the whole frame when its length
-    /// is known, so the read buffer they came from is not kept alive or copied again.
+    /// is known and small (``reservationAhead``), so the read buffer they came from is not kept alive.
     @inlinable
     mutating func keepPartial(_ bytes: inout ByteBuffer) {
         var capacity = bytes.readableBytes
         if !decoder.expectsMagic, let length = bytes.getInteger(at: bytes.readerIndex, as: UInt32.self),
            UInt64(length) + 4 <= UInt64(decoder.maxFrameSize) {
-            capacity = max(capacity, Int(length) + 4)
+            capacity = max(capacity, min(Int(length) + 4, Self.reservationAhead))
         }
         var owned = ByteBufferAllocator().buffer(capacity: capacity)
         owned.writeBuffer(&bytes)
@@ -111,6 +117,9 @@ public struct FrameReader {
             partial = owned
         }
     }
+
+    /// Bytes allocated for the frame being completed (at least what arrived of it): what a split frame costs.
+    public var reservedBytes: Int { partial?.capacity ?? 0 }
 
     /// Bytes received but not yet part of a whole frame.
     public var bufferedBytes: Int {

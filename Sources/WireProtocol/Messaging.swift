@@ -27,6 +27,9 @@ public struct Publish: Hashable, Sendable {
         let exchange = try buffer.readShortString("exchange")
         let routingKey = try buffer.readShortString("routing key")
         let properties = try buffer.readRawProperties()
+        // The same structural check as the broker's fast path (``PublishView/init(parsing:)``): one set of checks
+        // whichever way a publish is decoded.
+        try properties.validateStructure()
         let body = buffer.readSlice(length: buffer.readableBytes) ?? ByteBuffer()
         return Publish(exchange: exchange, routingKey: routingKey, mandatory: flags & 1 != 0, properties: properties, body: body)
     }

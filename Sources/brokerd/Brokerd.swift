@@ -62,6 +62,12 @@ struct Brokerd: AsyncParsableCommand {
     @Option(name: .customLong("log-target"), help: "Where logs go: stderr, journal (systemd's, with structured fields), or auto (the default: the journal when stderr is connected to it).")
     var logTarget: String?
 
+    @Option(name: .customLong("max-connections"), help: "Most client connections at once; more are refused with 506 (default 0: no limit).")
+    var maxConnections: Int?
+
+    @Option(name: .customLong("max-connections-per-user"), help: "Most connections one user may hold at once (default 0: no limit).")
+    var maxConnectionsPerUser: Int?
+
     /// The settings given as flags.
     var flags: BrokerSettings {
         var settings = BrokerSettings()
@@ -76,6 +82,8 @@ struct Brokerd: AsyncParsableCommand {
         settings.memoryLimit = memoryLimit
         settings.logLevel = logLevel
         settings.logTarget = logTarget
+        settings.maxConnections = maxConnections
+        settings.maxConnectionsPerUser = maxConnectionsPerUser
         return settings
     }
 

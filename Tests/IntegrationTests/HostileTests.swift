@@ -78,3 +78,138 @@ struct HostileTests {
         }
     }
 }
+
+// MARK: - Bounded memory per connection
+
+/// A raw client that writes without reading, as a careless or hostile one does.
+extension RawSocket {
+    /// Writes `chunk` again and again without reading anything, until `limit` bytes are accepted, the kernel
+    /// stops accepting (no progress for `stall`: the broker no longer reads), or the connection fails. Returns the
+    /// bytes the kernel accepted.
+    func flood(_ chunk: [UInt8], limit: Int, stall: Int32 = 2000) -> Int {
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        defer { _ = fcntl(fd, F_SETFL, flags) }
+        var accepted = 0
+        var offset = 0
+        while accepted < limit {
+            let n = chunk.withUnsafeBytes { raw in
+                Glibc.send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+            }
+            if n > 0 {
+                accepted += n
+                offset = (offset + n) % chunk.count
+                continue
+            }
+            guard n < 0, errno == EAGAIN || errno == EWOULDBLOCK else { break }  // closed by the broker
+            var poller = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            if poll(&poller, 1, stall) <= 0 || poller.revents & Int16(POLLERR | POLLHUP) != 0 { break }
+        }
+        return accepted
+    }
+}
+
+extension HostileTests {
+    static func encode(_ messages: ClientMessage...) -> [UInt8] {
+        var buffer = ByteBuffer()
+        for message in messages { message.encode(into: &buffer) }
+        return Array(buffer.readableBytesView)
+    }
+
+    @Test("a publish pipelined before authOk is decoded and checked exactly as on an open connection")
+    func pipelinedBeforeAuthOk() async throws {
+        try await withBroker { server, config in
+            try await withConnection(config) { c in try await c.declareQueue("pipelined") }
+            // A publish whose properties block claims a 200-byte message id it does not hold.
+            var publish = Self.encode(.publish(Publish(exchange: "", routingKey: "pipelined",
+                                                       properties: RawProperties(MessageProperties(messageId: "abc")),
+                                                       body: ByteBuffer(string: "body"))))
+            let at = try #require((0..<publish.count - 3).first { publish[$0] == 3 && Array(publish[($0 + 1)...($0 + 3)]) == Array("abc".utf8) })
+            publish[at] = 200
+            let raw = try RawSocket(port: server.port)
+            raw.send(protocolMagic)
+            // Everything in one write, before the broker has answered anything.
+            raw.send(Self.encode(.hello(Hello(clientName: "pipeliner")),
+                                 .authenticate(Authenticate(user: "guest", password: "guest"))) + publish)
+            let answers = try raw.receiveUntilClosed()
+            guard case .close(let close)? = answers.last else {
+                Issue.record("no close for a malformed publish pipelined before authOk: \(answers)")
+                return
+            }
+            #expect(close.code == .frameError, "\(close)")
+            #expect(try await server.withBroker { $0.queueInfo("pipelined")?.ready } == 0)
+        }
+    }
+
+    @Test("frames pipelined behind a wrong password are not read into memory while it is checked")
+    func pipelinedBehindWrongPassword() async throws {
+        try await withBroker { server, _ in
+            let raw = try RawSocket(port: server.port)
+            raw.send(protocolMagic)
+            raw.send(Self.encode(.hello(Hello(clientName: "guesser")), .authenticate(Authenticate(user: "guest", password: "wrong"))))
+            let publish = Self.encode(.publish(Publish(exchange: "", routingKey: "q", body: ByteBuffer(repeating: 1, count: 60_000))))
+            // Before: the broker read and held up to 1,024 of these (61 MB per connection) before refusing.
+            let accepted = raw.flood(publish, limit: 200 << 20)
+            #expect(accepted < 40 << 20, "the broker read \(accepted) bytes pipelined behind an unchecked password")
+            let answers = try raw.receiveUntilClosed()
+            let refused = answers.contains { if case .close(let close) = $0 { close.code == .accessRefused } else { false } }
+            #expect(refused || answers.isEmpty, "\(answers.suffix(2))")
+        }
+    }
+
+    @Test("a client that does not read its answers is no longer read, and every request is answered once it reads")
+    func unreadAnswers() async throws {
+        try await withBroker { server, _ in
+            let raw = try RawSocket(port: server.port)
+            _ = try raw.handshake()
+            let request = Self.encode(.queueDeclare(QueueDeclare(requestId: 9, name: "missing", passive: true)))
+            // Before: the broker read every request and kept every answer (1.3 GB for 3 M requests).
+            let accepted = raw.flood(request, limit: 400 << 20)
+            #expect(accepted < 100 << 20, "the broker kept reading (\(accepted) bytes) while its answers were not read")
+            let requests = accepted / request.count
+            var answered = 0
+            while answered < requests, let answer = try raw.receive() {
+                guard case .error(let error) = answer, error.code == .notFound else {
+                    Issue.record("unexpected answer \(answer)")
+                    break
+                }
+                answered += 1
+            }
+            #expect(answered == requests)
+        }
+    }
+
+    @Test("connections past --max-connections, and past the per-user limit, are refused with 506")
+    func connectionLimits() async throws {
+        var configuration = ServerConfiguration()
+        configuration.dataDirectory = nil
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        configuration.maxConnections = 3
+        configuration.maxConnectionsPerUser = 2
+        var users = UserStore()
+        users.add(User(name: "other", password: PasswordHash(password: "secret"), isAdmin: false, loopbackOnly: false))
+        let server = try await BrokerServer.start(configuration: configuration, users: users, logger: quietLogger)
+        do {
+            var client = ClientConfiguration(port: server.port, clientName: "limits", connectTimeout: .seconds(5), requestTimeout: .seconds(5))
+            client.logger = quietLogger
+            let first = try await BrokerConnection.connect(client)
+            let second = try await BrokerConnection.connect(client)
+            await expectBrokerError(.resourceError) { _ = try await BrokerConnection.connect(client) }
+            var other = client
+            other.user = "other"
+            other.password = "secret"
+            let third = try await BrokerConnection.connect(other)
+            await expectBrokerError(.resourceError) { _ = try await BrokerConnection.connect(other) }
+            // A closed connection frees its place.
+            await first.close()
+            #expect(try await eventually { try await server.withBroker { $0.sessionCount } == 2 })
+            let again = try await BrokerConnection.connect(client)
+            for connection in [second, third, again] { await connection.close() }
+        } catch {
+            await server.shutdown()
+            throw error
+        }
+        await server.shutdown()
+    }
+}

@@ -65,9 +65,11 @@ struct ManagementTypesTests {
     func expectRoundTrip<Row: ManagementRow>(_ connection: BrokerConnection, _ type: Row.Type, atLeast count: Int,
                                              sourceLocation: SourceLocation = #_sourceLocation) async throws {
         let raw = try await connection.rows(Row.listMethod)
-        let typed = try await connection.list(type)
         #expect(raw.count >= count, "\(Row.listMethod) has \(raw.count) rows", sourceLocation: sourceLocation)
-        #expect(typed.count == raw.count, sourceLocation: sourceLocation)
+        // The typed call answers the same rows; the round trip is checked on one answer, since a second listing can
+        // differ in its clock columns (connected_seconds).
+        #expect(try await connection.list(type).count == raw.count, sourceLocation: sourceLocation)
+        let typed = try raw.map { try FieldTableDecoder().decode(type, from: $0) }
         let encoded = try typed.map { try FieldTableEncoder().encode($0) }
         #expect(encoded == raw, "\(Row.listMethod): the Swift type and the broker's rows differ", sourceLocation: sourceLocation)
         // Every column the broker answers is a field of the type.

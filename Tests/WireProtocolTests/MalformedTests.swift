@@ -30,6 +30,35 @@ struct MalformedTests {
         #expect(error?.code == .frameTooLarge)
     }
 
+    @Test("a frame's declared length reserves memory only as its bytes arrive")
+    func partialReservation() throws {
+        var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: 8 << 20, expectsMagic: false))
+        // A length prefix claiming 8 MiB and a few bytes: before, 8 MiB were allocated at once.
+        var head = ByteBuffer()
+        head.writeInteger(UInt32((8 << 20) - 4))
+        head.writeBytes([0x20, 1, 2, 3])
+        reader.append(head)
+        #expect(try reader.next() == nil)
+        #expect(reader.reservedBytes <= FrameReader.reservationAhead, "\(reader.reservedBytes) bytes reserved for 8 bytes received")
+        // The rest arriving in pieces completes the same frame, whole.
+        let total = 8 << 20
+        var sent = 8
+        var chunk = 0
+        while sent < total {
+            let size = min(300_000, total - sent)
+            reader.append(ByteBuffer(repeating: UInt8(truncatingIfNeeded: chunk), count: size))
+            sent += size
+            chunk += 1
+            if sent < total {
+                #expect(try reader.next() == nil)
+                #expect(reader.reservedBytes <= 2 * sent + FrameReader.reservationAhead)
+            }
+        }
+        let frame = try #require(try reader.next())
+        #expect(frame.type == 0x20 && frame.payload.readableBytes == total - 5)
+        #expect(reader.bufferedBytes == 0)
+    }
+
     @Test("a zero length is a frame error")
     func zeroLength() {
         var decoder = FrameDecoder(expectsMagic: false)
