@@ -240,8 +240,9 @@ public final class Broker {
     }
 
     private func removeExchange(_ exchange: Exchange) {
-        for (queueName, key) in exchange.bindings {
-            if let queue = queues[queueName] { exchange.unbind(queue, key: key) }
+        // One pass over each bound queue's list, not one search per binding.
+        for queue in exchange.boundQueues {
+            queue.bindings.removeAll { $0.exchange === exchange }
         }
         exchanges[exchange.name] = nil
         topologyVersion &+= 1
@@ -348,10 +349,12 @@ public final class Broker {
         let consumers = queue.consumers
         queue.consumers.removeAll()
         for consumer in consumers { consumer.session.consumerCancelledByBroker(consumer, reason: reason) }
-        for binding in queue.bindings {
+        let bindings = queue.bindings
+        queue.bindings = []
+        for binding in bindings {
             let exchange = binding.exchange
-            exchange.unbind(queue, key: binding.key)
-            if exchange.shouldAutoDelete { removeExchange(exchange) }
+            exchange.detach(queue, key: binding.key)
+            if exchange.shouldAutoDelete && exchanges[exchange.name] === exchange { removeExchange(exchange) }
         }
         _ = queue.purge(store: store)
         if queue.durableId != nil { try? saveDefinitions() }

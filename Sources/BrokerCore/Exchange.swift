@@ -9,15 +9,24 @@ public final class Exchange {
     /// The default exchange and `amq.*` exchanges cannot be deleted or redeclared differently.
     public let builtIn: Bool
 
+    /// Every binding, by (queue, key): existence checks in O(1), listings, the count.
+    private var members: [BindingID: Queue] = [:]
     /// direct: binding key → queues bound with it (each once).
     private var direct: [String: [Queue]] = [:]
-    /// fanout: every bound queue, once.
+    /// fanout: every bound queue once, in binding order, and how many keys bind it.
     private var fanout: [Queue] = []
-    /// topic: one entry per (pattern, queue).
-    private var topic: [TopicBinding] = []
-    /// Every binding, for listing and for auto-delete.
-    public private(set) var bindingCount = 0
+    private var fanoutKeys: [ObjectIdentifier: Int] = [:]
+    /// topic: the patterns as a trie.
+    private let topic = TopicTrie()
     private var everBound = false
+
+    /// A binding's identity: the queue and the exact key.
+    struct BindingID: Hashable {
+        let queue: ObjectIdentifier
+        let key: String
+    }
+
+    public var bindingCount: Int { members.count }
 
     init(name: String, kind: ExchangeKind, durable: Bool, autoDelete: Bool, builtIn: Bool = false) {
         self.name = name
@@ -27,23 +36,14 @@ public final class Exchange {
         self.builtIn = builtIn
     }
 
-    /// Adds a binding; false if it already existed.
+    /// Adds a binding; false if it already existed. O(1) but for direct keys bound by many queues.
     @discardableResult
     func bind(_ queue: Queue, key: String) -> Bool {
-        switch kind {
-        case .direct:
-            if direct[key, default: []].contains(where: { $0 === queue }) { return false }
-            direct[key, default: []].append(queue)
-        case .fanout:
-            // A fanout exchange ignores keys, but a binding is still identified by (queue, key).
-            if queue.bindings.contains(where: { $0.exchange === self && $0.key == key }) { return false }
-            if !fanout.contains(where: { $0 === queue }) { fanout.append(queue) }
-        case .topic:
-            if topic.contains(where: { $0.queue === queue && $0.key == key }) { return false }
-            topic.append(TopicBinding(key: key, queue: queue))
-        }
+        let id = BindingID(queue: ObjectIdentifier(queue), key: key)
+        guard members[id] == nil else { return false }
+        members[id] = queue
+        attach(queue, key: key)
         queue.bindings.append(Binding(exchange: self, key: key))
-        bindingCount += 1
         everBound = true
         return true
     }
@@ -51,23 +51,49 @@ public final class Exchange {
     /// Removes a binding; false if there was none.
     @discardableResult
     func unbind(_ queue: Queue, key: String) -> Bool {
-        guard let index = queue.bindings.firstIndex(where: { $0.exchange === self && $0.key == key }) else { return false }
-        queue.bindings.remove(at: index)
+        guard detach(queue, key: key) else { return false }
+        if let index = queue.bindings.firstIndex(where: { $0.exchange === self && $0.key == key }) {
+            queue.bindings.remove(at: index)
+        }
+        return true
+    }
+
+    /// Removes a binding from the exchange's side only: the caller clears the queue's own list in one pass (a
+    /// queue being deleted with 100,000 bindings must not search that list once per binding).
+    @discardableResult
+    func detach(_ queue: Queue, key: String) -> Bool {
+        guard members.removeValue(forKey: BindingID(queue: ObjectIdentifier(queue), key: key)) != nil else { return false }
         switch kind {
         case .direct:
             direct[key]?.removeAll(where: { $0 === queue })
             if direct[key]?.isEmpty == true { direct[key] = nil }
         case .fanout:
-            if !queue.bindings.contains(where: { $0.exchange === self }) { fanout.removeAll(where: { $0 === queue }) }
+            let id = ObjectIdentifier(queue)
+            let left = (fanoutKeys[id] ?? 1) - 1
+            fanoutKeys[id] = left > 0 ? left : nil
+            if left <= 0 { fanout.removeAll(where: { $0 === queue }) }
         case .topic:
-            topic.removeAll(where: { $0.queue === queue && $0.key == key })
+            topic.remove(key, queue)
         }
-        bindingCount -= 1
         return true
     }
 
+    private func attach(_ queue: Queue, key: String) {
+        switch kind {
+        case .direct:
+            direct[key, default: []].append(queue)
+        case .fanout:
+            // A fanout exchange ignores keys, but a binding is still identified by (queue, key).
+            let id = ObjectIdentifier(queue)
+            if fanoutKeys[id] == nil { fanout.append(queue) }
+            fanoutKeys[id, default: 0] += 1
+        case .topic:
+            topic.insert(key, queue)
+        }
+    }
+
     /// Whether an auto-delete exchange has lost its last binding.
-    var shouldAutoDelete: Bool { autoDelete && everBound && bindingCount == 0 }
+    var shouldAutoDelete: Bool { autoDelete && everBound && members.isEmpty }
 
     /// Calls `body` once for each queue the routing key reaches.
     func route(_ routingKey: String, _ body: (Queue) -> Void) {
@@ -82,24 +108,31 @@ public final class Exchange {
     }
 
     func routeTopic(_ routingKey: String, _ body: (Queue) -> Void) {
-        guard !topic.isEmpty else { return }
-        let words = routingKey.split(separator: ".", omittingEmptySubsequences: false)
-        var delivered: [ObjectIdentifier] = []
-        for binding in topic where TopicPattern.matches(binding.words, words) {
-            let id = ObjectIdentifier(binding.queue)
-            if delivered.contains(id) { continue }
-            delivered.append(id)
-            body(binding.queue)
+        var first: TopicTrie.Node?
+        var seen: Set<ObjectIdentifier>?
+        topic.match(routingKey) { node in
+            // One matching pattern (the usual case) lists each queue once; with several, a queue bound by more
+            // than one of them still gets the message once.
+            guard let earlier = first else {
+                first = node
+                for queue in node.queues { body(queue) }
+                return
+            }
+            var delivered = seen ?? Set(earlier.queues.map(ObjectIdentifier.init))
+            for queue in node.queues where delivered.insert(ObjectIdentifier(queue)).inserted { body(queue) }
+            seen = delivered
         }
+    }
+
+    /// The distinct queues bound to this exchange (for its deletion).
+    var boundQueues: [Queue] {
+        var seen = Set<ObjectIdentifier>()
+        return members.values.filter { seen.insert(ObjectIdentifier($0)).inserted }
     }
 
     /// (queue, key) pairs, for listing.
     public var bindings: [(queue: String, key: String)] {
-        switch kind {
-        case .direct: direct.flatMap { key, queues in queues.map { ($0.name, key) } }
-        case .fanout: fanout.flatMap { q in q.bindings.filter { $0.exchange === self }.map { (q.name, $0.key) } }
-        case .topic: topic.map { ($0.queue.name, $0.key) }
-        }
+        members.map { id, queue in (queue.name, id.key) }
     }
 }
 
@@ -107,17 +140,6 @@ public final class Exchange {
 struct Binding {
     unowned let exchange: Exchange
     let key: String
-}
-
-struct TopicBinding {
-    let key: String
-    let words: [Substring]
-    let queue: Queue
-    init(key: String, queue: Queue) {
-        self.key = key
-        self.words = key.split(separator: ".", omittingEmptySubsequences: false)
-        self.queue = queue
-    }
 }
 
 /// Topic matching: words split by `.`; `*` matches exactly one word, `#` zero or more.

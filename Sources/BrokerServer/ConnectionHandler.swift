@@ -24,7 +24,7 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     private(set) var userName: String?
     private var context: ChannelHandlerContext?
     private var heartbeat: HeartbeatMonitor?
-    private var heartbeatTask: RepeatedTask?
+    private var heartbeatTask: Scheduled<Void>?
     private var handshakeTimeout: Scheduled<Void>?
     private var peer = "unknown"
     private var clientName = ""
@@ -267,11 +267,7 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
         if tuning.heartbeatSeconds > 0, let context {
             let now = NIODeadline.now().uptimeNanoseconds.asInt64
             heartbeat = HeartbeatMonitor(intervalSeconds: tuning.heartbeatSeconds, nowNanos: now)
-            let tick = TimeAmount.milliseconds(Int64(tuning.heartbeatSeconds) * 500)
-            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            heartbeatTask = context.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in
-                bound.value.heartbeatTick()
-            }
+            scheduleHeartbeatCheck()
         }
         // Frames pipelined after `authenticate` were left undecoded: decode them now, then read again.
         decodeFrames()
@@ -279,8 +275,18 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
         resume(.authentication)
     }
 
-    private func heartbeatTick() {
-        guard let monitor = heartbeat else { return }
+    /// Schedules the next heartbeat check for when it has something to do (``HeartbeatMonitor``).
+    private func scheduleHeartbeatCheck() {
+        guard let monitor = heartbeat, let context else { return }
+        let delay = monitor.nanosUntilNextCheck(nowNanos: NIODeadline.now().uptimeNanoseconds.asInt64)
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        heartbeatTask = context.eventLoop.scheduleTask(in: .nanoseconds(delay)) {
+            bound.value.heartbeatCheck()
+        }
+    }
+
+    private func heartbeatCheck() {
+        guard let monitor = heartbeat, machine.acceptsFrames else { return }
         switch monitor.check(nowNanos: NIODeadline.now().uptimeNanoseconds.asInt64) {
         case .fine: break
         case .sendHeartbeat:
@@ -288,9 +294,10 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
             heartbeat?.lastSentNanos = NIODeadline.now().uptimeNanoseconds.asInt64
         case .peerDead:
             logger.warning("peer missed heartbeats; closing the connection")
-            heartbeatTask?.cancel()
             run(machine.fail(.heartbeatTimeout, "no frame from the client for two heartbeat intervals"))
+            return
         }
+        scheduleHeartbeatCheck()
     }
 
     /// Closes the connection with a reason (broker shutdown).

@@ -167,4 +167,13 @@ struct HeartbeatMonitor {
         if nowNanos - lastSentNanos >= intervalNanos / 2 { return .sendHeartbeat }
         return .fine
     }
+
+    /// How long until the next check has something to do: a heartbeat falls due, or the peer's silence reaches
+    /// two intervals. Checking then (rather than on a fixed tick of H/2, which let a silent peer live up to
+    /// 2.5 × H) closes a dead connection at 2 × H, as docs/protocol.md §6 says. At least 1 ms.
+    func nanosUntilNextCheck(nowNanos: Int64) -> Int64 {
+        let sendDue = lastSentNanos + intervalNanos / 2
+        let deadDue = lastReceivedNanos + 2 * intervalNanos + 1
+        return max(1_000_000, min(sendDue, deadDue) - nowNanos)
+    }
 }

@@ -101,6 +101,52 @@ struct Micro {
             sink &+= hits
         }
 
+        // MARK: topic routing at scale (issue 12: 90,000 bindings cost 7.3 ms per publish as a list)
+        for bindings in [2_000, 90_000] {
+            let broker = Broker(users: UserStore(includeDefaultUser: false))
+            let user = User(name: "bench", password: PasswordHash(rounds: 1, salt: [0], hash: [0]), isAdmin: true)
+            let session = broker.openSession(user: user, clientName: "micro", peer: "local", transport: DiscardingTransport())
+            try session.handle(.exchangeDeclare(ExchangeDeclare(requestId: 1, name: "trips", kind: .topic)))
+            for q in 0..<100 { try session.handle(.queueDeclare(QueueDeclare(requestId: 1, name: "q\(q)"))) }
+            var bound = 0
+            let bindStart = ContinuousClock.now
+            while bound < bindings {
+                // Patterns of the shapes services use: region.city.event with wildcards.
+                let pattern = bound % 3 == 0 ? "trip.r\(bound).*" : bound % 3 == 1 ? "trip.*.c\(bound)" : "trip.r\(bound).#"
+                try session.handle(.queueBind(QueueBinding(requestId: 1, queue: "q\(bound % 100)", exchange: "trips", bindingKey: pattern)))
+                bound += 1
+            }
+            let bindNanos = Double((ContinuousClock.now - bindStart).components.attoseconds) / 1e9
+                + Double((ContinuousClock.now - bindStart).components.seconds) * 1e9
+            print("topic bind, \(bindings) bindings".padding(toLength: 46, withPad: " ", startingAt: 0)
+                  + " \(String(format: "%8.1f", bindNanos / Double(bindings))) ns/op")
+            broker.flush()
+            let routed = 20_000
+            try measure("topic route, \(bindings) bindings", operations: routed) {
+                for i in 0..<routed {
+                    // A new key each time, so the session's route cache never answers.
+                    let key = "trip.r\(i % bindings).c\(i)"
+                    try session.publish(PublishView(mandatory: false, envelope: MessageEnvelope(exchange: "trips", routingKey: key, body: body16)))
+                    if i % 256 == 0 { broker.flush() }
+                }
+                broker.flush()
+            }
+        }
+        do {
+            let broker = Broker(users: UserStore(includeDefaultUser: false))
+            let user = User(name: "bench", password: PasswordHash(rounds: 1, salt: [0], hash: [0]), isAdmin: true)
+            let session = broker.openSession(user: user, clientName: "micro", peer: "local", transport: DiscardingTransport())
+            try session.handle(.exchangeDeclare(ExchangeDeclare(requestId: 1, name: "trips", kind: .topic)))
+            try session.handle(.queueDeclare(QueueDeclare(requestId: 1, name: "wide")))
+            for i in 0..<100_000 {
+                try session.handle(.queueBind(QueueBinding(requestId: 1, queue: "wide", exchange: "trips", bindingKey: "k.\(i).#")))
+            }
+            let start = ContinuousClock.now
+            try session.handle(.queueDelete(QueueDelete(requestId: 1, name: "wide")))
+            let elapsed = ContinuousClock.now - start
+            print("delete a queue with 100,000 bindings".padding(toLength: 46, withPad: " ", startingAt: 0) + " \(elapsed)")
+        }
+
         // MARK: core, no sockets
         for (label, envelope, ackEvery) in [("16 B no-ack", envelope16, 0), ("16 B ack every 100", envelope16, 100),
                                              ("1 KiB no-ack", envelope1k, 0)] {

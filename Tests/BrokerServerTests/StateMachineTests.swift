@@ -120,6 +120,36 @@ struct HeartbeatTests {
         #expect(monitor.check(nowNanos: 11 * second + 1) == .peerDead)
     }
 
+    @Test("checks scheduled by the monitor close a silent peer at two intervals, not later, and keep heartbeats going")
+    func scheduledChecks() {
+        // Before: a fixed tick of H/2 found a peer silent since t=0 only at 2.5 × H (75 s for H = 30 s).
+        var monitor = HeartbeatMonitor(intervalSeconds: 30, nowNanos: 0)
+        var now: Int64 = 0
+        var sent: [Int64] = []
+        while true {
+            now += monitor.nanosUntilNextCheck(nowNanos: now)
+            let verdict = monitor.check(nowNanos: now)
+            if verdict == .peerDead { break }
+            if verdict == .sendHeartbeat {
+                sent.append(now)
+                monitor.lastSentNanos = now
+            }
+            #expect(now <= 61 * second, "still alive at \(now)")
+            if now > 61 * second { return }
+        }
+        #expect(now > 60 * second && now <= 60 * second + 1_000_000, "declared dead at \(now)")
+        #expect(sent == [15, 30, 45, 60].map { $0 * second })
+        // A peer that keeps talking is never declared dead.
+        var alive = HeartbeatMonitor(intervalSeconds: 30, nowNanos: 0)
+        now = 0
+        for _ in 0..<100 {
+            now += alive.nanosUntilNextCheck(nowNanos: now)
+            alive.lastReceivedNanos = now - second
+            if alive.check(nowNanos: now) == .sendHeartbeat { alive.lastSentNanos = now }
+            #expect(alive.check(nowNanos: now) != .peerDead)
+        }
+    }
+
     @Test("loopback detection decides where guest may log in from")
     func loopback() throws {
         #expect(ConnectionHandler.isLoopback(try SocketAddress(ipAddress: "127.0.0.1", port: 1)))
