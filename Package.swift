@@ -80,6 +80,7 @@ let package = Package(
             dependencies: [
                 "WireProtocol", "BrokerCore", "BrokerStorage", "CSystemd",
                 .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -249,9 +249,25 @@ public final class BrokerConnection: Sendable, Service {
         return rows.compactMap { if case .table(let row) = $0 { row } else { nil } }
     }
 
-    /// Runs a listing method (`list.queues`, ...) and returns its rows.
+    /// Runs a listing method (`list.queues`, ...) and returns all its rows, asking for them page by page
+    /// (docs/protocol.md §11), so a broker with 100,000 queues lists as well as one with ten.
     public func list(_ what: String) async throws -> [FieldTable] {
-        try await rows("list." + what)
+        try await allRows("list." + what)
+    }
+
+    /// Rows per page when a listing is fetched whole.
+    public static let listingPageSize = 1_000
+
+    /// All rows of a paged listing method. A broker that answers without `total` (before paging) answered every row
+    /// at once.
+    func allRows(_ method: String) async throws -> [FieldTable] {
+        var all: [FieldTable] = []
+        while true {
+            let answer = try await manage(method, ["offset": .int(Int64(all.count)), "limit": .int(Int64(Self.listingPageSize))])
+            guard case .array(let page)? = answer["rows"] else { return all }
+            all += page.compactMap { if case .table(let row) = $0 { row } else { nil } }
+            guard let total = answer["total"]?.intValue, !page.isEmpty, all.count < total else { return all }
+        }
     }
 
     // MARK: - Publishing

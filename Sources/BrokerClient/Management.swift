@@ -186,7 +186,7 @@ public struct MoveResult: Codable, Sendable, Hashable {
 extension BrokerConnection {
     /// Lists rows of one kind (admin only): `try await connection.list(QueueRow.self)`.
     public func list<Row: ManagementRow>(_ type: Row.Type) async throws -> [Row] {
-        try decodeRows(type, try await rows(Row.listMethod))
+        try decodeRows(type, try await allRows(Row.listMethod))
     }
 
     public func listQueues() async throws -> [QueueRow] { try await list(QueueRow.self) }

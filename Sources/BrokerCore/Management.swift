@@ -16,14 +16,14 @@ extension Broker {
     public func manage(_ request: Manage, by session: Session) throws(BrokerError) -> FieldTable {
         let args = ManagementArguments(request.method, request.arguments)
         switch request.method {
-        case "list.queues": return rows(queues.values.sorted { $0.name < $1.name }.map(queueRow))
-        case "list.exchanges": return rows(exchanges.values.sorted { $0.name < $1.name }.map(exchangeRow))
-        case "list.bindings": return rows(bindingRows())
-        case "list.connections": return rows(sessions.values.sorted { $0.id < $1.id }.map(connectionRow))
-        case "list.consumers": return rows(consumerRows())
+        case "list.queues": return try page(queues.values.sorted { $0.name < $1.name }, args, queueRow)
+        case "list.exchanges": return try page(exchanges.values.sorted { $0.name < $1.name }, args, exchangeRow)
+        case "list.bindings": return try page(bindingList(), args, bindingRow)
+        case "list.connections": return try page(sessions.values.sorted { $0.id < $1.id }, args, connectionRow)
+        case "list.consumers": return try page(consumerList(), args, consumerRow)
         case "queue.peek": return try peek(args)
         case "queue.move": return try move(args)
-        case "user.list": return rows(users.users.values.sorted { $0.name < $1.name }.map(userRow))
+        case "user.list": return try page(users.users.values.sorted { $0.name < $1.name }, args, userRow)
         case "user.add": return try addUser(args)
         case "user.delete": return try deleteUser(args, by: session)
         case "user.passwd": return try changePassword(args)
@@ -33,6 +33,29 @@ extension Broker {
     }
 
     private func rows(_ rows: [FieldTable]) -> FieldTable { ["rows": .array(rows.map { .table($0) })] }
+
+    /// Most rows a listing answers without `limit`: more would not fit a frame (100,000 queues made a 33 MB
+    /// answer). Past it the listing is refused with 506, saying to page.
+    public static let unpagedListingLimit = 5_000
+    /// Most rows one page may ask for.
+    public static let listingPageLimit = 10_000
+
+    /// One page of a listing (docs/protocol.md §11): `offset` (default 0) and `limit` (1 … 10,000; without it,
+    /// every row, if there are at most 5,000). Items are sorted by the caller; only the page's rows are built.
+    /// The answer carries `total`, the number of rows of the whole listing, so a client knows when it has all.
+    private func page<Item>(_ items: [Item], _ args: ManagementArguments, _ row: (Item) -> FieldTable) throws(BrokerError) -> FieldTable {
+        let offset = try args.int("offset", default: 0, range: 0...Int(Int32.max))
+        let limit = try args.int("limit", default: 0, range: 0...Self.listingPageLimit)
+        if limit == 0 && args.table["limit"] != nil {
+            throw BrokerError(.invalidArgument, "\(args.method): 'limit' must be an integer from 1 to \(Self.listingPageLimit)")
+        }
+        if limit == 0 && items.count > Self.unpagedListingLimit {
+            throw BrokerError(.resourceError, "\(args.method) has \(items.count) rows, more than the \(Self.unpagedListingLimit) one answer holds; ask for pages with 'offset' and 'limit' (brokerctl and BrokerClient page by themselves)")
+        }
+        let start = min(offset, items.count)
+        let end = limit == 0 ? items.count : min(items.count, start + limit)
+        return ["rows": .array(items[start..<end].map { .table(row($0)) }), "total": .int(Int64(items.count))]
+    }
 
     // MARK: - Listings
 
@@ -71,14 +94,18 @@ extension Broker {
         ]
     }
 
-    private func bindingRows() -> [FieldTable] {
-        var rows: [FieldTable] = []
+    private func bindingList() -> [(exchange: String, queue: String, key: String)] {
+        var list: [(exchange: String, queue: String, key: String)] = []
         for exchange in exchanges.values.sorted(by: { $0.name < $1.name }) where !exchange.name.isEmpty {
             for binding in exchange.bindings.sorted(by: { ($0.queue, $0.key) < ($1.queue, $1.key) }) {
-                rows.append(["source": .string(exchange.name), "destination": .string(binding.queue), "routing_key": .string(binding.key)])
+                list.append((exchange.name, binding.queue, binding.key))
             }
         }
-        return rows
+        return list
+    }
+
+    private func bindingRow(_ binding: (exchange: String, queue: String, key: String)) -> FieldTable {
+        ["source": .string(binding.exchange), "destination": .string(binding.queue), "routing_key": .string(binding.key)]
     }
 
     private func connectionRow(_ session: Session) -> FieldTable {
@@ -97,23 +124,26 @@ extension Broker {
         ]
     }
 
-    private func consumerRows() -> [FieldTable] {
-        var rows: [FieldTable] = []
+    private func consumerList() -> [(session: Session, consumer: Consumer)] {
+        var list: [(session: Session, consumer: Consumer)] = []
         for session in sessions.values.sorted(by: { $0.id < $1.id }) {
-            for consumer in session.consumers.values.sorted(by: { $0.tag < $1.tag }) {
-                rows.append([
-                    "queue": .string(consumer.queue.name),
-                    "consumer_tag": .int(Int64(consumer.tag)),
-                    "connection": .int(Int64(clamping: session.id)),
-                    "connection_name": .string(session.clientName),
-                    "ack_required": .bool(!consumer.noAck),
-                    "exclusive": .bool(consumer.exclusive),
-                    "prefetch": .int(Int64(consumer.prefetch)),
-                    "messages_unacked": .int(Int64(consumer.unacked)),
-                ])
-            }
+            for consumer in session.consumers.values.sorted(by: { $0.tag < $1.tag }) { list.append((session, consumer)) }
         }
-        return rows
+        return list
+    }
+
+    private func consumerRow(_ entry: (session: Session, consumer: Consumer)) -> FieldTable {
+        let (session, consumer) = entry
+        return [
+            "queue": .string(consumer.queue.name),
+            "consumer_tag": .int(Int64(consumer.tag)),
+            "connection": .int(Int64(clamping: session.id)),
+            "connection_name": .string(session.clientName),
+            "ack_required": .bool(!consumer.noAck),
+            "exclusive": .bool(consumer.exclusive),
+            "prefetch": .int(Int64(consumer.prefetch)),
+            "messages_unacked": .int(Int64(consumer.unacked)),
+        ]
     }
 
     private func userRow(_ user: User) -> FieldTable {

@@ -41,6 +41,91 @@ public struct PasswordHash: Hashable, Sendable, Codable {
     }
 }
 
+/// What a user may do with exchanges and queues, as RabbitMQ's permissions: three regular expressions over
+/// names (docs/protocol.md §11, "Permissions"). A name is allowed when the whole name matches; the empty pattern
+/// allows nothing. The default exchange is named `amq.default` here.
+///
+/// - configure: declare and delete (exchanges and queues);
+/// - write: publish to an exchange; bind a queue (write on the queue, read on the exchange); purge a queue;
+/// - read: consume from and get from a queue, move messages out of it; the exchange side of a binding.
+public struct Permissions: Hashable, Sendable, Codable {
+    public var configure: String
+    public var write: String
+    public var read: String
+
+    /// Everything: what a user without explicit permissions may do (as before permissions existed).
+    public static let all = Permissions(configure: ".*", write: ".*", read: ".*")
+
+    public init(configure: String, write: String, read: String) {
+        self.configure = configure
+        self.write = write
+        self.read = read
+    }
+
+    /// The kinds of access, for checks and error texts.
+    public enum Access: String, Sendable {
+        case configure, write, read
+    }
+
+    /// Checks that each pattern is a valid regular expression; throws 502 naming the bad one.
+    public func validate() throws(BrokerError) {
+        for (access, pattern) in [(Access.configure, configure), (.write, write), (.read, read)] {
+            do {
+                _ = try Regex(pattern)
+            } catch {
+                throw BrokerError(.invalidArgument, "\(access.rawValue) permission '\(pattern)' is not a valid regular expression: \(error)")
+            }
+        }
+    }
+
+    func pattern(_ access: Access) -> String {
+        switch access {
+        case .configure: configure
+        case .write: write
+        case .read: read
+        }
+    }
+}
+
+/// A user's permissions compiled once (per connection), with the names already decided remembered, so a publish
+/// pays a dictionary lookup at most, never a regular expression. Owned by its session, on the broker's loop.
+final class PermissionChecker {
+    private let permissions: Permissions?
+    private var compiled: [Permissions.Access: Regex<AnyRegexOutput>] = [:]
+    private var decided: [Permissions.Access: [String: Bool]] = [:]
+    /// Bound on remembered decisions per kind of access (a client inventing names cannot grow it without end).
+    private static let memoryLimit = 4096
+
+    init(_ permissions: Permissions?) {
+        self.permissions = permissions
+        guard let permissions else { return }
+        for access in [Permissions.Access.configure, .write, .read] {
+            // Validated when set; an invalid stored pattern (edited by hand) compiles to nothing and denies.
+            compiled[access] = try? Regex(permissions.pattern(access))
+        }
+    }
+
+    /// Whether `access` on the object named `name` is allowed.
+    func allows(_ access: Permissions.Access, _ name: String) -> Bool {
+        guard let permissions else { return true }
+        if let known = decided[access]?[name] { return known }
+        let pattern = permissions.pattern(access)
+        let subject = name.isEmpty ? "amq.default" : name
+        let allowed = !pattern.isEmpty && (compiled[access].map { (try? $0.wholeMatch(in: subject)) != nil } ?? false)
+        if decided[access, default: [:]].count >= Self.memoryLimit { decided[access] = [:] }
+        decided[access, default: [:]][name] = allowed
+        return allowed
+    }
+
+    /// Throws 403 naming the user, the access and the object unless it is allowed.
+    func check(_ access: Permissions.Access, _ kind: String, _ name: String, user: String) throws(BrokerError) {
+        guard allows(access, name) else {
+            let shown = name.isEmpty ? "the default exchange" : "\(kind) '\(name)'"
+            throw BrokerError(.accessRefused, "user '\(user)' has no \(access.rawValue) permission on \(shown)")
+        }
+    }
+}
+
 /// A broker user.
 public struct User: Hashable, Sendable, Codable {
     public var name: String
@@ -49,6 +134,11 @@ public struct User: Hashable, Sendable, Codable {
     public var isAdmin: Bool
     /// May connect only from a loopback address (the default `guest` user).
     public var loopbackOnly: Bool
+    /// What it may configure, write and read; nil is everything (users made before permissions existed, and new
+    /// users until an operator restricts them).
+    public var permissions: Permissions?
+    /// Most queues, bindings and consumers it may hold at once; nil is no limit.
+    public var limits: UserLimits?
 
     /// The default user, created at every start rather than stored.
     public var isBuiltIn: Bool { name == UserStore.defaultUserName && loopbackOnly }
@@ -58,6 +148,23 @@ public struct User: Hashable, Sendable, Codable {
         self.password = password
         self.isAdmin = isAdmin
         self.loopbackOnly = loopbackOnly
+    }
+}
+
+/// Per-user limits, as RabbitMQ's user limits: most objects a user's connections may hold at once. A limit
+/// reached is 506 naming it.
+public struct UserLimits: Hashable, Sendable, Codable {
+    /// Queues declared by this user that exist now.
+    public var maxQueues: Int?
+    /// Bindings this user made that exist now.
+    public var maxBindings: Int?
+    /// Consumers of this user's connections.
+    public var maxConsumers: Int?
+
+    public init(maxQueues: Int? = nil, maxBindings: Int? = nil, maxConsumers: Int? = nil) {
+        self.maxQueues = maxQueues
+        self.maxBindings = maxBindings
+        self.maxConsumers = maxConsumers
     }
 }
 

@@ -18,13 +18,13 @@ public final class BrokerServer: Sendable {
     public let port: Int
     private let group: MultiThreadedEventLoopGroup
     private let serverChannels: [any Channel]
-    private let state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry)>
+    private let state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry, logins: LoginScheduler)>
     private let logger: Logger
     private let directory: DataDirectory?
     private let writer: LogWriter?
 
     private init(configuration: ServerConfiguration, port: Int, group: MultiThreadedEventLoopGroup, serverChannels: [any Channel],
-                 state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry)>, logger: Logger, directory: DataDirectory?,
+                 state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry, logins: LoginScheduler)>, logger: Logger, directory: DataDirectory?,
                  writer: LogWriter?) {
         self.configuration = configuration
         self.port = port
@@ -69,7 +69,10 @@ public final class BrokerServer: Sendable {
                                                  store: store, eventLoop: loop, definitions: definitions, recovered: recovered)
             }
             let broker = Broker(users: users, logger: logger, persistence: persistence, memoryLimit: configuration.memoryLimit)
-            return NIOLoopBound((broker: broker, registry: ConnectionRegistry()), eventLoop: loop)
+            // Password checks run on the thread pool (one thread per core): as many at once as it has threads.
+            let logins = LoginScheduler(gate: LoginGate(concurrency: System.coreCount),
+                                        now: { Int64(truncatingIfNeeded: NIODeadline.now().uptimeNanoseconds) })
+            return NIOLoopBound((broker: broker, registry: ConnectionRegistry(), logins: logins), eventLoop: loop)
         }.get()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -83,8 +86,8 @@ public final class BrokerServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The group has one loop, so every connection is on the broker's loop.
-                    let (broker, registry) = state.value
-                    let handler = ConnectionHandler(broker: broker, registry: registry, configuration: configuration, logger: logger)
+                    let (broker, registry, logins) = state.value
+                    let handler = ConnectionHandler(broker: broker, registry: registry, logins: logins, configuration: configuration, logger: logger)
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
@@ -146,6 +149,12 @@ public final class BrokerServer: Sendable {
     public func withBroker<T: Sendable>(_ body: @escaping @Sendable (Broker) -> T) async throws -> T {
         let state = self.state
         return try await group.next().submit { body(state.value.broker) }.get()
+    }
+
+    /// Password checks waiting for their turn and running now (``LoginScheduler``), for tests and diagnostics.
+    public func loginQueue() async throws -> (waiting: Int, running: Int) {
+        let state = self.state
+        return try await group.next().submit { (state.value.logins.waitingCount, state.value.logins.runningCount) }.get()
     }
 
     /// A one-line summary for systemd's STATUS=, after a liveness check: the broker's loop answers and the log

@@ -13,6 +13,9 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
 
     private let broker: Broker
     private let registry: ConnectionRegistry
+    private let logins: LoginScheduler
+    /// This connection's password check while it waits in the ``LoginScheduler``.
+    private var loginTicket: UInt64?
     private let configuration: ServerConfiguration
     private var logger: Logger
     private var machine: ConnectionStateMachine
@@ -29,9 +32,10 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     private var peer = "unknown"
     private var clientName = ""
 
-    init(broker: Broker, registry: ConnectionRegistry, configuration: ServerConfiguration, logger: Logger) {
+    init(broker: Broker, registry: ConnectionRegistry, logins: LoginScheduler, configuration: ServerConfiguration, logger: Logger) {
         self.broker = broker
         self.registry = registry
+        self.logins = logins
         self.configuration = configuration
         self.logger = logger
         self.machine = ConnectionStateMachine(maxFrameSize: configuration.maxFrameSize, heartbeatSeconds: configuration.heartbeatSeconds,
@@ -69,6 +73,7 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
         machine.socketClosed()
         handshakeTimeout?.cancel()
         heartbeatTask?.cancel()
+        if let ticket = loginTicket { logins.withdraw(ticket) }
         registry.remove(self)
         if let session {
             broker.closeSession(session)
@@ -222,21 +227,63 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
 
+    /// Queues the password check with the broker's ``LoginScheduler``, which decides when it runs (a storm of
+    /// failing logins waits behind legitimate ones) and may refuse it outright.
     private func verify(_ auth: Authenticate) {
         guard let context else { return }
+        let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        loginTicket = logins.submit(address: address, user: auth.user, start: { ticket in
+            bound.value.startVerification(auth, address: address, ticket: ticket)
+        }, refuse: { error in
+            let handler = bound.value
+            handler.loginTicket = nil
+            handler.logger.warning("login refused without a check", metadata: ["user": "\(auth.user)", "reason": "\(error.message)"])
+            handler.run(handler.machine.refused(error))
+        })
+    }
+
+    private func startVerification(_ auth: Authenticate, address: String, ticket: UInt64) {
+        guard let context else {
+            _ = logins.finished(ticket, succeeded: false)  // gone meanwhile: free the slot
+            return
+        }
+        loginTicket = ticket
         let user = broker.users.user(named: auth.user)
         let fromLoopback = Self.isLoopback(context.channel.remoteAddress)
         let password = auth.password
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
         // PBKDF2 takes milliseconds: run it on the thread pool so the event loop keeps moving messages.
-        NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
+        NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
             UserStore.authenticate(user, password: password, fromLoopback: fromLoopback)
         }.whenComplete { result in
             let handler = bound.value
-            switch result {
-            case .success(.success(let user)): handler.authenticated(as: user)
-            case .success(.failure(let error)): handler.run(handler.machine.refused(error))
-            case .failure(let error): handler.run(handler.machine.refused(BrokerError(.internalError, "authentication failed: \(error)")))
+            handler.loginTicket = nil
+            let outcome: Result<User, BrokerError> = switch result {
+            case .success(let checked): checked
+            case .failure(let error): .failure(BrokerError(.internalError, "authentication failed: \(error)"))
+            }
+            let succeeded = if case .success = outcome { true } else { false }
+            let delay = handler.logins.finished(ticket, succeeded: succeeded)
+            switch outcome {
+            case .success(let user):
+                handler.authenticated(as: user)
+            case .failure(let error):
+                let failures = handler.logins.recentFailures(from: address)
+                // One line for the first failures from an address, then one per hundred: a storm does not flood the log.
+                if failures <= 3 || failures % 100 == 0 {
+                    handler.logger.warning("login failed", metadata: ["user": "\(auth.user)", "recent_failures_from_address": "\(failures)"])
+                }
+                guard delay > 0 else {
+                    handler.run(handler.machine.refused(error))
+                    return
+                }
+                // Slow down an address that keeps failing: answer later, at no CPU cost.
+                eventLoop.scheduleTask(in: .nanoseconds(delay)) {
+                    let handler = bound.value
+                    handler.run(handler.machine.refused(error))
+                }
             }
         }
     }

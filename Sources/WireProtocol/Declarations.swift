@@ -52,7 +52,7 @@ public struct ExchangeDeclare: Hashable, Sendable {
         }
         let flags = try buffer.readFlags("exchange flags", allowed: 0b111)
         return ExchangeDeclare(requestId: requestId, name: name, kind: kind, durable: flags & 1 != 0, autoDelete: flags & 2 != 0,
-                               passive: flags & 4 != 0, arguments: try buffer.readFieldTable("arguments"))
+                               passive: flags & 4 != 0, arguments: try buffer.readArguments())
     }
 }
 
@@ -109,7 +109,7 @@ public struct QueueDeclare: Hashable, Sendable {
         let name = try buffer.readShortString("queue")
         let flags = try buffer.readFlags("queue flags", allowed: 0b1111)
         return QueueDeclare(requestId: requestId, name: name, durable: flags & 1 != 0, exclusive: flags & 2 != 0,
-                            autoDelete: flags & 4 != 0, passive: flags & 8 != 0, arguments: try buffer.readFieldTable("arguments"))
+                            autoDelete: flags & 4 != 0, passive: flags & 8 != 0, arguments: try buffer.readArguments())
     }
 }
 
@@ -200,6 +200,6 @@ public struct QueueBinding: Hashable, Sendable {
     public static func decode(from buffer: inout ByteBuffer) throws(BrokerError) -> QueueBinding {
         QueueBinding(requestId: try buffer.readInt("request id"), queue: try buffer.readShortString("queue"),
                      exchange: try buffer.readShortString("exchange"), bindingKey: try buffer.readShortString("binding key"),
-                     arguments: try buffer.readFieldTable("arguments"))
+                     arguments: try buffer.readArguments())
     }
 }

@@ -85,6 +85,8 @@ public struct Frame: Sendable {
     public static let minimumMaxSize: UInt32 = 4096
     /// The maximum frame size before the handshake has set one.
     public static let handshakeMaxSize: UInt32 = 65536
+    /// Largest `arguments` table of a request (declare, bind, consume, manage), encoded: 64 KiB. docs/protocol.md §13.
+    public static let maximumArgumentsBytes: UInt32 = 64 << 10
 }
 
 extension ByteBuffer {

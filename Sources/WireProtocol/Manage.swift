@@ -25,6 +25,6 @@ public struct Manage: Hashable, Sendable {
 
     public static func decode(from buffer: inout ByteBuffer) throws(BrokerError) -> Manage {
         Manage(requestId: try buffer.readInt("request id"), method: try buffer.readShortString("method"),
-               arguments: try buffer.readFieldTable("arguments"))
+               arguments: try buffer.readArguments())
     }
 }

@@ -195,7 +195,7 @@ public struct Consume: Hashable, Sendable {
         let flags = try buffer.readFlags("consume flags", allowed: 0b11)
         let prefetch: UInt16 = try buffer.readInt("prefetch")
         return Consume(requestId: requestId, queue: queue, noAck: flags & 1 != 0, exclusive: flags & 2 != 0, prefetch: prefetch,
-                       arguments: try buffer.readFieldTable("arguments"))
+                       arguments: try buffer.readArguments())
     }
 }
 

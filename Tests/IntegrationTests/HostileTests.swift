@@ -9,7 +9,7 @@ import WireProtocol
 
 /// Hostile and careless input (issue 12): values that used to trap the broker, poisoned data directories, and the
 /// bounds on what one client can make the broker hold.
-@Suite("Hostile input")
+@Suite("Hostile input", .serialized)
 struct HostileTests {
     @Test("numeric queue arguments outside their documented range are refused with 502 naming the argument")
     func argumentRanges() async throws {
@@ -131,7 +131,7 @@ extension HostileTests {
             // Everything in one write, before the broker has answered anything.
             raw.send(Self.encode(.hello(Hello(clientName: "pipeliner")),
                                  .authenticate(Authenticate(user: "guest", password: "guest"))) + publish)
-            let answers = try raw.receiveUntilClosed()
+            let answers = try await offThePool { try raw.receiveUntilClosed() }
             guard case .close(let close)? = answers.last else {
                 Issue.record("no close for a malformed publish pipelined before authOk: \(answers)")
                 return
@@ -149,9 +149,9 @@ extension HostileTests {
             raw.send(Self.encode(.hello(Hello(clientName: "guesser")), .authenticate(Authenticate(user: "guest", password: "wrong"))))
             let publish = Self.encode(.publish(Publish(exchange: "", routingKey: "q", body: ByteBuffer(repeating: 1, count: 60_000))))
             // Before: the broker read and held up to 1,024 of these (61 MB per connection) before refusing.
-            let accepted = raw.flood(publish, limit: 200 << 20)
+            let accepted = try await offThePool { raw.flood(publish, limit: 200 << 20) }
             #expect(accepted < 40 << 20, "the broker read \(accepted) bytes pipelined behind an unchecked password")
-            let answers = try raw.receiveUntilClosed()
+            let answers = try await offThePool { try raw.receiveUntilClosed() }
             let refused = answers.contains { if case .close(let close) = $0 { close.code == .accessRefused } else { false } }
             #expect(refused || answers.isEmpty, "\(answers.suffix(2))")
         }
@@ -164,17 +164,18 @@ extension HostileTests {
             _ = try raw.handshake()
             let request = Self.encode(.queueDeclare(QueueDeclare(requestId: 9, name: "missing", passive: true)))
             // Before: the broker read every request and kept every answer (1.3 GB for 3 M requests).
-            let accepted = raw.flood(request, limit: 400 << 20)
+            let accepted = try await offThePool { raw.flood(request, limit: 400 << 20) }
             #expect(accepted < 100 << 20, "the broker kept reading (\(accepted) bytes) while its answers were not read")
             let requests = accepted / request.count
-            var answered = 0
-            while answered < requests, let answer = try raw.receive() {
-                guard case .error(let error) = answer, error.code == .notFound else {
-                    Issue.record("unexpected answer \(answer)")
-                    break
+            let (answered, unexpected) = try await offThePool { () throws -> (Int, String?) in
+                var answered = 0
+                while answered < requests, let answer = try raw.receive() {
+                    guard case .error(let error) = answer, error.code == .notFound else { return (answered, "\(answer)") }
+                    answered += 1
                 }
-                answered += 1
+                return (answered, nil)
             }
+            #expect(unexpected == nil, "unexpected answer \(unexpected ?? "")")
             #expect(answered == requests)
         }
     }
@@ -211,5 +212,78 @@ extension HostileTests {
             throw error
         }
         await server.shutdown()
+    }
+}
+
+extension HostileTests {
+    @Test("listings page with offset and limit; one too large for an answer is refused with 506 instead of an oversized frame")
+    func pagedListings() async throws {
+        try await withBroker { _, config in
+            try await withConnection(config) { c in
+                let count = Broker.unpagedListingLimit + 20
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for worker in 0..<8 {
+                        group.addTask {
+                            for i in stride(from: worker, to: count, by: 8) { try await c.declareQueue(String(format: "q%05d", i)) }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                // Before: the whole listing went out as one frame, over the frame limit for 100,000 queues.
+                await expectBrokerError(.resourceError) { _ = try await c.rows("list.queues") }
+                let page = try await c.manage("list.queues", ["offset": .int(10), "limit": .int(3)])
+                guard case .array(let rows)? = page["rows"] else {
+                    Issue.record("no rows in \(page)")
+                    return
+                }
+                #expect(rows.compactMap { if case .table(let row) = $0 { row["name"]?.stringValue } else { nil } } == ["q00010", "q00011", "q00012"])
+                #expect(page["total"]?.intValue == Int64(count))
+                await expectBrokerError(.invalidArgument) { _ = try await c.manage("list.queues", ["limit": .int(0)]) }
+                await expectBrokerError(.invalidArgument) { _ = try await c.manage("list.queues", ["limit": .int(Int64(Broker.listingPageLimit) + 1)]) }
+                // The typed API pages by itself and sees every queue once, in order.
+                let all = try await c.listQueues().map(\.name)
+                #expect(all == (0..<count).map { String(format: "q%05d", $0) })
+            }
+        }
+    }
+}
+
+extension HostileTests {
+    @Test("a storm of wrong logins does not delay a legitimate one: it goes ahead of the queued guesses")
+    func loginStorm() async throws {
+        var users = UserStore()
+        users.add(User(name: "svc", password: PasswordHash(password: "right"), isAdmin: false, loopbackOnly: false))
+        try await withBroker(users: users) { server, config in
+            var legit = config
+            legit.user = "svc"
+            legit.password = "right"
+            // Before: each check waited for every earlier one, so a legitimate login queued behind the storm.
+            let storm = 150
+            let guessers = try (0..<storm).map { _ in try RawSocket(port: server.port) }
+            for socket in guessers {
+                socket.send(protocolMagic)
+                socket.send(Self.encode(.hello(Hello(clientName: "guesser")), .authenticate(Authenticate(user: "guest", password: "wrong"))))
+            }
+            var seen: (waiting: Int, running: Int) = (0, 0)
+            let queued = try await eventually(timeout: .seconds(30)) {
+                seen = try await server.loginQueue()
+                return seen.waiting >= storm / 2
+            }
+            #expect(queued, "the storm never queued: last seen \(seen)")
+            let connection = try await BrokerConnection.connect(legit)
+            let left = try await server.loginQueue().waiting
+            #expect(left > 0, "the legitimate login was answered only after every guess")
+            await connection.close()
+            // Every guess is refused (or, if the loaded machine did not check it within the handshake time, closed
+            // for that); none is let in.
+            for socket in guessers {
+                let answers = try await offThePool { try socket.receiveUntilClosed() }
+                let refused = answers.contains {
+                    if case .close(let close) = $0 { close.code == .accessRefused || close.code == .unexpectedFrame } else { false }
+                }
+                let admitted = answers.contains { if case .authOk = $0 { true } else { false } }
+                #expect(refused && !admitted, "\(answers)")
+            }
+        }
     }
 }

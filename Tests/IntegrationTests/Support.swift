@@ -118,8 +118,20 @@ func eventually(timeout: Duration = .seconds(5), _ condition: () async throws ->
     return try await condition()
 }
 
+/// Runs blocking work (raw sockets waiting on the kernel) on a thread of its own: blocking one of the two threads
+/// of Swift's cooperative pool would stall every other test's tasks meanwhile, and on a loaded machine push them
+/// past their brokers' handshake timeouts.
+func offThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try work() }) }.start()
+    }
+}
+
 /// A bare TCP client speaking raw bytes, for handshake and malformed-input tests. Blocking, with a receive timeout.
-final class RawSocket {
+///
+/// `@unchecked Sendable`: a test uses a socket from one thread at a time: its own task, or the thread of an
+/// ``offThePool(_:)`` call it awaits; never both at once.
+final class RawSocket: @unchecked Sendable {
     let fd: Int32
 
     init(port: Int) throws {

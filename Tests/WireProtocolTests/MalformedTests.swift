@@ -188,3 +188,27 @@ struct SplitMix: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+extension MalformedTests {
+    @Test("an arguments table over 64 KiB is refused from its length, naming the limit")
+    func oversizedArguments() {
+        var arguments: FieldTable = [:]
+        for i in 0..<2_000 { arguments["x-pad-\(i)"] = .string(String(repeating: "p", count: 40)) }
+        var buffer = ByteBuffer()
+        ClientMessage.queueDeclare(QueueDeclare(requestId: 1, name: "q", arguments: arguments)).encode(into: &buffer)
+        var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: 1 << 24, expectsMagic: false))
+        reader.append(buffer)
+        let error = Self.error {
+            guard let frame = try reader.next() else { return }
+            _ = try ClientMessage.decode(frame)
+        }
+        #expect(error?.code == .invalidArgument)
+        #expect(error?.message.contains("65536") == true, "\(String(describing: error))")
+        // At the limit's side: a small table still decodes.
+        var small = ByteBuffer()
+        ClientMessage.queueDeclare(QueueDeclare(requestId: 1, name: "q", arguments: ["x-max-length": .int(5)])).encode(into: &small)
+        var ok = FrameReader(decoder: FrameDecoder(maxFrameSize: 1 << 24, expectsMagic: false))
+        ok.append(small)
+        #expect(Self.error { _ = try ClientMessage.decode(try #require(try ok.next())) } == nil)
+    }
+}
