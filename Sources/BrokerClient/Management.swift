@@ -132,10 +132,22 @@ public struct UserRow: ManagementRow {
     public var admin: Bool
     /// May connect from loopback addresses only (the built-in guest).
     public var loopbackOnly: Bool
+    /// Regular expressions over exchange and queue names (docs/protocol.md §11, "Permissions"); `.*` for all.
+    /// Nil from a broker that predates permissions.
+    public var configure: String?
+    public var write: String?
+    public var read: String?
+    /// Per-user limits; nil for none.
+    public var maxQueues: Int64?
+    public var maxBindings: Int64?
+    public var maxConsumers: Int64?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case name, admin
+        case name, admin, configure, write, read
         case loopbackOnly = "loopback_only"
+        case maxQueues = "max_queues"
+        case maxBindings = "max_bindings"
+        case maxConsumers = "max_consumers"
     }
     public static var columns: [String] { CodingKeys.allCases.map(\.rawValue) }
 }
@@ -214,6 +226,27 @@ extension BrokerConnection {
 
     public func deleteUser(_ name: String) async throws {
         _ = try await manage("user.delete", ["name": .string(name)])
+    }
+
+    /// Restricts what `name` may configure, write and read: each a regular expression that a whole exchange or
+    /// queue name must match (`""` allows nothing, `.*` everything; the default exchange is `amq.default`).
+    public func setPermissions(of name: String, configure: String, write: String, read: String) async throws {
+        _ = try await manage("user.set_permissions", ["name": .string(name), "configure": .string(configure),
+                                                      "write": .string(write), "read": .string(read)])
+    }
+
+    /// Gives `name` full access again.
+    public func clearPermissions(of name: String) async throws {
+        _ = try await manage("user.clear_permissions", ["name": .string(name)])
+    }
+
+    /// Sets `name`'s limits; nil (or 0) removes one.
+    public func setLimits(of name: String, maxQueues: Int? = nil, maxBindings: Int? = nil, maxConsumers: Int? = nil) async throws {
+        var arguments: FieldTable = ["name": .string(name)]
+        if let maxQueues { arguments["max_queues"] = .int(Int64(maxQueues)) }
+        if let maxBindings { arguments["max_bindings"] = .int(Int64(maxBindings)) }
+        if let maxConsumers { arguments["max_consumers"] = .int(Int64(maxConsumers)) }
+        _ = try await manage("user.set_limits", arguments)
     }
 
     public func changePassword(of name: String, to password: String) async throws {

@@ -29,6 +29,9 @@ public final class Broker {
     let metadataPath: String?
     let eventLoop: (any EventLoop)?
     var nextQueueId: UInt32 = 1
+    /// Queues and bindings per user that made them, for their ``UserLimits``.
+    var queueCounts: [String: Int] = [:]
+    var bindingCounts: [String: Int] = [:]
     /// The log batch this cycle's records go into.
     var openBatch: UInt64 = 1
     /// Whether the last log write failed (to log failures once per episode).
@@ -213,6 +216,7 @@ public final class Broker {
         }
         if m.passive { throw BrokerError(.notFound, "no exchange '\(m.name)'") }
         if m.name.hasPrefix("amq.") { throw BrokerError(.accessRefused, "exchange names starting with 'amq.' are reserved") }
+        try session.permissions.check(.configure, "exchange", m.name, user: session.user.name)
         if !m.arguments.isEmpty {
             throw BrokerError(.invalidArgument, "exchange arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
         }
@@ -233,6 +237,7 @@ public final class Broker {
         try NameRules.validateName(m.name, kind: "exchange")
         guard let exchange = exchanges[m.name] else { throw BrokerError(.notFound, "no exchange '\(m.name)'") }
         if exchange.builtIn { throw BrokerError(.accessRefused, "the built-in exchange '\(m.name)' cannot be deleted") }
+        try session.permissions.check(.configure, "exchange", m.name, user: session.user.name)
         if m.ifUnused && exchange.bindingCount > 0 {
             throw BrokerError(.preconditionFailed, "exchange '\(m.name)' has \(exchange.bindingCount) bindings (if-unused)")
         }
@@ -244,6 +249,7 @@ public final class Broker {
         for queue in exchange.boundQueues {
             queue.bindings.removeAll { $0.exchange === exchange }
         }
+        for owner in exchange.bindingOwners { release(&bindingCounts, owner) }
         exchanges[exchange.name] = nil
         topologyVersion &+= 1
         if exchange.durable { try? saveDefinitions() }
@@ -262,6 +268,7 @@ public final class Broker {
         if let existing = queues[name] {
             try checkAccess(existing, by: session)
             if !m.passive {
+                try session.permissions.check(.configure, "queue", name, user: session.user.name)
                 if existing.durable != m.durable {
                     throw BrokerError(.preconditionFailed, "queue '\(name)' exists with durable=\(existing.durable), not \(m.durable)")
                 }
@@ -281,15 +288,21 @@ public final class Broker {
         }
         if m.passive { throw BrokerError(.notFound, "no queue '\(name)'") }
         if name.hasPrefix("amq.") && !m.name.isEmpty { throw BrokerError(.accessRefused, "queue names starting with 'amq.' are reserved") }
+        try session.permissions.check(.configure, "queue", name, user: session.user.name)
+        if let limit = session.user.limits?.maxQueues, queueCounts[session.user.name, default: 0] >= limit {
+            throw BrokerError(.resourceError, "user '\(session.user.name)' has \(limit) queues, the most it may have")
+        }
         let arguments = try QueueArguments(m.arguments)
         let queue = Queue(name: name, durable: m.durable, autoDelete: m.autoDelete, exclusiveOwner: m.exclusive ? session.id : nil,
                           arguments: arguments, broker: self)
+        queue.owner = session.user.name
+        queueCounts[session.user.name, default: 0] += 1
         queues[name] = queue
         topologyVersion &+= 1
         if m.durable && !m.exclusive && store != nil {
             // An exclusive queue ends with its connection, so it is never kept across restarts.
             guard nextQueueId < UInt32.max else {
-                queues[name] = nil
+                forgetQueue(queue)
                 throw BrokerError(.resourceError, "no durable queue ids left (4,294,967,294 durable queues declared in this data directory); declare it non-durable")
             }
             queue.durableId = nextQueueId
@@ -297,7 +310,7 @@ public final class Broker {
             do {
                 try saveDefinitions()
             } catch {
-                queues[name] = nil
+                forgetQueue(queue)
                 throw error
             }
         }
@@ -326,8 +339,15 @@ public final class Broker {
         return queue
     }
 
+    /// Undoes a declare that could not be completed.
+    private func forgetQueue(_ queue: Queue) {
+        queues[queue.name] = nil
+        if let owner = queue.owner { release(&queueCounts, owner) }
+    }
+
     func deleteQueue(_ m: QueueDelete, by session: Session) throws(BrokerError) -> Int {
         let queue = try accessibleQueue(m.name, by: session)
+        try session.permissions.check(.configure, "queue", queue.name, user: session.user.name)
         if m.ifUnused && queue.consumerCount > 0 {
             throw BrokerError(.preconditionFailed, "queue '\(m.name)' has \(queue.consumerCount) consumers (if-unused)")
         }
@@ -345,6 +365,7 @@ public final class Broker {
         guard !queue.isDeleted else { return }
         queue.isDeleted = true
         queues[queue.name] = nil
+        if let owner = queue.owner { release(&queueCounts, owner) }
         topologyVersion &+= 1
         let consumers = queue.consumers
         queue.consumers.removeAll()
@@ -353,7 +374,7 @@ public final class Broker {
         queue.bindings = []
         for binding in bindings {
             let exchange = binding.exchange
-            exchange.detach(queue, key: binding.key)
+            if case .removed(let owner?) = exchange.detach(queue, key: binding.key) { release(&bindingCounts, owner) }
             if exchange.shouldAutoDelete && exchanges[exchange.name] === exchange { removeExchange(exchange) }
         }
         _ = queue.purge(store: store)
@@ -362,7 +383,20 @@ public final class Broker {
     }
 
     func purgeQueue(_ name: String, by session: Session) throws(BrokerError) -> Int {
-        try accessibleQueue(name, by: session).purge(store: store)
+        let queue = try accessibleQueue(name, by: session)
+        try session.permissions.check(.read, "queue", queue.name, user: session.user.name)
+        return queue.purge(store: store)
+    }
+
+    /// Counts one fewer for `user` in a per-user count.
+    func release(_ counts: inout [String: Int], _ user: String) {
+        let left = (counts[user] ?? 1) - 1
+        counts[user] = left > 0 ? left : nil
+    }
+
+    /// Consumers of every connection of `user`, for its `maxConsumers` limit.
+    func consumerCount(of user: String) -> Int {
+        sessions.values.reduce(0) { $0 + ($1.user.name == user ? $1.consumerCount : 0) }
     }
 
     // MARK: - Bindings
@@ -372,13 +406,19 @@ public final class Broker {
         if !m.arguments.isEmpty {
             throw BrokerError(.invalidArgument, "binding arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
         }
-        if exchange.bind(queue, key: m.bindingKey) {
+        if let limit = session.user.limits?.maxBindings, bindingCounts[session.user.name, default: 0] >= limit,
+           !exchange.isBound(queue, key: m.bindingKey) {
+            throw BrokerError(.resourceError, "user '\(session.user.name)' has \(limit) bindings, the most it may have")
+        }
+        if exchange.bind(queue, key: m.bindingKey, owner: session.user.name) {
+            bindingCounts[session.user.name, default: 0] += 1
             topologyVersion &+= 1
             if exchange.durable && queue.durableId != nil {
                 do {
                     try saveDefinitions()
                 } catch {
                     exchange.unbind(queue, key: m.bindingKey)  // not durable, so not made at all
+                    release(&bindingCounts, session.user.name)
                     throw error
                 }
             }
@@ -387,7 +427,8 @@ public final class Broker {
 
     func unbind(_ m: QueueBinding, by session: Session) throws(BrokerError) {
         let (exchange, queue) = try bindingTargets(m, by: session)
-        if exchange.unbind(queue, key: m.bindingKey) {
+        if case .removed(let owner) = exchange.unbind(queue, key: m.bindingKey) {
+            if let owner { release(&bindingCounts, owner) }
             topologyVersion &+= 1
             if exchange.durable && queue.durableId != nil { try saveDefinitions() }
         }
@@ -400,6 +441,9 @@ public final class Broker {
         try NameRules.validateKey(m.bindingKey, kind: "binding key")
         let queue = try accessibleQueue(m.queue, by: session)
         guard let exchange = exchanges[m.exchange] else { throw BrokerError(.notFound, "no exchange '\(m.exchange)'") }
+        // As RabbitMQ: a binding writes into the queue and reads from the exchange.
+        try session.permissions.check(.write, "queue", queue.name, user: session.user.name)
+        try session.permissions.check(.read, "exchange", exchange.name, user: session.user.name)
         return (exchange, queue)
     }
 
@@ -422,7 +466,9 @@ public final class Broker {
         var queues: [Queue]
     }
 
-    func route(_ publish: PublishView, cache: inout RouteCache?) -> RouteOutcome {
+    /// Routes a publish. Permission to write to the exchange is checked when the route is computed: a cache hit
+    /// means the same exchange under the same topology (a permission change bumps the topology version).
+    func route(_ publish: PublishView, cache: inout RouteCache?, permissions: PermissionChecker? = nil, user: String = "") -> RouteOutcome {
         let destinations: [Queue]
         if let cached = cache, cached.version == topologyVersion, publish.envelope.namesEqual(cached.names) {
             destinations = cached.queues
@@ -436,6 +482,10 @@ public final class Broker {
             }
             guard let exchange = exchanges[exchangeName] else {
                 return .failed(BrokerError(.notFound, "no exchange '\(exchangeName)'"))
+            }
+            if let permissions, !permissions.allows(.write, exchangeName) {
+                let shown = exchangeName.isEmpty ? "the default exchange" : "exchange '\(exchangeName)'"
+                return .failed(BrokerError(.accessRefused, "user '\(user)' has no write permission on \(shown)"))
             }
             var found: [Queue] = []
             if exchangeName.isEmpty {

@@ -9,8 +9,9 @@ public final class Exchange {
     /// The default exchange and `amq.*` exchanges cannot be deleted or redeclared differently.
     public let builtIn: Bool
 
-    /// Every binding, by (queue, key): existence checks in O(1), listings, the count.
-    private var members: [BindingID: Queue] = [:]
+    /// Every binding, by (queue, key), with the user that made it: existence checks in O(1), listings, the count,
+    /// per-user limits.
+    private var members: [BindingID: (queue: Queue, owner: String?)] = [:]
     /// direct: binding key → queues bound with it (each once).
     private var direct: [String: [Queue]] = [:]
     /// fanout: every bound queue once, in binding order, and how many keys bind it.
@@ -36,33 +37,45 @@ public final class Exchange {
         self.builtIn = builtIn
     }
 
+    /// What removing a binding did.
+    enum Removal: Equatable {
+        case absent
+        /// Removed; the user that had made it, if known.
+        case removed(String?)
+    }
+
+    func isBound(_ queue: Queue, key: String) -> Bool {
+        members[BindingID(queue: ObjectIdentifier(queue), key: key)] != nil
+    }
+
     /// Adds a binding; false if it already existed. O(1) but for direct keys bound by many queues.
     @discardableResult
-    func bind(_ queue: Queue, key: String) -> Bool {
+    func bind(_ queue: Queue, key: String, owner: String? = nil) -> Bool {
         let id = BindingID(queue: ObjectIdentifier(queue), key: key)
         guard members[id] == nil else { return false }
-        members[id] = queue
+        members[id] = (queue, owner)
         attach(queue, key: key)
         queue.bindings.append(Binding(exchange: self, key: key))
         everBound = true
         return true
     }
 
-    /// Removes a binding; false if there was none.
+    /// Removes a binding.
     @discardableResult
-    func unbind(_ queue: Queue, key: String) -> Bool {
-        guard detach(queue, key: key) else { return false }
+    func unbind(_ queue: Queue, key: String) -> Removal {
+        let removal = detach(queue, key: key)
+        guard removal != .absent else { return removal }
         if let index = queue.bindings.firstIndex(where: { $0.exchange === self && $0.key == key }) {
             queue.bindings.remove(at: index)
         }
-        return true
+        return removal
     }
 
     /// Removes a binding from the exchange's side only: the caller clears the queue's own list in one pass (a
     /// queue being deleted with 100,000 bindings must not search that list once per binding).
     @discardableResult
-    func detach(_ queue: Queue, key: String) -> Bool {
-        guard members.removeValue(forKey: BindingID(queue: ObjectIdentifier(queue), key: key)) != nil else { return false }
+    func detach(_ queue: Queue, key: String) -> Removal {
+        guard let removed = members.removeValue(forKey: BindingID(queue: ObjectIdentifier(queue), key: key)) else { return .absent }
         switch kind {
         case .direct:
             direct[key]?.removeAll(where: { $0 === queue })
@@ -75,7 +88,7 @@ public final class Exchange {
         case .topic:
             topic.remove(key, queue)
         }
-        return true
+        return .removed(removed.owner)
     }
 
     private func attach(_ queue: Queue, key: String) {
@@ -127,12 +140,20 @@ public final class Exchange {
     /// The distinct queues bound to this exchange (for its deletion).
     var boundQueues: [Queue] {
         var seen = Set<ObjectIdentifier>()
-        return members.values.filter { seen.insert(ObjectIdentifier($0)).inserted }
+        return members.values.map(\.queue).filter { seen.insert(ObjectIdentifier($0)).inserted }
     }
+
+    /// The user of each binding whose maker is known, once per binding (for per-user counts at deletion).
+    var bindingOwners: [String] { members.values.compactMap(\.owner) }
 
     /// (queue, key) pairs, for listing.
     public var bindings: [(queue: String, key: String)] {
-        members.map { id, queue in (queue.name, id.key) }
+        members.map { id, member in (member.queue.name, id.key) }
+    }
+
+    /// (queue, key, owner) triples, for the saved definitions.
+    var ownedBindings: [(queue: Queue, key: String, owner: String?)] {
+        members.map { id, member in (member.queue, id.key, member.owner) }
     }
 }
 

@@ -10,6 +10,7 @@ extension Broker {
     public static let managementMethods = [
         "list.queues", "list.exchanges", "list.bindings", "list.connections", "list.consumers",
         "queue.peek", "queue.move", "user.list", "user.add", "user.delete", "user.passwd",
+        "user.set_permissions", "user.clear_permissions", "user.set_limits",
     ]
 
     /// Runs one management method on behalf of `session` (whose user is an administrator).
@@ -27,6 +28,9 @@ extension Broker {
         case "user.add": return try addUser(args)
         case "user.delete": return try deleteUser(args, by: session)
         case "user.passwd": return try changePassword(args)
+        case "user.set_permissions": return try setPermissions(args)
+        case "user.clear_permissions": return try setPermissions(args, clear: true)
+        case "user.set_limits": return try setLimits(args)
         default:
             throw BrokerError(.unknownFrame, "unknown management method '\(request.method)'; known: \(Self.managementMethods.joined(separator: ", "))")
         }
@@ -147,7 +151,15 @@ extension Broker {
     }
 
     private func userRow(_ user: User) -> FieldTable {
-        ["name": .string(user.name), "admin": .bool(user.isAdmin), "loopback_only": .bool(user.loopbackOnly)]
+        var row: FieldTable = ["name": .string(user.name), "admin": .bool(user.isAdmin), "loopback_only": .bool(user.loopbackOnly)]
+        let permissions = user.permissions ?? .all
+        row["configure"] = .string(permissions.configure)
+        row["write"] = .string(permissions.write)
+        row["read"] = .string(permissions.read)
+        if let v = user.limits?.maxQueues { row["max_queues"] = .int(Int64(v)) }
+        if let v = user.limits?.maxBindings { row["max_bindings"] = .int(Int64(v)) }
+        if let v = user.limits?.maxConsumers { row["max_consumers"] = .int(Int64(v)) }
+        return row
     }
 
     /// Recomputes every queue's publish and deliver rates; the sweeper calls it about once a second.
@@ -270,6 +282,46 @@ extension Broker {
         user.password = PasswordHash(password: password)
         try changeUsers { $0.add(user) }
         return [:]
+    }
+
+    /// `user.set_permissions {name, configure, write, read}`: three regular expressions over exchange and queue
+    /// names; `user.clear_permissions {name}` gives back full access. Connections of the user get the new
+    /// permissions at once.
+    private func setPermissions(_ args: ManagementArguments, clear: Bool = false) throws(BrokerError) -> FieldTable {
+        let name = try args.string("name")
+        guard var user = users.user(named: name) else { throw BrokerError(.notFound, "no user '\(name)'") }
+        if clear {
+            user.permissions = nil
+        } else {
+            let permissions = Permissions(configure: try args.string("configure"), write: try args.string("write"), read: try args.string("read"))
+            try permissions.validate()
+            user.permissions = permissions
+        }
+        try changeUsers { $0.add(user) }
+        refreshSessions(of: user)
+        return [:]
+    }
+
+    /// `user.set_limits {name, max_queues, max_bindings, max_consumers}`: each optional, 0 or absent for none.
+    private func setLimits(_ args: ManagementArguments) throws(BrokerError) -> FieldTable {
+        let name = try args.string("name")
+        guard var user = users.user(named: name) else { throw BrokerError(.notFound, "no user '\(name)'") }
+        func limit(_ key: String) throws(BrokerError) -> Int? {
+            let value = try args.int(key, default: 0, range: 0...1_000_000_000)
+            return value == 0 ? nil : value
+        }
+        let limits = UserLimits(maxQueues: try limit("max_queues"), maxBindings: try limit("max_bindings"), maxConsumers: try limit("max_consumers"))
+        user.limits = limits == UserLimits() ? nil : limits
+        try changeUsers { $0.add(user) }
+        refreshSessions(of: user)
+        return [:]
+    }
+
+    /// Open connections of `user` take its new permissions and limits; cached routes are recomputed (and so
+    /// checked again) because the topology version moves.
+    private func refreshSessions(of user: User) {
+        for session in sessions.values where session.user.name == user.name { session.userChanged(user) }
+        topologyVersion &+= 1
     }
 
     /// Applies a change to the users and saves it; from the first change on, the saved list is complete (the

@@ -18,11 +18,15 @@ public struct Definitions: Codable, Sendable, Equatable {
         public var id: UInt32
         public var autoDelete: Bool
         public var arguments: QueueArguments?
+        /// The user that declared it, for per-user limits (absent in data directories of older versions).
+        public var owner: String?
     }
     public struct BindingDefinition: Codable, Sendable, Equatable {
         public var exchange: String
         public var queue: String
         public var key: String
+        /// The user that made it, for per-user limits (absent in data directories of older versions).
+        public var owner: String?
     }
 
     public var version = 1
@@ -99,6 +103,8 @@ extension Broker {
             let queue = Queue(name: q.name, durable: true, autoDelete: q.autoDelete, exclusiveOwner: nil,
                               arguments: arguments, broker: self)
             queue.durableId = q.id
+            queue.owner = q.owner
+            if let owner = q.owner { queueCounts[owner, default: 0] += 1 }
             // Ids are handed out upwards; never again one a recovered queue holds.
             nextQueueId = max(nextQueueId, q.id == .max ? .max : q.id + 1)
             queues[q.name] = queue
@@ -106,7 +112,7 @@ extension Broker {
         }
         for b in definitions.bindings {
             guard let exchange = exchanges[b.exchange], let queue = queues[b.queue] else { continue }
-            exchange.bind(queue, key: b.key)
+            if exchange.bind(queue, key: b.key, owner: b.owner), let owner = b.owner { bindingCounts[owner, default: 0] += 1 }
         }
         var restored = 0
         let wallNow = store?.wallClock() ?? 0
@@ -151,9 +157,11 @@ extension Broker {
         for queue in queues.values {
             guard let id = queue.durableId else { continue }
             d.queues.append(.init(name: queue.name, id: id, autoDelete: queue.autoDelete,
-                                  arguments: queue.arguments == QueueArguments() ? nil : queue.arguments))
-            for binding in queue.bindings where binding.exchange.durable && !binding.exchange.builtIn {
-                d.bindings.append(.init(exchange: binding.exchange.name, queue: queue.name, key: binding.key))
+                                  arguments: queue.arguments == QueueArguments() ? nil : queue.arguments, owner: queue.owner))
+        }
+        for exchange in exchanges.values where exchange.durable && !exchange.builtIn {
+            for (queue, key, owner) in exchange.ownedBindings where queue.durableId != nil {
+                d.bindings.append(.init(exchange: exchange.name, queue: queue.name, key: key, owner: owner))
             }
         }
         d.exchanges.sort { $0.name < $1.name }

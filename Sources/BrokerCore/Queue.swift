@@ -74,6 +74,8 @@ public final class Queue {
     var nextConsumer = 0
     var everConsumed = false
     var bindings: [Binding] = []
+    /// The user that declared it (for per-user limits); nil for a queue recovered from an older data directory.
+    var owner: String?
     /// Deliveries of this queue's messages not yet settled, across all sessions.
     public internal(set) var unackedCount = 0
     public internal(set) var isDeleted = false

@@ -23,7 +23,7 @@ public protocol SessionTransport: AnyObject {
 /// Frames are encoded into ``outbound`` as they arise and written once per read cycle by ``Broker/flush()``.
 public final class Session {
     public let id: UInt64
-    public let user: User
+    public private(set) var user: User
     public let clientName: String
     public let peer: String
     unowned let broker: Broker
@@ -51,6 +51,8 @@ public final class Session {
     private var awaitingLog = Deque<(batch: UInt64, firstSequence: UInt64)>()
 
     private var routeCache: Broker.RouteCache?
+    /// The user's permissions, compiled; replaced when an operator changes them (``Broker/setPermissions``).
+    var permissions: PermissionChecker
 
     /// When the connection opened (broker clock).
     public let openedAt: UInt64
@@ -65,6 +67,13 @@ public final class Session {
         self.broker = broker
         self.transport = transport
         self.openedAt = broker.now()
+        self.permissions = PermissionChecker(user.permissions)
+    }
+
+    /// An operator changed this connection's user (permissions, limits): they apply from the next operation.
+    func userChanged(_ changed: User) {
+        user = changed
+        permissions = PermissionChecker(changed.permissions)
     }
 
     public var consumerCount: Int { consumers.count }
@@ -247,7 +256,7 @@ public final class Session {
         }
         publishedCount &+= 1
         if confirmMode { publishSequence &+= 1 }
-        switch broker.route(publish, cache: &routeCache) {
+        switch broker.route(publish, cache: &routeCache, permissions: permissions, user: user.name) {
         case .routed(let logged):
             confirmSucceeded(logged: logged)
         case .unroutable:
@@ -325,6 +334,10 @@ public final class Session {
                 throw BrokerError(.invalidArgument, "consume arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
             }
             let queue = try broker.accessibleQueue(m.queue, by: self)
+            try permissions.check(.read, "queue", queue.name, user: user.name)
+            if let limit = user.limits?.maxConsumers, broker.consumerCount(of: user.name) >= limit {
+                throw BrokerError(.resourceError, "user '\(user.name)' has \(limit) consumers, the most it may have")
+            }
             if queue.hasExclusiveConsumer {
                 throw BrokerError(.resourceLocked, "queue '\(queue.name)' has an exclusive consumer")
             }
@@ -389,6 +402,7 @@ public final class Session {
     private func get(_ m: Get) {
         do throws(BrokerError) {
             let queue = try broker.accessibleQueue(m.queue, by: self)
+            try permissions.check(.read, "queue", queue.name, user: user.name)
             guard let message = queue.dequeue() else {
                 write(.getEmpty(requestId: m.requestId))
                 return

@@ -8,11 +8,14 @@ extension Brokerctl {
         static let configuration = CommandConfiguration(
             abstract: "Manage the broker's users.",
             discussion: """
-                Users are administrators (every method, management included) or not (messaging only); there are \
-                no per-queue permissions. Changes are saved with the broker's metadata. The built-in guest user \
-                works from loopback only; delete it once you have an administrator of your own.
+                Users are administrators (every method, management included) or not (messaging only). What a \
+                user may configure, write and read is set with set-permissions (regular expressions over \
+                exchange and queue names, as RabbitMQ's), and how many queues, bindings and consumers it may \
+                hold with set-limits. Changes are saved with the broker's metadata and apply to the user's open \
+                connections at once. The built-in guest user works from loopback only; delete it once you have \
+                an administrator of your own.
                 """,
-            subcommands: [ListUsers.self, Add.self, Remove.self, Passwd.self])
+            subcommands: [ListUsers.self, Add.self, Remove.self, Passwd.self, SetPermissions.self, ClearPermissions.self, SetLimits.self])
     }
 }
 
@@ -44,7 +47,8 @@ extension Brokerctl.Users {
 
         func run() async throws {
             let renderer = Renderer(format: output.format, requested: output.columnList)
-            let columns = try renderer.columns(defaults: UserRow.columns, available: UserRow.columns)
+            let defaults = ["name", "admin", "loopback_only", "configure", "write", "read"]
+            let columns = try renderer.columns(defaults: defaults, available: UserRow.columns)
             let rows = try await connection.run { try encodeRows(try await $0.listUsers()) }
             print(renderer.render(rows, columns: columns))
         }

@@ -188,6 +188,13 @@ struct BrokerctlTests {
         }
         await appConnection.close()
         #expect(try ctl(port, ["users", "add", "app", "--new-password", "app-secret"]).0 == 0)
+        // Permissions: set, refused for a bad pattern before anything is sent, enforced, kept across the restart.
+        #expect(try ctl(port, ["users", "set-permissions", "app", "--configure", "^app\\..*", "--write", "^app\\..*", "--read", "^app\\..*"]).0 == 0)
+        let (badPattern, _, badPatternErr) = try ctl(port, ["users", "set-permissions", "app", "--configure", "(", "--write", "", "--read", ""])
+        #expect(badPattern == 64 && badPatternErr.contains("--configure"), "\(badPatternErr)")
+        let (denied, _, deniedErr) = try ctl(port, ["declare", "queue", "elsewhere"], user: "app", password: "app-secret")
+        #expect(denied != 0 && deniedErr.contains("no configure permission on queue 'elsewhere'"), "\(deniedErr)")
+        #expect(try ctl(port, ["users", "set-limits", "app", "--max-queues", "3"]).0 == 0)
         #expect(try ctl(port, ["users", "delete", "guest"], user: "ops", password: "second").0 == 0)
 
         DaemonTests.stop(process)
@@ -198,6 +205,12 @@ struct BrokerctlTests {
         let (_, out, _) = try ctl(port, ["users", "list", "--format", "json"], user: "ops", password: "second")
         let names = (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.compactMap { $0["name"] as? String }
         #expect(names == ["app", "ops"])
+        let app = (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.first { $0["name"] as? String == "app" }
+        #expect(app?["configure"] as? String == "^app\\..*" && app?["read"] as? String == "^app\\..*")
+        let (_, limitsOut, _) = try ctl(port, ["users", "list", "--format", "json", "--columns", "name,max_queues"], user: "ops", password: "second")
+        #expect(limitsOut.contains("\"max_queues\" : 3") || limitsOut.contains("\"max_queues\":3"), "\(limitsOut)")
+        let (allowed, _, allowedErr) = try ctl(port, ["declare", "queue", "app.work"], user: "app", password: "app-secret")
+        #expect(allowed == 0, "\(allowedErr)")
     }
 
     @Test("watch prints its view and stops after --count; help and completions work")
