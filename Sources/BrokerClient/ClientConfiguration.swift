@@ -61,6 +61,8 @@ public struct ClientConfiguration: Sendable {
     /// Where the connection's counters go (`brokerd_client_*_total`, labelled `client`); nil uses the process's
     /// bootstrapped `MetricsSystem` (a no-op until one is bootstrapped).
     public var metricsFactory: (any MetricsFactory)?
+    /// TLS to the broker; nil connects over plain TCP. Default nil.
+    public var tls: ClientTLS?
 
     public init(host: String = "127.0.0.1", port: Int = 5680, user: String = "guest", password: String = "guest",
                 clientName: String = "swift-client", heartbeatSeconds: UInt16 = 0, maxFrameSize: UInt32 = 0,
@@ -89,6 +91,29 @@ public struct ClientConfiguration: Sendable {
         self.init(user: user, password: password, clientName: clientName)
         // Observers do not run in an initializer, so the non-empty rule is applied here too.
         if !endpoints.isEmpty { self.endpoints = endpoints }
+    }
+}
+
+/// TLS from the client to the broker (a broker started with `--tls-cert`).
+public struct ClientTLS: Sendable, Hashable {
+    /// PEM file of the certificate authorities to trust for the broker's certificate; nil trusts the system's.
+    public var caFile: String?
+    /// The name the broker's certificate must carry (and sent as SNI); nil uses the endpoint's host.
+    public var serverName: String?
+    /// Check that the certificate is for that name. Turn off only for certificates issued to an IP address your
+    /// trust store cannot match, never to silence an error you do not understand.
+    public var verifyHostname: Bool
+    /// A client certificate and its key (PEM), for brokers that require one (`--tls-client-ca`).
+    public var certificateFile: String?
+    public var keyFile: String?
+
+    public init(caFile: String? = nil, serverName: String? = nil, verifyHostname: Bool = true,
+                certificateFile: String? = nil, keyFile: String? = nil) {
+        self.caFile = caFile
+        self.serverName = serverName
+        self.verifyHostname = verifyHostname
+        self.certificateFile = certificateFile
+        self.keyFile = keyFile
     }
 }
 

@@ -2,6 +2,8 @@ import Logging
 import Metrics
 import NIOCore
 import NIOPosix
+import NIOSSL
+import NIOTLS
 import WireProtocol
 
 /// Carries out what ``ClientStateMachine`` decides: it owns the sockets (one at a time, a new one per reconnect),
@@ -205,12 +207,24 @@ final class ConnectionDriver {
     private func connect(to endpoint: Endpoint) {
         let bound = NIOLoopBound(self, eventLoop: loop)
         let timeout = TimeAmount(configuration.connectTimeout)
+        let tls: (context: NIOSSLContext, name: String)?
+        do {
+            tls = try configuration.tls.map { try (Self.tlsContext($0), $0.serverName ?? endpoint.host) }
+        } catch {
+            run(machine.connectFailed(BrokerError(.connectionClosed, "cannot set up TLS to \(endpoint): \(error)")))
+            return
+        }
         let future = ClientBootstrap(group: loop)
             .connectTimeout(timeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(driver: bound.value))
+                    if let tls {
+                        // SNI takes a host name only: an IP address is checked against the certificate but not sent.
+                        let sni = (try? SocketAddress(ipAddress: tls.name, port: 0)) == nil ? tls.name : nil
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls.context, serverHostname: sni))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(driver: bound.value, tls: tls != nil))
                 }
             }
             .connect(host: endpoint.host, port: endpoint.port)
@@ -228,6 +242,19 @@ final class ConnectionDriver {
                 driver.run(driver.machine.connectFailed(BrokerError(.connectionClosed, "cannot connect to \(endpoint): \(error)")))
             }
         }
+    }
+
+    /// The TLS context for a configuration: its trust roots, hostname checking and client certificate.
+    static func tlsContext(_ tls: ClientTLS) throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.minimumTLSVersion = .tlsv12
+        if let caFile = tls.caFile { configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile)) }
+        configuration.certificateVerification = tls.verifyHostname ? .fullVerification : .noHostnameVerification
+        if let certificateFile = tls.certificateFile, let keyFile = tls.keyFile {
+            configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(certificateFile).map { .certificate($0) }
+            configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyFile, format: .pem))
+        }
+        return try NIOSSLContext(configuration: configuration)
     }
 
     func channelActive(_ channel: any Channel) {
@@ -394,21 +421,45 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private let driver: ConnectionDriver
     private var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: Frame.handshakeMaxSize, expectsMagic: false))
     private var failed = false
+    /// Over TLS: whether the TLS handshake has completed (a connection that closes before it never reached the
+    /// broker's protocol, and the reason is TLS's).
+    private var awaitingTLSHandshake: Bool
+    private var tlsError: (any Error)?
 
-    init(driver: ConnectionDriver) { self.driver = driver }
+    init(driver: ConnectionDriver, tls: Bool = false) {
+        self.driver = driver
+        self.awaitingTLSHandshake = tls
+    }
 
     func channelActive(context: ChannelHandlerContext) {
         driver.channelActive(context.channel)
         context.fireChannelActive()
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted? = event as? TLSUserEvent { awaitingTLSHandshake = false }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
-        driver.channelInactive(context.channel, error: nil)
+        // NIOSSL may close the channel before it reports why: say it was TLS, with its error if it came first.
+        let error = awaitingTLSHandshake ? Self.tlsFailure(tlsError) : nil
+        driver.channelInactive(context.channel, error: error)
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        driver.abandon(context.channel, BrokerError(.connectionClosed, "connection error: \(error)"))
+        if awaitingTLSHandshake || error is NIOSSLError || error is BoringSSLError {
+            tlsError = error
+            driver.abandon(context.channel, Self.tlsFailure(error))
+        } else {
+            driver.abandon(context.channel, BrokerError(.connectionClosed, "connection error: \(error)"))
+        }
+    }
+
+    static func tlsFailure(_ error: (any Error)?) -> BrokerError {
+        let reason = error.map { "\($0)" } ?? "the broker closed the connection during the handshake"
+        return BrokerError(.connectionClosed, "TLS handshake failed (\(reason)); check that the broker speaks TLS, that its certificate is signed by a CA you trust and carries the name you connect to")
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

@@ -39,6 +39,8 @@ public final class BrokerServer: Sendable {
     /// Binds the listener and starts serving. `makeUsers` runs once to give the broker its users.
     public static func start(configuration: ServerConfiguration, users: UserStore = UserStore(),
                              logger: Logger = Logger(label: "brokerd")) async throws -> BrokerServer {
+        // TLS files are read and checked first: a wrong path stops the start before the data directory is touched.
+        let tls = try configuration.tls.map { settings throws(TLSSetupError) in try ServerTLSContext(settings) }
         // Lock the data directory and recover before anything listens: READY means recovered.
         var directory: DataDirectory?
         var recovery: (Definitions, RecoveredLog)?
@@ -88,6 +90,7 @@ public final class BrokerServer: Sendable {
                     // The group has one loop, so every connection is on the broker's loop.
                     let (broker, registry, logins) = state.value
                     let handler = ConnectionHandler(broker: broker, registry: registry, logins: logins, configuration: configuration, logger: logger)
+                    if let tls { try channel.pipeline.syncOperations.addHandler(tls.makeHandler()) }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }

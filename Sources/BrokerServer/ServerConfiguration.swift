@@ -37,6 +37,9 @@ public struct ServerConfiguration: Sendable {
     /// Most connections of one user at once; 0: no limit. Default 0.
     public var maxConnectionsPerUser: Int = 0
 
+    /// TLS on the listener; nil serves plain TCP. Default nil.
+    public var tls: ServerTLS?
+
     /// Listening sockets already bound by systemd (socket activation, ``Systemd/activatedSockets()``). When
     /// not empty they are adopted instead of binding `host` and `port`. Default none.
     public var activatedSockets: [Int32] = []
@@ -47,4 +50,21 @@ public struct ServerConfiguration: Sendable {
     public static var defaultMemoryLimit: Int { Int(ProcessInfo.processInfo.physicalMemory / 10 * 4) }
 
     public init() {}
+}
+
+/// TLS for the broker's listener (docs/operations.md, "TLS"): every connection on it speaks TLS.
+public struct ServerTLS: Sendable, Equatable {
+    /// PEM file with the server's certificate chain (its certificate first).
+    public var certificateFile: String
+    /// PEM file with the certificate's private key.
+    public var keyFile: String
+    /// PEM file of certificate authorities whose client certificates are accepted. When set, a client must
+    /// present a certificate signed by one of them (mutual TLS); when nil, clients are not asked for one.
+    public var clientCAFile: String?
+
+    public init(certificateFile: String, keyFile: String, clientCAFile: String? = nil) {
+        self.certificateFile = certificateFile
+        self.keyFile = keyFile
+        self.clientCAFile = clientCAFile
+    }
 }

@@ -26,6 +26,9 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
     public var logTarget: String?
     public var maxConnections: Int?
     public var maxConnectionsPerUser: Int?
+    public var tlsCert: String?
+    public var tlsKey: String?
+    public var tlsClientCA: String?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case host, port, heartbeat, fsync
@@ -38,6 +41,9 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         case logTarget = "log_target"
         case maxConnections = "max_connections"
         case maxConnectionsPerUser = "max_connections_per_user"
+        case tlsCert = "tls_cert"
+        case tlsKey = "tls_key"
+        case tlsClientCA = "tls_client_ca"
     }
 
     /// Every key a file may hold.
@@ -63,6 +69,9 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         merged.logTarget = logTarget ?? file.logTarget
         merged.maxConnections = maxConnections ?? file.maxConnections
         merged.maxConnectionsPerUser = maxConnectionsPerUser ?? file.maxConnectionsPerUser
+        merged.tlsCert = tlsCert ?? file.tlsCert
+        merged.tlsKey = tlsKey ?? file.tlsKey
+        merged.tlsClientCA = tlsClientCA ?? file.tlsClientCA
         return merged
     }
 
@@ -85,6 +94,15 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         }
         if let maxConnectionsPerUser, !(0...1_000_000).contains(maxConnectionsPerUser) {
             return "\(name("max_connections_per_user")) must be from 0 (no limit) to 1000000, got \(maxConnectionsPerUser)"
+        }
+        if (tlsCert == nil) != (tlsKey == nil) {
+            return "\(name("tls_cert")) and \(name("tls_key")) go together: give both, or neither for plain TCP"
+        }
+        if tlsClientCA != nil && tlsCert == nil {
+            return "\(name("tls_client_ca")) needs \(name("tls_cert")) and \(name("tls_key")) (client certificates are checked over TLS only)"
+        }
+        for (key, value) in [("tls_cert", tlsCert), ("tls_key", tlsKey), ("tls_client_ca", tlsClientCA)] {
+            if let value, value.isEmpty { return "\(name(key)) must not be empty" }
         }
         if let logLevel, !Self.logLevels.contains(logLevel) {
             return "\(name("log_level")) must be one of \(Self.logLevels.joined(separator: ", ")); got '\(logLevel)'"
@@ -110,6 +128,7 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         if let memoryLimit { configuration.memoryLimit = memoryLimit }
         if let maxConnections { configuration.maxConnections = maxConnections }
         if let maxConnectionsPerUser { configuration.maxConnectionsPerUser = maxConnectionsPerUser }
+        if let tlsCert, let tlsKey { configuration.tls = ServerTLS(certificateFile: tlsCert, keyFile: tlsKey, clientCAFile: tlsClientCA) }
         return configuration
     }
 
@@ -122,7 +141,7 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         return try parse(String(decoding: data, as: UTF8.self), source: path)
     }
 
-    static let stringKeys: Set<String> = ["host", "data_dir", "fsync", "log_level", "log_target"]
+    static let stringKeys: Set<String> = ["host", "data_dir", "fsync", "log_level", "log_target", "tls_cert", "tls_key", "tls_client_ca"]
 
     static func wrongType(_ key: String) -> String {
         "'\(key)' must be \(stringKeys.contains(key) ? "a string, in quotes" : "an integer (digits, _ allowed: 100_000_000)")"

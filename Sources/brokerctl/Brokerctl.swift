@@ -44,17 +44,43 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Password (env BROKERCTL_PASSWORD).")
     var password = ProcessInfo.processInfo.environment["BROKERCTL_PASSWORD"] ?? "guest"
 
+    @Flag(help: "Connect over TLS (env BROKERCTL_TLS=1); implied by --tls-ca.")
+    var tls = ProcessInfo.processInfo.environment["BROKERCTL_TLS"] == "1"
+
+    @Option(name: .customLong("tls-ca"), help: "PEM certificate authorities to trust for the broker's certificate (default: the system's).")
+    var tlsCA: String?
+
+    @Option(name: .customLong("tls-server-name"), help: "Name the broker's certificate must carry (default: --host).")
+    var tlsServerName: String?
+
+    @Option(name: .customLong("tls-cert"), help: "PEM client certificate, for a broker that requires one (with --tls-key).")
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-cert.")
+    var tlsKey: String?
+
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535, got \(port)") }
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
+        for (flag, path) in [("--tls-ca", tlsCA), ("--tls-cert", tlsCert), ("--tls-key", tlsKey)] {
+            if let path, !FileManager.default.isReadableFile(atPath: path) { throw ValidationError("\(flag) \(path): no such readable file") }
+        }
+    }
+
+    /// TLS as the flags ask for it, or nil for plain TCP.
+    var tlsConfiguration: ClientTLS? {
+        guard tls || tlsCA != nil || tlsCert != nil else { return nil }
+        return ClientTLS(caFile: tlsCA, serverName: tlsServerName, certificateFile: tlsCert, keyFile: tlsKey)
     }
 
     var address: String { "\(host):\(port)" }
 
     /// Connects, runs `body`, closes; every failure becomes a message on stderr and its exit code.
     func run<T>(_ body: (BrokerConnection) async throws -> T) async throws -> T {
-        let configuration = ClientConfiguration(host: host, port: port, user: user, password: password, clientName: "brokerctl",
+        var configuration = ClientConfiguration(host: host, port: port, user: user, password: password, clientName: "brokerctl",
                                                 connectTimeout: .seconds(5), requestTimeout: .seconds(10),
                                                 recovery: nil)  // a one-shot command reports a dropped connection, it does not wait
+        configuration.tls = tlsConfiguration
         do {
             return try await BrokerConnection.withConnection(configuration, body)
         } catch let error as BrokerError {

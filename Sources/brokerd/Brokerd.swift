@@ -22,7 +22,7 @@ struct Brokerd: AsyncParsableCommand {
             (port = 5680, data_dir = "/var/lib/brokerd"); a flag wins over the file. docs/operations.md lists them.
 
             Exit codes: 0 after a clean shutdown, 64 bad flags, 69 cannot listen, 73 data directory unusable, \
-            78 bad configuration file.
+            78 bad configuration file or unusable TLS files.
             """,
         version: Broker.version)
 
@@ -68,6 +68,15 @@ struct Brokerd: AsyncParsableCommand {
     @Option(name: .customLong("max-connections-per-user"), help: "Most connections one user may hold at once (default 0: no limit).")
     var maxConnectionsPerUser: Int?
 
+    @Option(name: .customLong("tls-cert"), help: "PEM certificate chain: serve TLS on the listener (with --tls-key).")
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-cert.")
+    var tlsKey: String?
+
+    @Option(name: .customLong("tls-client-ca"), help: "PEM certificate authorities: require client certificates signed by them (mutual TLS).")
+    var tlsClientCA: String?
+
     /// The settings given as flags.
     var flags: BrokerSettings {
         var settings = BrokerSettings()
@@ -84,6 +93,9 @@ struct Brokerd: AsyncParsableCommand {
         settings.logTarget = logTarget
         settings.maxConnections = maxConnections
         settings.maxConnectionsPerUser = maxConnectionsPerUser
+        settings.tlsCert = tlsCert
+        settings.tlsKey = tlsKey
+        settings.tlsClientCA = tlsClientCA
         return settings
     }
 
@@ -145,6 +157,9 @@ struct Brokerd: AsyncParsableCommand {
             logger: logger))
         do {
             try await group.run()
+        } catch let error as TLSSetupError {
+            logger.critical("\(error.description)")
+            throw ExitCode(78)  // EX_CONFIG: the TLS files given cannot be used
         } catch let error as StorageError {
             // The data directory: locked by another broker, not writable, damaged beyond repair.
             logger.critical("\(error.description)")
