@@ -182,18 +182,11 @@ extension HostileTests {
 
     @Test("connections past --max-connections, and past the per-user limit, are refused with 506")
     func connectionLimits() async throws {
-        var configuration = ServerConfiguration()
-        configuration.dataDirectory = nil
-        configuration.host = "127.0.0.1"
-        configuration.port = 0
-        configuration.maxConnections = 3
-        configuration.maxConnectionsPerUser = 2
         var users = UserStore()
         users.add(User(name: "other", password: PasswordHash(password: "secret"), isAdmin: false, loopbackOnly: false))
-        let server = try await BrokerServer.start(configuration: configuration, users: users, logger: quietLogger)
-        do {
-            var client = ClientConfiguration(port: server.port, clientName: "limits", connectTimeout: .seconds(5), requestTimeout: .seconds(5))
-            client.logger = quietLogger
+        try await withBroker(users: users, inMemory: true, adjust: { $0.maxConnections = 3; $0.maxConnectionsPerUser = 2 }) { server, config in
+            var client = config
+            client.clientName = "limits"
             let first = try await BrokerConnection.connect(client)
             let second = try await BrokerConnection.connect(client)
             await expectBrokerError(.resourceError) { _ = try await BrokerConnection.connect(client) }
@@ -207,11 +200,7 @@ extension HostileTests {
             #expect(try await eventually { try await server.withBroker { $0.sessionCount } == 2 })
             let again = try await BrokerConnection.connect(client)
             for connection in [second, third, again] { await connection.close() }
-        } catch {
-            await server.shutdown()
-            throw error
         }
-        await server.shutdown()
     }
 }
 

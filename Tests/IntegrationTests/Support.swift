@@ -12,8 +12,11 @@ import Glibc
 #endif
 
 /// Runs `body` against a real broker on an ephemeral loopback port, shutting it down whether `body` succeeds or not.
+/// `adjust` sets anything else of the server's configuration (TLS, limits).
 func withBroker(users: UserStore = UserStore(), heartbeat: UInt16 = 0, maxFrameSize: UInt32 = 1 << 20, dataDirectory: String? = nil,
-                segmentSize: Int = 64 << 20, memoryLimit: Int = 0, inMemory: Bool = false, _ body: (BrokerServer, ClientConfiguration) async throws -> Void) async throws {
+                segmentSize: Int = 64 << 20, memoryLimit: Int = 0, inMemory: Bool = false,
+                adjust: (inout ServerConfiguration) -> Void = { _ in },
+                _ body: (BrokerServer, ClientConfiguration) async throws -> Void) async throws {
     // Each broker gets its own data directory (parallel-safe), removed afterwards unless the caller owns it.
     let directory = dataDirectory ?? temporaryDirectory()
     defer { if dataDirectory == nil { try? FileManager.default.removeItem(atPath: directory) } }
@@ -26,6 +29,7 @@ func withBroker(users: UserStore = UserStore(), heartbeat: UInt16 = 0, maxFrameS
     configuration.heartbeatSeconds = heartbeat
     configuration.maxFrameSize = maxFrameSize
     configuration.handshakeTimeoutSeconds = 5
+    adjust(&configuration)
     let server = try await BrokerServer.start(configuration: configuration, users: users,
                                               logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
     var client = ClientConfiguration(port: server.port, clientName: "tests", connectTimeout: .seconds(5), requestTimeout: .seconds(5))

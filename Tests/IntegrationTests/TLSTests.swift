@@ -46,22 +46,12 @@ struct TLSTests {
     }
 
     static func withTLSBroker(_ tls: ServerTLS, _ body: (BrokerServer, ClientConfiguration) async throws -> Void) async throws {
-        var configuration = ServerConfiguration()
-        configuration.dataDirectory = nil
-        configuration.host = "127.0.0.1"
-        configuration.port = 0
-        configuration.handshakeTimeoutSeconds = 5
-        configuration.tls = tls
-        let server = try await BrokerServer.start(configuration: configuration, logger: quietLogger)
-        var client = ClientConfiguration(port: server.port, clientName: "tls", connectTimeout: .seconds(5), requestTimeout: .seconds(5), recovery: nil)
-        client.logger = quietLogger
-        do {
+        try await withBroker(inMemory: true, adjust: { $0.tls = tls }) { server, config in
+            var client = config
+            client.clientName = "tls"
+            client.recovery = nil  // a refused handshake is reported, not retried
             try await body(server, client)
-        } catch {
-            await server.shutdown()
-            throw error
         }
-        await server.shutdown()
     }
 
     static func expectRefusedConnection(_ config: ClientConfiguration, mentioning fragment: String? = nil,
