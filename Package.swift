@@ -23,6 +23,10 @@ let package = Package(
     products: [
         .library(name: "WireProtocol", targets: ["WireProtocol"]),
         .library(name: "BrokerClient", targets: ["BrokerClient"]),
+        // The core and the message log, for the fuzz harnesses (Fuzz/) and for embedding a broker in a process.
+        // They carry the hot-path flag, so only a local (path) dependency can use them.
+        .library(name: "BrokerCore", targets: ["BrokerCore"]),
+        .library(name: "BrokerStorage", targets: ["BrokerStorage"]),
         .executable(name: "brokerd", targets: ["brokerd"]),
         .executable(name: "brokerctl", targets: ["brokerctl"]),
         .executable(name: "brokerbench", targets: ["brokerbench"]),

@@ -112,8 +112,14 @@ public final class Session {
         guard outbound.readableBytes > 0 else { return }
         let batch = outbound
         let wasFull = batch.readableBytes >= Self.outboundLimit
-        lastBatchSize = max(4096, min(batch.readableBytes, Self.outboundLimit))
-        outbound = ByteBufferAllocator().buffer(capacity: lastBatchSize)
+        // The next batch's buffer is sized like this one, so a busy session grows it once, not per flush. After a
+        // small batch (an answer, a confirm) none is kept: an idle connection holds no output buffer.
+        if batch.readableBytes < 1024 {
+            outbound = ByteBuffer()
+        } else {
+            lastBatchSize = max(4096, min(batch.readableBytes, Self.outboundLimit))
+            outbound = ByteBufferAllocator().buffer(capacity: lastBatchSize)
+        }
         transport.send(batch)
         // Deliveries stopped at the limit: resume them on a later turn of the event loop (so reads are served in
         // between), unless the socket pushes back, in which case its writability change resumes them.

@@ -84,7 +84,10 @@ public final class BrokerServer: Sendable {
             // other connections' acks for long, which keeps the credit round trip of ack-mode consumers short
             // (docs/benchmarks.md: 16 reads of 256 KiB starved an ack-every-100 consumer to 7k msg/s).
             .childChannelOption(.maxMessagesPerRead, value: 1)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 65536))
+            // Reads start small and grow on full reads (to 64 KiB after one): NIO keeps each connection's receive
+            // buffer between reads, so an idle connection costs its last read's size, not 64 KiB
+            // (docs/benchmarks.md, "Idle connections").
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 2048, maximum: 65536))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The group has one loop, so every connection is on the broker's loop.
@@ -121,6 +124,14 @@ public final class BrokerServer: Sendable {
             // Expiry of messages (TTL) and of unused queues, without waiting for consumers.
             loop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in
                 state.value.broker.sweep()
+            }
+            // After a storm of connections goes away, give the freed memory back to the system (glibc keeps it
+            // otherwise): checked every 10 s, trimmed off the loop when the connection count fell by a quarter.
+            let trimmer = try await loop.submit { NIOLoopBoundBox(MemoryTrimmer(), eventLoop: loop) }.get()
+            loop.scheduleRepeatedTask(initialDelay: .seconds(10), delay: .seconds(10)) { _ in
+                if trimmer.value.shouldTrim(connections: state.value.registry.count) {
+                    NIOThreadPool.singleton.submit { _ in MemoryTrimmer.trim() }
+                }
             }
             if let directory {
                 // The free-disk alarm: checked every 500 ms on the broker's loop (statvfs takes microseconds).

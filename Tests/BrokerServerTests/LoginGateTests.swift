@@ -86,3 +86,16 @@ struct LoginGateTests {
         #expect(gate.recentFailures(from: "10.0.0.9", now: 31 + 61 * Self.second) == 0)
     }
 }
+
+@Suite("Memory trimmer")
+struct MemoryTrimmerTests {
+    @Test("trims once after the connection count falls by a quarter of its peak (and at least 100), not while steady")
+    func decisions() {
+        var trimmer = MemoryTrimmer()
+        // The counts a 10-second timer would see, and what the trimmer decides at each.
+        let counts = [50, 10, 10_000, 8_000, 7_000, 7_000, 6_950]
+        let decisions = counts.map { trimmer.shouldTrim(connections: $0) }
+        // 10 fell by 40 (under 100); 8,000 by 20%; 7,000 by 30%: trim; then the peak starts again from 7,000.
+        #expect(decisions == [false, false, false, false, true, false, false])
+    }
+}
