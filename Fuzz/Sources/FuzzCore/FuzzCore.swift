@@ -1,3 +1,5 @@
+import CFuzzer
+import Foundation
 import BrokerCore
 import NIOCore
 import WireProtocol
@@ -11,12 +13,12 @@ final class NullTransport: SessionTransport {
     func closeConnection(code: BrokerError.Code, reason: String) {}
 }
 
-/// libFuzzer entry: each pair of input bytes is one operation (which, and on what) by one of three sessions on a
+/// One input: each pair of input bytes is one operation (which, and on what) by one of three sessions on a
 /// broker without a data directory: declares with arguments, binds, publishes (some mandatory, some expiring),
 /// consumes with prefetch, acks, nacks, rejects, cancels, gets, purges, deletes, closes. Request failures are
 /// answers; a trap (an overflow, a broken invariant checked by a precondition) is a finding.
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzCore(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+func fuzzCore(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    guard let data else { return 0 }
     let bytes = UnsafeBufferPointer(start: data, count: size)
     let broker = Broker(users: UserStore(includeDefaultUser: false), memoryLimit: 1 << 20)
     let user = User(name: "fuzz", password: PasswordHash(rounds: 1, salt: [0], hash: [0]), isAdmin: true)
@@ -83,3 +85,17 @@ public func fuzzCore(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     for session in sessions { broker.closeSession(session) }
     return 0
 }
+
+/// Hands the callback to libFuzzer, which parses the command line (`-max_total_time=60`, a corpus directory, ...).
+@main
+struct FuzzCoreMain {
+    static func main() {
+        var argc = CommandLine.argc
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzCore(data, size) })
+    }
+}
+
+/// The symbol libFuzzer's runtime refers to (its whole archive is linked); the same input function.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt { fuzzCore(data, size) }

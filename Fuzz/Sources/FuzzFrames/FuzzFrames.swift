@@ -1,12 +1,14 @@
+import CFuzzer
+import Foundation
 import NIOCore
 import WireProtocol
 
-/// libFuzzer entry: the input is a byte stream as a client would send it after the handshake, split where its
+/// One input: the input is a byte stream as a client would send it after the handshake, split where its
 /// first byte says. Every frame is decoded by the generic decoder and, for publishes, by the broker's fast path;
 /// whatever decodes must encode back to a frame that decodes to the same message. Errors are expected; traps are
 /// findings.
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzFrames(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+func fuzzFrames(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    guard let data else { return 0 }
     let bytes = UnsafeBufferPointer(start: data, count: size)
     guard let first = bytes.first else { return 0 }
     let split = max(1, Int(first))
@@ -37,3 +39,17 @@ public func fuzzFrames(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     }
     return 0
 }
+
+/// Hands the callback to libFuzzer, which parses the command line (`-max_total_time=60`, a corpus directory, ...).
+@main
+struct FuzzFramesMain {
+    static func main() {
+        var argc = CommandLine.argc
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzFrames(data, size) })
+    }
+}
+
+/// The symbol libFuzzer's runtime refers to (its whole archive is linked); the same input function.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt { fuzzFrames(data, size) }

@@ -1,13 +1,14 @@
-import BrokerStorage
+import CFuzzer
 import Foundation
+import BrokerStorage
 import NIOCore
 import WireProtocol
 
-/// libFuzzer entry: the input becomes the body of a log segment (after a valid header), recovery runs over it, and
+/// One input: the input becomes the body of a log segment (after a valid header), recovery runs over it, and
 /// every message it reports is read back and parsed as an envelope. Refusing the directory is fine; a trap, or a
 /// recovered message that cannot be read back, is a finding.
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzRecovery(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+func fuzzRecovery(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    guard let data else { return 0 }
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("brokerd-fuzz-\(getpid())").path
     try? FileManager.default.removeItem(atPath: directory)
     try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -27,3 +28,17 @@ public func fuzzRecovery(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     }
     return 0
 }
+
+/// Hands the callback to libFuzzer, which parses the command line (`-max_total_time=60`, a corpus directory, ...).
+@main
+struct FuzzRecoveryMain {
+    static func main() {
+        var argc = CommandLine.argc
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzRecovery(data, size) })
+    }
+}
+
+/// The symbol libFuzzer's runtime refers to (its whole archive is linked); the same input function.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt { fuzzRecovery(data, size) }
