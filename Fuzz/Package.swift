@@ -14,16 +14,17 @@ let package = Package(
     targets: [
         // Declares libFuzzer's LLVMFuzzerRunDriver, which each harness's main hands its callback to.
         .target(name: "CFuzzer"),
+        .target(name: "FuzzSupport", dependencies: ["CFuzzer"]),
         // Bytes from the network: frame splitting, every client frame's decoder, the publish fast path.
-        .executableTarget(name: "FuzzFrames", dependencies: ["CFuzzer", .product(name: "WireProtocol", package: brokerd)]),
+        .executableTarget(name: "FuzzFrames", dependencies: ["FuzzSupport", .product(name: "WireProtocol", package: brokerd)]),
         // Bytes from the disk: a segment file recovered, every envelope it yields read back.
         .executableTarget(name: "FuzzRecovery", dependencies: [
-            "CFuzzer",
+            "FuzzSupport",
             .product(name: "BrokerStorage", package: brokerd), .product(name: "WireProtocol", package: brokerd),
         ]),
         // The core driven by arbitrary sequences of operations from several sessions.
         .executableTarget(name: "FuzzCore", dependencies: [
-            "CFuzzer",
+            "FuzzSupport",
             .product(name: "BrokerCore", package: brokerd), .product(name: "WireProtocol", package: brokerd),
         ]),
     ]

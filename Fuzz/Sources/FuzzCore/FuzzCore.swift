@@ -1,4 +1,4 @@
-import CFuzzer
+import FuzzSupport
 import Foundation
 import BrokerCore
 import NIOCore
@@ -86,14 +86,10 @@ func fuzzCore(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     return 0
 }
 
-/// Hands the callback to libFuzzer, which parses the command line (`-max_total_time=60`, a corpus directory, ...).
+/// libFuzzer runs the input function (`-help=1` lists its options).
 @main
 struct FuzzCoreMain {
-    static func main() {
-        var argc = CommandLine.argc
-        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzCore(data, size) })
-    }
+    static func main() { runLibFuzzer { fuzzCore($0, $1) } }
 }
 
 /// The symbol libFuzzer's runtime refers to (its whole archive is linked); the same input function.

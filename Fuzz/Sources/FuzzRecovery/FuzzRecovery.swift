@@ -1,4 +1,4 @@
-import CFuzzer
+import FuzzSupport
 import Foundation
 import BrokerStorage
 import NIOCore
@@ -29,14 +29,10 @@ func fuzzRecovery(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     return 0
 }
 
-/// Hands the callback to libFuzzer, which parses the command line (`-max_total_time=60`, a corpus directory, ...).
+/// libFuzzer runs the input function (`-help=1` lists its options).
 @main
 struct FuzzRecoveryMain {
-    static func main() {
-        var argc = CommandLine.argc
-        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzRecovery(data, size) })
-    }
+    static func main() { runLibFuzzer { fuzzRecovery($0, $1) } }
 }
 
 /// The symbol libFuzzer's runtime refers to (its whole archive is linked); the same input function.
