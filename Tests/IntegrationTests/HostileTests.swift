@@ -276,3 +276,74 @@ extension HostileTests {
         }
     }
 }
+
+// MARK: - Against the brokerd executable, with a canary
+
+extension HostileTests {
+    @Test("the brokerd executable under several hostile clients at once: the canary keeps its round trips, memory stays bounded, shutdown is clean")
+    func hostileClientsAgainstTheExecutable() async throws {
+        let directory = DaemonTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let (process, port, log) = try DaemonTests.startDaemon(dataDirectory: directory, extraArguments: ["--memory-limit", "64000000"])
+        defer { DaemonTests.stop(process) }
+        var canaryConfig = ClientConfiguration(port: port, clientName: "canary", connectTimeout: .seconds(20), requestTimeout: .seconds(60),
+                                               publishTimeout: .seconds(60), recovery: nil)
+        canaryConfig.logger = quietLogger
+        let canary = try await BrokerConnection.connect(canaryConfig)
+        try await canary.declareQueue("canary")
+        try await canary.enableConfirms()
+
+        // The attackers, each on a thread of its own: a client that never reads its answers, ten wrong passwords
+        // each pipelining 60 KB publishes, and fifty connections that log in and stay idle. (Small numbers: the
+        // suite runs the debug build, whose password hashing is slow; the benchmarks run the large ones.)
+        let attacks = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    let raw = try RawSocket(port: port)
+                    _ = try await offThePool { try raw.handshake() }
+                    let request = Self.encode(.queueDeclare(QueueDeclare(requestId: 9, name: "missing", passive: true)))
+                    _ = try await offThePool { raw.flood(request, limit: 200 << 20, stall: 1000) }
+                }
+                for _ in 0..<10 {
+                    group.addTask {
+                        let raw = try RawSocket(port: port)
+                        raw.send(protocolMagic)
+                        raw.send(Self.encode(.hello(Hello(clientName: "guesser")), .authenticate(Authenticate(user: "guest", password: "wrong"))))
+                        let publish = Self.encode(.publish(Publish(exchange: "", routingKey: "canary", body: ByteBuffer(repeating: 1, count: 60_000))))
+                        _ = try await offThePool { raw.flood(publish, limit: 60 << 20, stall: 1000) }
+                    }
+                }
+                group.addTask {
+                    let idle = try await offThePool { () throws -> [RawSocket] in
+                        try (0..<50).map { _ in
+                            let raw = try RawSocket(port: port)
+                            _ = try raw.handshake()
+                            return raw
+                        }
+                    }
+                    #expect(idle.count == 50)
+                }
+                try await group.waitForAll()
+            }
+        }
+        // The canary's round trips while the attacks run: a confirmed publish, then a get of it.
+        var roundTrips = 0
+        for n in 0..<100 {
+            try await canary.publish(routingKey: "canary", body: "\(n)")
+            let got = try await canary.get(queue: "canary", noAck: true)
+            #expect(got?.bodyString == "\(n)", "round trip \(n) got \(String(describing: got?.bodyString))")
+            roundTrips += 1
+        }
+        try await attacks.value
+        #expect(roundTrips == 100)
+        // Nothing the guessers pipelined reached the queue.
+        #expect(try await canary.get(queue: "canary", noAck: true) == nil)
+        await canary.close()
+        // Before: the unread answers alone grew the process past a gigabyte, the guessers' held frames by 60 MB each.
+        let peak = try #require(DaemonTests.peakResidentKiB(process.processIdentifier))
+        #expect(peak < 300_000, "peak RSS \(peak) KiB under the hostile clients")
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "brokerd exited \(process.terminationStatus); log:\n\(log.text.suffix(2000))")
+    }
+}
