@@ -29,6 +29,18 @@ public final class Broker {
     let metadataPath: String?
     let eventLoop: (any EventLoop)?
     var nextQueueId: UInt32 = 1
+    /// The definitions' journal (nil without a data directory) and its bookkeeping: the last change's number,
+    /// this cycle's changes, the batch they go in, the first batch not yet durable, and the sessions whose output
+    /// waits for one (``recordChange(_:by:)``).
+    let definitionsJournal: DefinitionsJournal?
+    var journalSequence: UInt64 = 0
+    var pendingChanges: [DefinitionChange] = []
+    var recordsSinceSnapshot = 0
+    var openDefinitionsBatch: UInt64 = 0
+    var durableDefinitionsBatch: UInt64 = 0
+    var sessionsHoldingOutput: [Session] = []
+    /// The session whose management request runs now (its user changes hold its answer).
+    var managingSession: Session?
     /// Queues and bindings per user that made them, for their ``UserLimits``.
     var queueCounts: [String: Int] = [:]
     var bindingCounts: [String: Int] = [:]
@@ -56,6 +68,7 @@ public final class Broker {
         self.startedAt = .now
         self.store = persistence?.store
         self.metadataPath = persistence?.metadataPath
+        self.definitionsJournal = persistence?.journal
         self.eventLoop = persistence?.eventLoop
         for (name, kind) in [("", ExchangeKind.direct), ("amq.direct", .direct), ("amq.fanout", .fanout), ("amq.topic", .topic)] {
             exchanges[name] = Exchange(name: name, kind: kind, durable: true, autoDelete: false, builtIn: true)
@@ -181,6 +194,7 @@ public final class Broker {
             for session in sessions { session.pauseReading() }  // each checks that its alarm is still on
         }
         commitLog()
+        commitDefinitions()
         guard !dirtySessions.isEmpty else { return }
         // A flush can't make more sessions dirty: it only writes what is already encoded.
         let dirty = dirtySessions
@@ -223,12 +237,7 @@ public final class Broker {
         exchanges[m.name] = Exchange(name: m.name, kind: m.kind, durable: m.durable, autoDelete: m.autoDelete)
         topologyVersion &+= 1
         if m.durable {
-            do {
-                try saveDefinitions()
-            } catch {
-                exchanges[m.name] = nil
-                throw error
-            }
+            recordChange(.putExchange(.init(name: m.name, type: m.kind.description, autoDelete: m.autoDelete)), by: session)
         }
         logger.debug("exchange declared", metadata: ["exchange": "\(m.name)", "type": "\(m.kind)"])
     }
@@ -241,10 +250,10 @@ public final class Broker {
         if m.ifUnused && exchange.bindingCount > 0 {
             throw BrokerError(.preconditionFailed, "exchange '\(m.name)' has \(exchange.bindingCount) bindings (if-unused)")
         }
-        removeExchange(exchange)
+        removeExchange(exchange, by: session)
     }
 
-    private func removeExchange(_ exchange: Exchange) {
+    private func removeExchange(_ exchange: Exchange, by session: Session? = nil) {
         // One pass over each bound queue's list, not one search per binding.
         for queue in exchange.boundQueues {
             queue.bindings.removeAll { $0.exchange === exchange }
@@ -252,7 +261,7 @@ public final class Broker {
         for owner in exchange.bindingOwners { release(&bindingCounts, owner) }
         exchanges[exchange.name] = nil
         topologyVersion &+= 1
-        if exchange.durable { try? saveDefinitions() }
+        if exchange.durable { recordChange(.removeExchange(exchange.name), by: session) }
     }
 
     // MARK: - Queues
@@ -307,12 +316,8 @@ public final class Broker {
             }
             queue.durableId = nextQueueId
             nextQueueId += 1
-            do {
-                try saveDefinitions()
-            } catch {
-                forgetQueue(queue)
-                throw error
-            }
+            recordChange(.putQueue(.init(name: name, id: queue.durableId ?? 0, autoDelete: m.autoDelete,
+                                         arguments: arguments == QueueArguments() ? nil : arguments, owner: queue.owner)), by: session)
         }
         logger.debug("queue declared", metadata: ["queue": "\(name)"])
         return QueueDeclareOk(requestId: m.requestId, name: name, messageCount: 0, consumerCount: 0)
@@ -355,13 +360,13 @@ public final class Broker {
             throw BrokerError(.preconditionFailed, "queue '\(m.name)' has \(queue.readyCount) messages (if-empty)")
         }
         let count = queue.readyCount
-        removeQueue(queue, reason: "queue '\(m.name)' was deleted")
+        removeQueue(queue, reason: "queue '\(m.name)' was deleted", by: session)
         return count
     }
 
     /// Deletes a queue: its consumers are told, its bindings removed, its ready messages dropped. Deliveries still
     /// unacknowledged stay with their sessions; requeueing them later drops them.
-    func removeQueue(_ queue: Queue, reason: String) {
+    func removeQueue(_ queue: Queue, reason: String, by session: Session? = nil) {
         guard !queue.isDeleted else { return }
         queue.isDeleted = true
         queues[queue.name] = nil
@@ -375,10 +380,10 @@ public final class Broker {
         for binding in bindings {
             let exchange = binding.exchange
             if case .removed(let owner?) = exchange.detach(queue, key: binding.key) { release(&bindingCounts, owner) }
-            if exchange.shouldAutoDelete && exchanges[exchange.name] === exchange { removeExchange(exchange) }
+            if exchange.shouldAutoDelete && exchanges[exchange.name] === exchange { removeExchange(exchange, by: session) }
         }
         _ = queue.purge(store: store)
-        if queue.durableId != nil { try? saveDefinitions() }
+        if queue.durableId != nil { recordChange(.removeQueue(queue.name), by: session) }
         logger.debug("queue deleted", metadata: ["queue": "\(queue.name)", "reason": "\(reason)"])
     }
 
@@ -414,13 +419,7 @@ public final class Broker {
             bindingCounts[session.user.name, default: 0] += 1
             topologyVersion &+= 1
             if exchange.durable && queue.durableId != nil {
-                do {
-                    try saveDefinitions()
-                } catch {
-                    exchange.unbind(queue, key: m.bindingKey)  // not durable, so not made at all
-                    release(&bindingCounts, session.user.name)
-                    throw error
-                }
+                recordChange(.putBinding(.init(exchange: exchange.name, queue: queue.name, key: m.bindingKey, owner: session.user.name)), by: session)
             }
         }
     }
@@ -430,9 +429,11 @@ public final class Broker {
         if case .removed(let owner) = exchange.unbind(queue, key: m.bindingKey) {
             if let owner { release(&bindingCounts, owner) }
             topologyVersion &+= 1
-            if exchange.durable && queue.durableId != nil { try saveDefinitions() }
+            if exchange.durable && queue.durableId != nil {
+                recordChange(.removeBinding(.init(exchange: exchange.name, queue: queue.name, key: m.bindingKey)), by: session)
+            }
         }
-        if exchange.shouldAutoDelete { removeExchange(exchange) }
+        if exchange.shouldAutoDelete { removeExchange(exchange, by: session) }
     }
 
     private func bindingTargets(_ m: QueueBinding, by session: Session) throws(BrokerError) -> (Exchange, Queue) {

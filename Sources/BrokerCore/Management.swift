@@ -15,6 +15,8 @@ extension Broker {
 
     /// Runs one management method on behalf of `session` (whose user is an administrator).
     public func manage(_ request: Manage, by session: Session) throws(BrokerError) -> FieldTable {
+        managingSession = session
+        defer { managingSession = nil }
         let args = ManagementArguments(request.method, request.arguments)
         switch request.method {
         case "list.queues": return try page(queues.values.sorted { $0.name < $1.name }, args, queueRow)
@@ -327,17 +329,9 @@ extension Broker {
     /// Applies a change to the users and saves it; from the first change on, the saved list is complete (the
     /// default user included, or its deletion remembered).
     private func changeUsers(_ change: (inout UserStore) -> Void) throws(BrokerError) {
-        let before = users
-        let wasComplete = usersCustomized
         change(&users)
         usersCustomized = true
-        do {
-            try saveDefinitions()
-        } catch {
-            users = before
-            usersCustomized = wasComplete
-            throw error
-        }
+        recordChange(.users(users.users.values.sorted { $0.name < $1.name }, complete: true), by: managingSession)
     }
 
     static func validateUserName(_ name: String) throws(BrokerError) {

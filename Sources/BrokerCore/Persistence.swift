@@ -11,6 +11,11 @@ public struct Definitions: Codable, Sendable, Equatable {
         public var name: String
         public var type: String
         public var autoDelete: Bool
+        public init(name: String, type: String, autoDelete: Bool) {
+            self.name = name
+            self.type = type
+            self.autoDelete = autoDelete
+        }
     }
     public struct QueueDefinition: Codable, Sendable, Equatable {
         public var name: String
@@ -20,6 +25,13 @@ public struct Definitions: Codable, Sendable, Equatable {
         public var arguments: QueueArguments?
         /// The user that declared it, for per-user limits (absent in data directories of older versions).
         public var owner: String?
+        public init(name: String, id: UInt32, autoDelete: Bool, arguments: QueueArguments?, owner: String?) {
+            self.name = name
+            self.id = id
+            self.autoDelete = autoDelete
+            self.arguments = arguments
+            self.owner = owner
+        }
     }
     public struct BindingDefinition: Codable, Sendable, Equatable {
         public var exchange: String
@@ -27,6 +39,12 @@ public struct Definitions: Codable, Sendable, Equatable {
         public var key: String
         /// The user that made it, for per-user limits (absent in data directories of older versions).
         public var owner: String?
+        public init(exchange: String, queue: String, key: String, owner: String? = nil) {
+            self.exchange = exchange
+            self.queue = queue
+            self.key = key
+            self.owner = owner
+        }
     }
 
     public var version = 1
@@ -37,6 +55,8 @@ public struct Definitions: Codable, Sendable, Equatable {
     public var nextQueueId: UInt32 = 1
     /// Whether `users` is the complete list (users were managed): then the default user exists only if listed.
     public var usersComplete: Bool?
+    /// The last journal record this snapshot includes (``DefinitionChange/sequence``); nil before the journal.
+    public var journalSequence: UInt64?
 
     public init() {}
 
@@ -67,13 +87,17 @@ public struct PersistenceContext {
     public var eventLoop: any EventLoop
     public var definitions: Definitions
     public var recovered: RecoveredLog
+    /// Where definition changes are appended (``Definitions/recover(snapshotPath:journalPath:)`` opened it).
+    public var journal: DefinitionsJournal
 
-    public init(metadataPath: String, store: MessageStore, eventLoop: any EventLoop, definitions: Definitions, recovered: RecoveredLog) {
+    public init(metadataPath: String, store: MessageStore, eventLoop: any EventLoop, definitions: Definitions, recovered: RecoveredLog,
+                journal: DefinitionsJournal) {
         self.metadataPath = metadataPath
         self.store = store
         self.eventLoop = eventLoop
         self.definitions = definitions
         self.recovered = recovered
+        self.journal = journal
     }
 }
 
@@ -82,6 +106,7 @@ extension Broker {
     /// in publish order, marked redelivered where it had been delivered before.
     func restore(_ definitions: Definitions, _ recovered: RecoveredLog) -> (queues: Int, messages: Int) {
         nextQueueId = max(definitions.nextQueueId, 1)
+        journalSequence = definitions.journalSequence ?? 0
         if definitions.usersComplete == true {
             usersCustomized = true
             users = UserStore(includeDefaultUser: false)
@@ -168,17 +193,6 @@ extension Broker {
         d.queues.sort { $0.name < $1.name }
         d.bindings.sort { ($0.exchange, $0.queue, $0.key) < ($1.exchange, $1.queue, $1.key) }
         return d
-    }
-
-    /// Saves the definitions if this broker persists and something durable changed.
-    func saveDefinitions() throws(BrokerError) {
-        guard let metadataPath else { return }
-        do {
-            try currentDefinitions().save(to: metadataPath)
-        } catch {
-            logger.error("cannot save metadata", metadata: ["error": "\(error)"])
-            throw BrokerError(.internalError, "the broker could not save its metadata: \(error)")
-        }
     }
 
     /// Writes this cycle's log records; confirms of persistent messages wait for the result.

@@ -104,10 +104,30 @@ public final class Session {
         }
     }
 
+    // MARK: - Output held for durable definitions
+
+    /// The definitions batch whose write this session's output waits for (0: none). While it waits, nothing it
+    /// encodes is written, so the answer to a durable declare (and all after it) goes out in order, once durable.
+    private(set) var heldUntilBatch: UInt64 = 0
+    private var holdsOutput = false
+
+    func holdOutput(until batch: UInt64) {
+        if !holdsOutput { broker.sessionsHoldingOutput.append(self) }
+        holdsOutput = true
+        heldUntilBatch = max(heldUntilBatch, batch)
+    }
+
+    /// The batch is durable: what was held goes out at the next flush.
+    func releaseOutput() {
+        holdsOutput = false
+        heldUntilBatch = 0
+        markDirty()
+    }
+
     /// Writes what is pending: first the coalesced confirm, then the batch of frames, as one buffer.
     func flush() {
         isDirty = false
-        guard !isClosed, let transport else { return }
+        guard !isClosed, !holdsOutput, let transport else { return }
         writePendingConfirm()
         guard outbound.readableBytes > 0 else { return }
         let batch = outbound

@@ -43,11 +43,13 @@ public final class BrokerServer: Sendable {
         let tls = try configuration.tls.map { settings throws(TLSSetupError) in try ServerTLSContext(settings) }
         // Lock the data directory and recover before anything listens: READY means recovered.
         var directory: DataDirectory?
-        var recovery: (Definitions, RecoveredLog)?
+        var recovery: (Definitions, RecoveredLog, DefinitionsJournal)?
         if let path = configuration.dataDirectory {
             let opened = try DataDirectory(path: path)
             let start = ContinuousClock.now
-            let definitions = try Definitions.load(from: opened.metadataPath) ?? Definitions()
+            let (definitions, journal, journalRepair) = try Definitions.recover(snapshotPath: opened.metadataPath,
+                                                                                 journalPath: opened.metadataJournalPath)
+            if let journalRepair { logger.warning("definitions journal repaired", metadata: ["repair": "\(journalRepair)"]) }
             let recovered = try LogRecovery.recover(directory: opened.logPath)
             for repair in recovered.repairs { logger.warning("message log repaired", metadata: ["repair": "\(repair)"]) }
             logger.info("recovery scanned the log", metadata: [
@@ -55,7 +57,7 @@ public final class BrokerServer: Sendable {
                 "live_messages": "\(recovered.messages.count)", "duration": "\(ContinuousClock.now - start)",
             ])
             directory = opened
-            recovery = (definitions, recovered)
+            recovery = (definitions, recovered, journal)
         }
         let writer = directory.map {
             LogWriter(directory: $0.logPath, policy: configuration.fsyncPolicy, intervalMilliseconds: configuration.fsyncIntervalMilliseconds)
@@ -65,10 +67,11 @@ public final class BrokerServer: Sendable {
         let recoveryResult = recovery
         let state = try await loop.submit {
             var persistence: PersistenceContext?
-            if let writer, let (definitions, recovered) = recoveryResult {
+            if let writer, let (definitions, recovered, journal) = recoveryResult {
                 let store = MessageStore(writer: writer, recovered: recovered, maxSegmentSize: configuration.segmentSize)
                 persistence = PersistenceContext(metadataPath: configuration.dataDirectory.map { $0 + "/metadata.json" } ?? "",
-                                                 store: store, eventLoop: loop, definitions: definitions, recovered: recovered)
+                                                 store: store, eventLoop: loop, definitions: definitions, recovered: recovered,
+                                                 journal: journal)
             }
             let broker = Broker(users: users, logger: logger, persistence: persistence, memoryLimit: configuration.memoryLimit)
             // Password checks run on the thread pool (one thread per core): as many at once as it has threads.
@@ -202,9 +205,15 @@ public final class BrokerServer: Sendable {
             if open == 0 { break }
             try? await Task.sleep(for: .milliseconds(50))
         }
-        // Hand the last records to the log and wait for them (their completions still need the loop), then stop.
-        _ = try? await loop.submit { state.value.broker.flush() }.get()
+        // Hand the last records to the log and wait for them (their completions still need the loop); write the
+        // definitions as one snapshot (the next start replays no journal), then stop.
+        let journal = try? await loop.submit { () -> DefinitionsJournal? in
+            state.value.broker.flush()
+            state.value.broker.compactDefinitions()
+            return state.value.broker.definitionsBarrier()
+        }.get()
         await writer?.barrier()
+        journal?.barrier()
         _ = try? await loop.submit {}.get()
         try? await group.shutdownGracefully()
         writer?.shutdown()

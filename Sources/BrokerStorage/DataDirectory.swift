@@ -9,13 +9,16 @@ import Glibc
 /// Layout (docs/operations.md, "Data directory"):
 /// ```
 /// <dir>/brokerd.lock        lock file: flock(2)-held by the running broker, holds its PID
-/// <dir>/metadata.json       durable exchanges, queues, bindings and users, replaced atomically
+/// <dir>/metadata.json       durable exchanges, queues, bindings and users: a snapshot, replaced atomically
+/// <dir>/metadata.journal    the changes to them since that snapshot, appended
 /// <dir>/log/NNNNNNNNNNNNNNNNNNNN.seg   message log segments, in order
 /// ```
 public final class DataDirectory: Sendable {
     public let path: String
     public var logPath: String { path + "/log" }
     public var metadataPath: String { path + "/metadata.json" }
+    /// Changes to the definitions since `metadata.json` was written (``DefinitionsJournal``).
+    public var metadataJournalPath: String { path + "/metadata.journal" }
     private let lockDescriptor: Mutex<Int32?>
 
     /// Opens (creating it if missing) and locks the directory. Throws ``StorageError`` with a message a person can

@@ -100,3 +100,32 @@ struct TopicTrieTests {
         #expect(harness.broker.queueInfo("q")?.ready == 2)
     }
 }
+
+@Suite("Definitions: snapshot plus journal")
+struct DefinitionReplayTests {
+    @Test("replay applies only the records after the snapshot's sequence, so a crash between a compaction's snapshot and its truncation changes nothing")
+    func replaySkipsIncluded() {
+        var snapshot = Definitions()
+        snapshot.queues = [.init(name: "kept", id: 1, autoDelete: false, arguments: nil, owner: nil)]
+        snapshot.journalSequence = 2
+        let records: [DefinitionChange] = [
+            .init(sequence: 1, kind: .putQueue(.init(name: "kept", id: 1, autoDelete: false, arguments: nil, owner: nil))),
+            .init(sequence: 2, kind: .removeQueue("gone")),
+            .init(sequence: 3, kind: .putExchange(.init(name: "trips", type: "topic", autoDelete: false))),
+            .init(sequence: 4, kind: .putQueue(.init(name: "new", id: 7, autoDelete: false, arguments: nil, owner: "svc"))),
+            .init(sequence: 5, kind: .putBinding(.init(exchange: "trips", queue: "new", key: "trip.#", owner: "svc"))),
+            .init(sequence: 6, kind: .putBinding(.init(exchange: "trips", queue: "kept", key: "#", owner: nil))),
+            .init(sequence: 7, kind: .removeQueue("kept")),
+        ]
+        var replayed = snapshot
+        for record in records { replayed.apply(record) }
+        #expect(replayed.queues.map(\.name) == ["new"])
+        #expect(replayed.exchanges.map(\.name) == ["trips"])
+        #expect(replayed.bindings.map(\.queue) == ["new"], "the removed queue's bindings go with it")
+        #expect(replayed.nextQueueId == 8 && replayed.journalSequence == 7)
+        // Replaying the same journal again (the crash case) is a no-op.
+        var again = replayed
+        for record in records { again.apply(record) }
+        #expect(again == replayed)
+    }
+}

@@ -282,3 +282,60 @@ struct LogTests {
         #expect(!FileManager.default.fileExists(atPath: path + ".tmp"))
     }
 }
+
+@Suite("Definitions journal")
+struct DefinitionsJournalTests {
+    static func append(_ journal: DefinitionsJournal, _ records: [[UInt8]]) async throws {
+        let result: Result<Void, StorageError> = await withCheckedContinuation { continuation in
+            journal.append(records) { continuation.resume(returning: $0) }
+        }
+        try result.get()
+    }
+
+    @Test("records survive a reopen in order; a torn or corrupt tail is cut, the records before it kept")
+    func roundTripAndRepair() async throws {
+        let dir = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/metadata.journal"
+        let (journal, empty, noRepair) = try DefinitionsJournal.open(path: path)
+        #expect(empty.isEmpty && noRepair == nil)
+        try await Self.append(journal, [Array("one".utf8), Array("two".utf8)])
+        try await Self.append(journal, [Array("three".utf8)])
+        let (_, records, repair) = try DefinitionsJournal.open(path: path)
+        #expect(records.map { String(decoding: $0, as: UTF8.self) } == ["one", "two", "three"])
+        #expect(repair == nil)
+
+        // A crash in the middle of the last write: every cut of its record keeps the two before it.
+        let whole = Array(FileManager.default.contents(atPath: path) ?? Data())
+        for cut in 1...12 {
+            try Data(whole.dropLast(cut)).write(to: URL(fileURLWithPath: path))
+            let (_, kept, repaired) = try DefinitionsJournal.open(path: path)
+            #expect(kept.map { String(decoding: $0, as: UTF8.self) } == ["one", "two"], "cut \(cut)")
+            #expect(repaired != nil)
+            #expect(FileManager.default.contents(atPath: path)?.count == whole.count - 13, "the tail is cut on disk")
+        }
+        // A flipped byte inside a record: its CRC fails, it and what follows are cut.
+        var corrupt = whole
+        corrupt[8 + 1] ^= 0xFF  // inside "one"
+        try Data(corrupt).write(to: URL(fileURLWithPath: path))
+        let (_, none, crcRepair) = try DefinitionsJournal.open(path: path)
+        #expect(none.isEmpty && crcRepair?.contains("CRC") == true)
+    }
+
+    @Test("compaction writes the snapshot atomically and empties the journal; later appends follow")
+    func compaction() async throws {
+        let dir = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (journal, _, _) = try DefinitionsJournal.open(path: dir + "/metadata.journal")
+        try await Self.append(journal, [Array("before".utf8)])
+        let done: Result<Void, StorageError> = await withCheckedContinuation { continuation in
+            journal.compact(snapshotPath: dir + "/metadata.json", encode: { Array("snapshot".utf8) }) { continuation.resume(returning: $0) }
+        }
+        try done.get()
+        try await Self.append(journal, [Array("after".utf8)])
+        #expect(String(decoding: FileManager.default.contents(atPath: dir + "/metadata.json") ?? Data(), as: UTF8.self) == "snapshot")
+        let (_, records, _) = try DefinitionsJournal.open(path: dir + "/metadata.journal")
+        #expect(records.map { String(decoding: $0, as: UTF8.self) } == ["after"])
+        #expect(!FileManager.default.fileExists(atPath: dir + "/metadata.json.tmp"))
+    }
+}
