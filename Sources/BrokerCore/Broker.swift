@@ -375,16 +375,40 @@ public final class Broker {
         let consumers = queue.consumers
         queue.consumers.removeAll()
         for consumer in consumers { consumer.session.consumerCancelledByBroker(consumer, reason: reason) }
-        let bindings = queue.bindings
+        // Routing skips a deleted queue from here on; its bindings are taken out of their exchanges a chunk per
+        // event-loop turn, so a queue with 100,000 bindings does not hold up every other connection meanwhile.
+        let bindings = queue.bindings.map { (exchange: $0.exchange, key: $0.key) }  // strong: an exchange may go meanwhile
         queue.bindings = []
-        for binding in bindings {
-            let exchange = binding.exchange
-            if case .removed(let owner?) = exchange.detach(queue, key: binding.key) { release(&bindingCounts, owner) }
-            if exchange.shouldAutoDelete && exchanges[exchange.name] === exchange { removeExchange(exchange, by: session) }
-        }
+        detachBindings(of: queue, bindings[...], by: session)
         _ = queue.purge(store: store)
         if queue.durableId != nil { recordChange(.removeQueue(queue.name), by: session) }
         logger.debug("queue deleted", metadata: ["queue": "\(queue.name)", "reason": "\(reason)"])
+    }
+
+    /// Binds `keys` from `exchange` to `queue` directly, without sessions or checks (tests of very many bindings).
+    public func bindForTest(queue: String, exchange: String, keys: [String]) -> Int {
+        guard let q = queues[queue], let e = exchanges[exchange] else { return 0 }
+        topologyVersion &+= 1
+        return keys.filter { e.bind(q, key: $0) }.count
+    }
+
+    /// Bindings an exchange has now, those still leaving with a deleted queue included.
+    public func bindingCount(of exchange: String) -> Int? { exchanges[exchange]?.bindingCount }
+
+    /// Bindings taken out of their exchanges per event-loop turn when a queue is deleted.
+    public static let bindingsDetachedPerTurn = 5_000
+
+    private func detachBindings(of queue: Queue, _ remaining: ArraySlice<(exchange: Exchange, key: String)>, by session: Session?) {
+        for (exchange, key) in remaining.prefix(Self.bindingsDetachedPerTurn) {
+            if case .removed(let owner?) = exchange.detach(queue, key: key) { release(&bindingCounts, owner) }
+            if exchange.shouldAutoDelete && exchanges[exchange.name] === exchange { removeExchange(exchange, by: session) }
+        }
+        let rest = remaining.dropFirst(Self.bindingsDetachedPerTurn)
+        guard !rest.isEmpty else { return }
+        guard let eventLoop else { return detachBindings(of: queue, rest, by: session) }  // no loop (embedded, tests): at once
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        let pending = Array(rest)
+        eventLoop.execute { bound.value.detachBindings(of: queue, pending[...], by: nil) }
     }
 
     func purgeQueue(_ name: String, by session: Session) throws(BrokerError) -> Int {
@@ -492,7 +516,7 @@ public final class Broker {
             if exchangeName.isEmpty {
                 if let queue = queues[routingKey] { found.append(queue) }
             } else {
-                exchange.route(routingKey) { found.append($0) }
+                exchange.route(routingKey) { if !$0.isDeleted { found.append($0) } }  // a deleted queue's bindings may still be leaving
             }
             destinations = found
             cache = RouteCache(names: publish.envelope.nameBytes, version: topologyVersion, queues: found)

@@ -103,8 +103,8 @@ extension Broker {
     private func bindingList() -> [(exchange: String, queue: String, key: String)] {
         var list: [(exchange: String, queue: String, key: String)] = []
         for exchange in exchanges.values.sorted(by: { $0.name < $1.name }) where !exchange.name.isEmpty {
-            for binding in exchange.bindings.sorted(by: { ($0.queue, $0.key) < ($1.queue, $1.key) }) {
-                list.append((exchange.name, binding.queue, binding.key))
+            for (queue, key, _) in exchange.ownedBindings.sorted(by: { ($0.queue.name, $0.key) < ($1.queue.name, $1.key) }) where !queue.isDeleted {
+                list.append((exchange.name, queue.name, key))
             }
         }
         return list

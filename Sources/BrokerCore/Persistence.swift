@@ -185,7 +185,7 @@ extension Broker {
                                   arguments: queue.arguments == QueueArguments() ? nil : queue.arguments, owner: queue.owner))
         }
         for exchange in exchanges.values where exchange.durable && !exchange.builtIn {
-            for (queue, key, owner) in exchange.ownedBindings where queue.durableId != nil {
+            for (queue, key, owner) in exchange.ownedBindings where queue.durableId != nil && !queue.isDeleted {
                 d.bindings.append(.init(exchange: exchange.name, queue: queue.name, key: key, owner: owner))
             }
         }

@@ -347,3 +347,31 @@ extension HostileTests {
         #expect(process.terminationStatus == 0, "brokerd exited \(process.terminationStatus); log:\n\(log.text.suffix(2000))")
     }
 }
+
+extension HostileTests {
+    @Test("a queue with many bindings is deleted at once for routing, its bindings leave a chunk per loop turn, and a queue of the same name starts clean")
+    func deleteQueueWithManyBindings() async throws {
+        try await withBroker { server, config in
+            try await withConnection(config) { c in
+                try await c.declareExchange("wide", type: .topic)
+                try await c.declareQueue("many")
+                try await c.declareQueue("other")
+                try await c.bind(queue: "other", exchange: "wide", key: "k.#")
+            }
+            // More bindings than one turn detaches, made on the broker's loop directly (a client would take a while).
+            let count = Broker.bindingsDetachedPerTurn * 2 + 10
+            let made = try await server.withBroker { broker in broker.bindForTest(queue: "many", exchange: "wide", keys: (0..<count).map { "k.\($0).#" }) }
+            #expect(made == count)
+            try await withConnection(config) { c in
+                _ = try await c.deleteQueue("many")
+                try await c.declareQueue("many")
+                try await c.enableConfirms()
+                try await c.publish(exchange: "wide", routingKey: "k.7.x", body: "to other only")
+                #expect(try await c.get(queue: "many", noAck: true) == nil, "the new queue got the old one's bindings")
+                #expect(try await c.get(queue: "other", noAck: true)?.bodyString == "to other only")
+                #expect(try await eventually { try await c.listBindings().filter { $0.source == "wide" }.count == 1 })
+            }
+            #expect(try await eventually { try await server.withBroker { $0.bindingCount(of: "wide") } == 1 })
+        }
+    }
+}
