@@ -186,7 +186,8 @@ public final class BrokerConnection: Sendable, Service {
     }
 
     public func deleteExchange(_ name: String, ifUnused: Bool = false) async throws {
-        try NameRules.validateName(name, kind: "exchange")
+        // "" is the default exchange: the broker answers that it cannot be deleted (403), as for every built-in.
+        if !name.isEmpty { try NameRules.validateName(name, kind: "exchange") }
         try await expectOk(.exchangeDelete(ExchangeDelete(requestId: 0, name: name, ifUnused: ifUnused)), recording: .deleteExchange(name))
     }
 

@@ -243,9 +243,14 @@ public final class Broker {
     }
 
     func deleteExchange(_ m: ExchangeDelete, by session: Session) throws(BrokerError) {
+        // Built-in exchanges first: the default exchange's name is empty, which is not a valid name to declare
+        // but is the built-in exchange to refuse (§8.1: 403).
+        if let builtIn = exchanges[m.name], builtIn.builtIn {
+            let shown = m.name.isEmpty ? "the default exchange" : "the built-in exchange '\(m.name)'"
+            throw BrokerError(.accessRefused, "\(shown) cannot be deleted")
+        }
         try NameRules.validateName(m.name, kind: "exchange")
         guard let exchange = exchanges[m.name] else { throw BrokerError(.notFound, "no exchange '\(m.name)'") }
-        if exchange.builtIn { throw BrokerError(.accessRefused, "the built-in exchange '\(m.name)' cannot be deleted") }
         try session.permissions.check(.configure, "exchange", m.name, user: session.user.name)
         if m.ifUnused && exchange.bindingCount > 0 {
             throw BrokerError(.preconditionFailed, "exchange '\(m.name)' has \(exchange.bindingCount) bindings (if-unused)")

@@ -103,7 +103,13 @@ public final class BrokerServer: Sendable {
         do {
             var channels: [any Channel] = []
             if configuration.activatedSockets.isEmpty {
-                channels.append(try await bootstrap.bind(host: configuration.host, port: configuration.port).get())
+                do {
+                    channels.append(try await bootstrap.bind(host: configuration.host, port: configuration.port).get())
+                } catch let error as IOError where error.errnoCode == EADDRINUSE {
+                    throw ListenError("cannot listen on \(configuration.host):\(configuration.port): the port is in use by another process (stop it, or choose another --port)")
+                } catch {
+                    throw ListenError("cannot listen on \(configuration.host):\(configuration.port): \(error)")
+                }
             } else {
                 // Socket activation: systemd bound these; NIO owns each descriptor from here on.
                 for descriptor in configuration.activatedSockets {
@@ -248,4 +254,10 @@ public struct BrokerService: Service {
         Systemd.notify("STOPPING=1", "STATUS=shutting down: closing connections, flushing the log")
         await server.shutdown()
     }
+}
+
+/// The listener could not be opened, said with the address and port.
+public struct ListenError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -119,6 +119,11 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
                 run(machine.fail(error.code, error.message))
                 return
             }
+            if case .hello(let hello) = message, case .awaitingHello = machine.state {
+                // The name the client gave, shown in listings and logs (docs/protocol.md §4).
+                clientName = hello.clientName
+                logger[metadataKey: "client"] = "\(hello.clientName)"
+            }
             run(machine.received(message))
         }
         if case .authenticating = machine.state {
@@ -197,7 +202,6 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
                 run(machine.fail(error.code, error.message))
             }
         case .verify(let auth, _):
-            clientName = auth.user
             pause(.authentication)
             verify(auth)
         case .open(let authOk, let tuning):

@@ -160,6 +160,9 @@ struct Brokerd: AsyncParsableCommand {
         } catch let error as TLSSetupError {
             logger.critical("\(error.description)")
             throw ExitCode(78)  // EX_CONFIG: the TLS files given cannot be used
+        } catch let error as ListenError {
+            logger.critical("\(error.description)")
+            throw ExitCode(69)  // EX_UNAVAILABLE
         } catch let error as StorageError {
             // The data directory: locked by another broker, not writable, damaged beyond repair.
             logger.critical("\(error.description)")
