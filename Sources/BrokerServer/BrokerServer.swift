@@ -50,7 +50,15 @@ public final class BrokerServer: Sendable {
             let (definitions, journal, journalRepair) = try Definitions.recover(snapshotPath: opened.metadataPath,
                                                                                  journalPath: opened.metadataJournalPath)
             if let journalRepair { logger.warning("definitions journal repaired", metadata: ["repair": "\(journalRepair)"]) }
-            let recovered = try LogRecovery.recover(directory: opened.logPath)
+            let cleanStop = try opened.takeCleanStop()
+            var recovered = try LogRecovery.recover(directory: opened.logPath)
+            if !cleanStop && !recovered.messages.isEmpty {
+                // Deliveries are marked in the log lazily, so after a crash a message may have reached a consumer
+                // without its mark: every recovered message comes back redelivered (conservative; §10.2).
+                for index in recovered.messages.indices { recovered.messages[index].delivered = recovered.messages[index].queues }
+                logger.notice("the previous run did not stop cleanly: recovered messages are marked redelivered",
+                              metadata: ["messages": "\(recovered.messages.count)"])
+            }
             for repair in recovered.repairs { logger.warning("message log repaired", metadata: ["repair": "\(repair)"]) }
             logger.info("recovery scanned the log", metadata: [
                 "records": "\(recovered.recordsScanned)", "bytes": "\(recovered.bytesScanned)",
@@ -223,6 +231,12 @@ public final class BrokerServer: Sendable {
         _ = try? await loop.submit {}.get()
         try? await group.shutdownGracefully()
         writer?.shutdown()
+        // Everything is written: mark the stop clean, so the next start need not assume deliveries were lost.
+        do {
+            try directory?.markCleanStop()
+        } catch {
+            logger.error("cannot mark the stop clean; the next start will flag recovered messages redelivered", metadata: ["error": "\(error)"])
+        }
         directory?.unlock()
         logger.info("stopped")
     }

@@ -12,6 +12,7 @@ import Glibc
 /// <dir>/metadata.json       durable exchanges, queues, bindings and users: a snapshot, replaced atomically
 /// <dir>/metadata.journal    the changes to them since that snapshot, appended
 /// <dir>/log/NNNNNNNNNNNNNNNNNNNN.seg   message log segments, in order
+/// <dir>/clean-stop          written by a clean stop, removed at start
 /// ```
 public final class DataDirectory: Sendable {
     public let path: String
@@ -19,6 +20,23 @@ public final class DataDirectory: Sendable {
     public var metadataPath: String { path + "/metadata.json" }
     /// Changes to the definitions since `metadata.json` was written (``DefinitionsJournal``).
     public var metadataJournalPath: String { path + "/metadata.journal" }
+    /// Present only between a clean stop and the next start: its absence at start means the broker was killed
+    /// (or lost power), so messages it had delivered may have been delivered without the log knowing.
+    public var cleanStopPath: String { path + "/clean-stop" }
+
+    /// Records that the broker stopped cleanly (its log and definitions are complete): the last thing a clean stop
+    /// does before it unlocks the directory.
+    public func markCleanStop() throws {
+        try DataDirectory.writeAtomically(Array("clean\n".utf8), to: cleanStopPath)
+    }
+
+    /// Whether the previous run stopped cleanly; the mark is removed (durably) so a crash of this run is seen.
+    public func takeCleanStop() throws -> Bool {
+        guard FileManager.default.fileExists(atPath: cleanStopPath) else { return false }
+        guard unlink(cleanStopPath) == 0 else { throw StorageError("cannot remove \(cleanStopPath): \(String(cString: strerror(errno)))") }
+        try Self.syncDirectory(of: cleanStopPath)
+        return true
+    }
     private let lockDescriptor: Mutex<Int32?>
 
     /// Opens (creating it if missing) and locks the directory. Throws ``StorageError`` with a message a person can

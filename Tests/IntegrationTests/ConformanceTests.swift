@@ -52,3 +52,45 @@ struct ConformanceTests {
         #expect(err.contains("127.0.0.1:\(port)") && err.contains("in use"), "\(err)")
     }
 }
+
+extension ConformanceTests {
+    @Test("after kill -9 every recovered message comes back redelivered; after a clean stop only those delivered before")
+    func redeliveredAfterCrash() async throws {
+        let directory = DaemonTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var (process, port, _) = try DaemonTests.startDaemon(dataDirectory: directory)
+        defer { DaemonTests.stop(process) }
+        var config = ClientConfiguration(port: port, clientName: "crash", recovery: nil)
+        config.logger = quietLogger
+        let persistent = MessageProperties(persistent: true)
+        // A consumer holds deliveries unacknowledged when the broker is killed.
+        let holder = try await BrokerConnection.connect(config)
+        try await holder.declareQueue("held", durable: true)
+        try await holder.enableConfirms()
+        for i in 0..<20 { try await holder.publish(routingKey: "held", body: "m\(i)", properties: persistent) }
+        for _ in 0..<5 { _ = try #require(try await holder.get(queue: "held")) }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        await holder.close()
+
+        (process, port, _) = try DaemonTests.startDaemon(dataDirectory: directory)
+        config.port = port
+        try await withConnection(config) { c in
+            var flags: [Bool] = []
+            while let message = try await c.get(queue: "held", noAck: true) { flags.append(message.redelivered) }
+            // Before: messages delivered just before the kill could come back unflagged.
+            #expect(flags.count == 20 && flags.allSatisfy { $0 }, "\(flags)")
+            try await c.enableConfirms()
+            for i in 0..<3 { try await c.publish(routingKey: "held", body: "n\(i)", properties: persistent) }
+        }
+        // A clean stop: nothing was delivered, nothing comes back flagged.
+        DaemonTests.stop(process)
+        (process, port, _) = try DaemonTests.startDaemon(dataDirectory: directory)
+        config.port = port
+        try await withConnection(config) { c in
+            var flags: [Bool] = []
+            while let message = try await c.get(queue: "held", noAck: true) { flags.append(message.redelivered) }
+            #expect(flags == [false, false, false])
+        }
+    }
+}
