@@ -127,6 +127,7 @@ let package = Package(
             dependencies: [
                 "BrokerClient", "WireProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: upcoming

@@ -239,8 +239,25 @@ final class ConnectionDriver {
                     driver.abandon(channel, BrokerError(.timeout, "handshake with \(endpoint) timed out"))
                 }
             case .failure(let error):
-                driver.run(driver.machine.connectFailed(BrokerError(.connectionClosed, "cannot connect to \(endpoint): \(error)")))
+                driver.run(driver.machine.connectFailed(BrokerError(.connectionClosed, "cannot connect to \(endpoint): \(Self.reason(error))")))
             }
+        }
+    }
+
+    /// Why a connect failed, in one line ("connection refused", "timed out after 10 s", "cannot resolve host"),
+    /// instead of NIO's nested description of every address tried.
+    static func reason(_ error: any Error) -> String {
+        switch error {
+        case let failure as NIOConnectionError:
+            if let first = failure.connectionErrors.first { return reason(first.error) }
+            if failure.dnsAError != nil || failure.dnsAAAAError != nil { return "cannot resolve host '\(failure.host)'" }
+            return "no address to connect to for '\(failure.host)'"
+        case let io as IOError:
+            return String(cString: strerror(io.errnoCode)).lowercased()
+        case ChannelError.connectTimeout(let after):
+            return "timed out after \(after.nanoseconds / 1_000_000) ms"
+        default:
+            return "\(error)"
         }
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BrokerClient
 import Foundation
+import Logging
 import WireProtocol
 
 /// brokerctl: inspect and manage a running brokerd over its own protocol (docs/operations.md, "brokerctl").
@@ -81,6 +82,11 @@ struct ConnectionOptions: ParsableArguments {
                                                 connectTimeout: .seconds(5), requestTimeout: .seconds(10),
                                                 recovery: nil)  // a one-shot command reports a dropped connection, it does not wait
         configuration.tls = tlsConfiguration
+        // brokerctl reports every failure itself, in one line; the library's own log lines (connect failures
+        // with NIO's details) only with BROKERCTL_DEBUG=1.
+        if ProcessInfo.processInfo.environment["BROKERCTL_DEBUG"] != "1" {
+            configuration.logger = Logger(label: "brokerctl", factory: { _ in SwiftLogNoOpLogHandler() })
+        }
         do {
             return try await BrokerConnection.withConnection(configuration, body)
         } catch let error as BrokerError {
@@ -100,7 +106,7 @@ struct Failure: Error, CustomStringConvertible {
         switch error.code {
         case .accessRefused: "brokerctl: access refused by \(address): \(error.message)"
         case .connectionClosed, .timeout, .heartbeatTimeout:
-            error.message.contains("Connection refused")
+            error.message.lowercased().contains("connection refused")
                 ? "brokerctl: cannot reach brokerd at \(address): connection refused. Is it running, and on this port?"
                 : "brokerctl: cannot reach brokerd at \(address): \(error.message)"
         case .notFound, .invalidArgument, .preconditionFailed, .resourceLocked, .resourceError, .noRoute, .unknownFrame:

@@ -126,6 +126,9 @@ struct DaemonTests {
         let (down, _, downErr) = try Self.run("brokerctl", ["status", "--port", "\(port)"])
         #expect(down == 69)
         #expect(downErr.contains("cannot reach brokerd"))
+        // One readable line, not the client library's log of NIO's nested error as well.
+        #expect(downErr.split(separator: "\n").count == 1, "\(downErr)")
+        #expect(!downErr.contains("SingleConnectionFailure"), "\(downErr)")
         }
     }
 
