@@ -249,7 +249,7 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
 
     private func startVerification(_ auth: Authenticate, address: String, ticket: UInt64) {
         guard let context else {
-            _ = logins.finished(ticket, succeeded: false)  // gone meanwhile: free the slot
+            logins.abandon(ticket)  // gone meanwhile: free the slot without counting a failure
             return
         }
         loginTicket = ticket

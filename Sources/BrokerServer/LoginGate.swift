@@ -80,9 +80,19 @@ struct LoginGate {
         return decisions + startNext(now: now)
     }
 
-    /// An attempt left the queue before its check started (its connection closed): forget it.
-    mutating func withdraw(_ id: UInt64) {
-        if let index = waiting.firstIndex(where: { $0.id == id }) { waiting.remove(at: index) }
+    /// An attempt's connection closed: forget it if it is still waiting (true). One whose check already runs keeps
+    /// its slot until ``finished(_:succeeded:now:)`` or ``released(now:)``.
+    mutating func withdraw(_ id: UInt64) -> Bool {
+        guard let index = waiting.firstIndex(where: { $0.id == id }) else { return false }
+        waiting.remove(at: index)
+        return true
+    }
+
+    /// A started check ended without a verdict (its connection went before it could run): frees its slot and
+    /// records nothing about the address.
+    mutating func released(now: Int64) -> [Decision] {
+        running -= 1
+        return startNext(now: now)
     }
 
     /// A check finished. Returns the delay before answering a failure (nanoseconds, 0 for none) and what to start.
@@ -181,10 +191,17 @@ final class LoginScheduler {
         return attempt.id
     }
 
-    /// The connection went away before its check started.
+    /// The connection went away. A waiting check is dropped; a running one keeps its entry, so that its end
+    /// still frees its slot (dropping it then leaked the slot: after one per core, no login was ever checked).
     func withdraw(_ id: UInt64) {
+        guard gate.withdraw(id) else { return }
+        entries.removeValue(forKey: id)
+    }
+
+    /// A started check that will not run after all (its connection went first): frees the slot, records nothing.
+    func abandon(_ id: UInt64) {
         guard entries.removeValue(forKey: id) != nil else { return }
-        gate.withdraw(id)
+        carryOut(gate.released(now: now()))
     }
 
     /// A check ended; returns how long to wait before answering (nanoseconds).

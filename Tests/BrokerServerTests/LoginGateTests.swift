@@ -37,6 +37,27 @@ struct LoginGateTests {
         #expect(gate.submit(Self.attempt(100, "10.0.0.7", "other"), now: Self.second) == [.verify(100)])
     }
 
+    @Test("a connection that goes while its check runs keeps the slot until the check ends, then the next one starts")
+    func withdrawWhileRunning() {
+        final class Started { var ids: [UInt64] = [] }
+        let started = Started()
+        let scheduler = LoginScheduler(gate: LoginGate(concurrency: 1), now: { 0 })
+        let first = scheduler.submit(address: "10.0.0.9", user: "a", start: { started.ids.append($0) }, refuse: { _ in })
+        let second = scheduler.submit(address: "10.0.0.8", user: "b", start: { started.ids.append($0) }, refuse: { _ in })
+        #expect(started.ids == [first])
+        scheduler.withdraw(first)  // its client gave up while PBKDF2 ran
+        #expect(scheduler.runningCount == 1 && scheduler.waitingCount == 1)
+        // Before: the withdrawal forgot the running check, its end freed nothing, and the second never started.
+        _ = scheduler.finished(first, succeeded: true)
+        #expect(started.ids == [first, second])
+        // A waiting one that goes is simply dropped; one abandoned before it ran frees its slot, counting nothing.
+        let third = scheduler.submit(address: "10.0.0.7", user: "c", start: { started.ids.append($0) }, refuse: { _ in })
+        scheduler.withdraw(third)
+        #expect(scheduler.waitingCount == 0)
+        scheduler.abandon(second)
+        #expect(scheduler.runningCount == 0 && scheduler.recentFailures(from: "10.0.0.8") == 0)
+    }
+
     @Test("many failures for one user do not make other users from the same address suspect")
     func oneUserGuessed() {
         var gate = LoginGate(concurrency: 1, addressThreshold: 3)
