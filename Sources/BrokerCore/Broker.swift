@@ -230,7 +230,7 @@ public final class Broker {
         }
         if m.passive { throw BrokerError(.notFound, "no exchange '\(m.name)'") }
         if m.name.hasPrefix("amq.") { throw BrokerError(.accessRefused, "exchange names starting with 'amq.' are reserved") }
-        try session.permissions.check(.configure, "exchange", m.name, user: session.user.name)
+        try session.permissions.check(.configure, "exchange", m.name)
         if !m.arguments.isEmpty {
             throw BrokerError(.invalidArgument, "exchange arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
         }
@@ -251,7 +251,7 @@ public final class Broker {
         }
         try NameRules.validateName(m.name, kind: "exchange")
         guard let exchange = exchanges[m.name] else { throw BrokerError(.notFound, "no exchange '\(m.name)'") }
-        try session.permissions.check(.configure, "exchange", m.name, user: session.user.name)
+        try session.permissions.check(.configure, "exchange", m.name)
         if m.ifUnused && exchange.bindingCount > 0 {
             throw BrokerError(.preconditionFailed, "exchange '\(m.name)' has \(exchange.bindingCount) bindings (if-unused)")
         }
@@ -282,7 +282,7 @@ public final class Broker {
         if let existing = queues[name] {
             try checkAccess(existing, by: session)
             if !m.passive {
-                try session.permissions.check(.configure, "queue", name, user: session.user.name)
+                try session.permissions.check(.configure, "queue", name)
                 if existing.durable != m.durable {
                     throw BrokerError(.preconditionFailed, "queue '\(name)' exists with durable=\(existing.durable), not \(m.durable)")
                 }
@@ -302,7 +302,7 @@ public final class Broker {
         }
         if m.passive { throw BrokerError(.notFound, "no queue '\(name)'") }
         if name.hasPrefix("amq.") && !m.name.isEmpty { throw BrokerError(.accessRefused, "queue names starting with 'amq.' are reserved") }
-        try session.permissions.check(.configure, "queue", name, user: session.user.name)
+        try session.permissions.check(.configure, "queue", name)
         if let limit = session.user.limits?.maxQueues, queueCounts[session.user.name, default: 0] >= limit {
             throw BrokerError(.resourceError, "user '\(session.user.name)' has \(limit) queues, the most it may have")
         }
@@ -357,7 +357,7 @@ public final class Broker {
 
     func deleteQueue(_ m: QueueDelete, by session: Session) throws(BrokerError) -> Int {
         let queue = try accessibleQueue(m.name, by: session)
-        try session.permissions.check(.configure, "queue", queue.name, user: session.user.name)
+        try session.permissions.check(.configure, "queue", queue.name)
         if m.ifUnused && queue.consumerCount > 0 {
             throw BrokerError(.preconditionFailed, "queue '\(m.name)' has \(queue.consumerCount) consumers (if-unused)")
         }
@@ -418,7 +418,7 @@ public final class Broker {
 
     func purgeQueue(_ name: String, by session: Session) throws(BrokerError) -> Int {
         let queue = try accessibleQueue(name, by: session)
-        try session.permissions.check(.read, "queue", queue.name, user: session.user.name)
+        try session.permissions.check(.read, "queue", queue.name)
         return queue.purge(store: store)
     }
 
@@ -472,8 +472,8 @@ public final class Broker {
         let queue = try accessibleQueue(m.queue, by: session)
         guard let exchange = exchanges[m.exchange] else { throw BrokerError(.notFound, "no exchange '\(m.exchange)'") }
         // As RabbitMQ: a binding writes into the queue and reads from the exchange.
-        try session.permissions.check(.write, "queue", queue.name, user: session.user.name)
-        try session.permissions.check(.read, "exchange", exchange.name, user: session.user.name)
+        try session.permissions.check(.write, "queue", queue.name)
+        try session.permissions.check(.read, "exchange", exchange.name)
         return (exchange, queue)
     }
 
@@ -498,7 +498,7 @@ public final class Broker {
 
     /// Routes a publish. Permission to write to the exchange is checked when the route is computed: a cache hit
     /// means the same exchange under the same topology (a permission change bumps the topology version).
-    func route(_ publish: PublishView, cache: inout RouteCache?, permissions: PermissionChecker? = nil, user: String = "") -> RouteOutcome {
+    func route(_ publish: PublishView, cache: inout RouteCache?, permissions: PermissionChecker? = nil) -> RouteOutcome {
         let destinations: [Queue]
         if let cached = cache, cached.version == topologyVersion, publish.envelope.namesEqual(cached.names) {
             destinations = cached.queues
@@ -513,10 +513,7 @@ public final class Broker {
             guard let exchange = exchanges[exchangeName] else {
                 return .failed(BrokerError(.notFound, "no exchange '\(exchangeName)'"))
             }
-            if let permissions, !permissions.allows(.write, exchangeName) {
-                let shown = exchangeName.isEmpty ? "the default exchange" : "exchange '\(exchangeName)'"
-                return .failed(BrokerError(.accessRefused, "user '\(user)' has no write permission on \(shown)"))
-            }
+            if let refusal = permissions?.refusal(.write, "exchange", exchangeName) { return .failed(refusal) }
             var found: [Queue] = []
             if exchangeName.isEmpty {
                 if let queue = queues[routingKey] { found.append(queue) }

@@ -67,13 +67,13 @@ public final class Session {
         self.broker = broker
         self.transport = transport
         self.openedAt = broker.now()
-        self.permissions = PermissionChecker(user.permissions)
+        self.permissions = PermissionChecker(user)
     }
 
     /// An operator changed this connection's user (permissions, limits): they apply from the next operation.
     func userChanged(_ changed: User) {
         user = changed
-        permissions = PermissionChecker(changed.permissions)
+        permissions = PermissionChecker(changed)
     }
 
     public var consumerCount: Int { consumers.count }
@@ -282,7 +282,7 @@ public final class Session {
         }
         publishedCount &+= 1
         if confirmMode { publishSequence &+= 1 }
-        switch broker.route(publish, cache: &routeCache, permissions: permissions, user: user.name) {
+        switch broker.route(publish, cache: &routeCache, permissions: permissions) {
         case .routed(let logged):
             confirmSucceeded(logged: logged)
         case .unroutable:
@@ -360,7 +360,7 @@ public final class Session {
                 throw BrokerError(.invalidArgument, "consume arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
             }
             let queue = try broker.accessibleQueue(m.queue, by: self)
-            try permissions.check(.read, "queue", queue.name, user: user.name)
+            try permissions.check(.read, "queue", queue.name)
             if let limit = user.limits?.maxConsumers, broker.consumerCount(of: user.name) >= limit {
                 throw BrokerError(.resourceError, "user '\(user.name)' has \(limit) consumers, the most it may have")
             }
@@ -428,7 +428,7 @@ public final class Session {
     private func get(_ m: Get) {
         do throws(BrokerError) {
             let queue = try broker.accessibleQueue(m.queue, by: self)
-            try permissions.check(.read, "queue", queue.name, user: user.name)
+            try permissions.check(.read, "queue", queue.name)
             guard let message = queue.dequeue() else {
                 write(.getEmpty(requestId: m.requestId))
                 return

@@ -91,13 +91,16 @@ public struct Permissions: Hashable, Sendable, Codable {
 /// pays a dictionary lookup at most, never a regular expression. Owned by its session, on the broker's loop.
 final class PermissionChecker {
     private let permissions: Permissions?
+    /// The user the permissions are of, named in refusals.
+    private let user: String
     private var compiled: [Permissions.Access: Regex<AnyRegexOutput>] = [:]
     private var decided: [Permissions.Access: [String: Bool]] = [:]
     /// Bound on remembered decisions per kind of access (a client inventing names cannot grow it without end).
     private static let memoryLimit = 4096
 
-    init(_ permissions: Permissions?) {
-        self.permissions = permissions
+    init(_ user: User) {
+        self.permissions = user.permissions
+        self.user = user.name
         guard let permissions else { return }
         for access in [Permissions.Access.configure, .write, .read] {
             // Validated when set; an invalid stored pattern (edited by hand) compiles to nothing and denies.
@@ -117,12 +120,16 @@ final class PermissionChecker {
         return allowed
     }
 
-    /// Throws 403 naming the user, the access and the object unless it is allowed.
-    func check(_ access: Permissions.Access, _ kind: String, _ name: String, user: String) throws(BrokerError) {
-        guard allows(access, name) else {
-            let shown = name.isEmpty ? "the default exchange" : "\(kind) '\(name)'"
-            throw BrokerError(.accessRefused, "user '\(user)' has no \(access.rawValue) permission on \(shown)")
-        }
+    /// The 403 naming the user, the access and the object, or nil when it is allowed.
+    func refusal(_ access: Permissions.Access, _ kind: String, _ name: String) -> BrokerError? {
+        guard !allows(access, name) else { return nil }
+        let shown = name.isEmpty ? "the default exchange" : "\(kind) '\(name)'"
+        return BrokerError(.accessRefused, "user '\(user)' has no \(access.rawValue) permission on \(shown)")
+    }
+
+    /// Throws ``refusal(_:_:_:)`` unless allowed.
+    func check(_ access: Permissions.Access, _ kind: String, _ name: String) throws(BrokerError) {
+        if let refusal = refusal(access, kind, name) { throw refusal }
     }
 }
 
