@@ -30,14 +30,14 @@ public final class Broker {
     let eventLoop: (any EventLoop)?
     var nextQueueId: UInt32 = 1
     /// The definitions' journal (nil without a data directory) and its bookkeeping: the last change's number,
-    /// this cycle's changes, the batch they go in, the first batch not yet durable, and the sessions whose output
-    /// waits for one (``recordChange(_:by:)``).
+    /// this cycle's changes, the batch they go in, the records since the last snapshot and how many definitions
+    /// that snapshot held, and the sessions whose output waits for a batch (``recordChange(_:by:)``).
     let definitionsJournal: DefinitionsJournal?
     var journalSequence: UInt64 = 0
     var pendingChanges: [DefinitionChange] = []
-    var recordsSinceSnapshot = 0
     var openDefinitionsBatch: UInt64 = 0
-    var durableDefinitionsBatch: UInt64 = 0
+    var recordsSinceSnapshot = 0
+    var definitionsAtSnapshot = 0
     var sessionsHoldingOutput: [Session] = []
     /// The session whose management request runs now (its user changes hold its answer).
     var managingSession: Session?

@@ -90,8 +90,13 @@ extension Broker {
     }
 
     /// Writes this cycle's definition changes (one write, one `fdatasync`), off the loop; compacts the journal
-    /// into a new snapshot when it has grown past the definitions' own size.
+    /// into a new snapshot once it holds more than twice the definitions of the last one (at least 1,024 records).
     func commitDefinitions() {
+        writePendingChanges()
+        if recordsSinceSnapshot > max(1024, 2 * definitionsAtSnapshot) { compactDefinitions() }
+    }
+
+    private func writePendingChanges() {
         guard let journal = definitionsJournal, let eventLoop, !pendingChanges.isEmpty else { return }
         let encoder = JSONEncoder()
         let records = pendingChanges.compactMap { try? [UInt8](encoder.encode($0)) }  // plain Codable structs: encoding cannot fail
@@ -103,25 +108,20 @@ extension Broker {
         journal.append(records) { result in
             eventLoop.execute { bound.value.definitionsBatchFinished(batch, result) }
         }
-        let live = exchanges.count + queues.count + queues.values.reduce(0) { $0 + $1.bindings.count }
-        if recordsSinceSnapshot > max(1024, 2 * live) { compactDefinitions() }
     }
 
-    /// Writes every definition as a new snapshot and empties the journal (periodically and at shutdown). The
-    /// snapshot's value is taken here; its encoding and writing happen off the loop.
+    /// Writes every definition as a new snapshot and empties the journal (when it has grown, and at shutdown).
+    /// The snapshot's value is taken here; its encoding and writing happen off the loop.
     public func compactDefinitions() {
         guard let journal = definitionsJournal, let metadataPath, let eventLoop else { return }
-        commitDefinitions()
-        recordsSinceSnapshot = 0
+        writePendingChanges()
         var snapshot = currentDefinitions()
         snapshot.journalSequence = journalSequence
+        recordsSinceSnapshot = 0
+        definitionsAtSnapshot = snapshot.count
         let value = snapshot
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        journal.compact(snapshotPath: metadataPath, encode: {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            return [UInt8](try encoder.encode(value))
-        }, completion: { result in
+        journal.compact(snapshotPath: metadataPath, encode: { try value.encoded() }, completion: { result in
             guard case .failure(let error) = result else { return }
             eventLoop.execute { bound.value.logger.error("cannot compact the definitions journal", metadata: ["error": "\(error)"]) }
         })
@@ -130,11 +130,7 @@ extension Broker {
     /// Journal writes so far (each one `fdatasync` covering every change of one cycle), for tests and status.
     public var definitionsBatchesWritten: UInt64 { openDefinitionsBatch }
 
-    /// Waits for the journal's writes (shutdown, after ``compactDefinitions()``).
-    public func definitionsBarrier() -> DefinitionsJournal? { definitionsJournal }
-
     func definitionsBatchFinished(_ batch: UInt64, _ result: Result<Void, StorageError>) {
-        durableDefinitionsBatch = max(durableDefinitionsBatch, batch &+ 1)
         if case .failure(let error) = result {
             logger.critical("cannot save definition changes; connections that made them are closed", metadata: ["error": "\(error)"])
         }

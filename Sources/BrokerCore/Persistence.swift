@@ -73,11 +73,15 @@ public struct Definitions: Codable, Sendable, Equatable {
         }
     }
 
-    public func save(to path: String) throws {
+    /// The snapshot file's bytes: pretty-printed JSON with sorted keys, so an operator can read and diff it.
+    public func encoded() throws -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try DataDirectory.writeAtomically(Array(try encoder.encode(self)), to: path)
+        return Array(try encoder.encode(self))
     }
+
+    /// How many definitions it holds (exchanges, queues, bindings): the size the journal is compacted against.
+    var count: Int { exchanges.count + queues.count + bindings.count }
 }
 
 /// What the broker needs to persist: where metadata goes, the log, and the loop to hear back on.
@@ -107,6 +111,7 @@ extension Broker {
     func restore(_ definitions: Definitions, _ recovered: RecoveredLog) -> (queues: Int, messages: Int) {
         nextQueueId = max(definitions.nextQueueId, 1)
         journalSequence = definitions.journalSequence ?? 0
+        definitionsAtSnapshot = definitions.count
         if definitions.usersComplete == true {
             usersCustomized = true
             users = UserStore(includeDefaultUser: false)

@@ -22,10 +22,11 @@ public final class BrokerServer: Sendable {
     private let logger: Logger
     private let directory: DataDirectory?
     private let writer: LogWriter?
+    private let journal: DefinitionsJournal?
 
     private init(configuration: ServerConfiguration, port: Int, group: MultiThreadedEventLoopGroup, serverChannels: [any Channel],
                  state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry, logins: LoginScheduler)>, logger: Logger, directory: DataDirectory?,
-                 writer: LogWriter?) {
+                 writer: LogWriter?, journal: DefinitionsJournal?) {
         self.configuration = configuration
         self.port = port
         self.group = group
@@ -34,6 +35,7 @@ public final class BrokerServer: Sendable {
         self.logger = logger
         self.directory = directory
         self.writer = writer
+        self.journal = journal
     }
 
     /// Binds the listener and starts serving. `makeUsers` runs once to give the broker its users.
@@ -167,7 +169,7 @@ public final class BrokerServer: Sendable {
             }
             logger.info("listening", metadata: ["listeners": "\(listeners.joined(separator: ", "))"])
             return BrokerServer(configuration: configuration, port: port, group: group, serverChannels: channels, state: state, logger: logger,
-                                directory: directory, writer: writer)
+                                directory: directory, writer: writer, journal: recoveryResult?.2)
         } catch {
             try? await group.shutdownGracefully()
             writer?.shutdown()
@@ -221,10 +223,9 @@ public final class BrokerServer: Sendable {
         }
         // Hand the last records to the log and wait for them (their completions still need the loop); write the
         // definitions as one snapshot (the next start replays no journal), then stop.
-        let journal = try? await loop.submit { () -> DefinitionsJournal? in
+        _ = try? await loop.submit {
             state.value.broker.flush()
             state.value.broker.compactDefinitions()
-            return state.value.broker.definitionsBarrier()
         }.get()
         await writer?.barrier()
         journal?.barrier()
