@@ -39,8 +39,6 @@ public final class Broker {
     var recordsSinceSnapshot = 0
     var definitionsAtSnapshot = 0
     var sessionsHoldingOutput: [Session] = []
-    /// The session whose management request runs now (its user changes hold its answer).
-    var managingSession: Session?
     /// Queues and bindings per user that made them, for their ``UserLimits``.
     var queueCounts: [String: Int] = [:]
     var bindingCounts: [String: Int] = [:]

@@ -146,12 +146,7 @@ public final class Exchange {
     /// The user of each binding whose maker is known, once per binding (for per-user counts at deletion).
     var bindingOwners: [String] { members.values.compactMap(\.owner) }
 
-    /// (queue, key) pairs, for listing.
-    public var bindings: [(queue: String, key: String)] {
-        members.map { id, member in (member.queue.name, id.key) }
-    }
-
-    /// (queue, key, owner) triples, for the saved definitions.
+    /// (queue, key, owner) triples, for listings and the saved definitions.
     var ownedBindings: [(queue: Queue, key: String, owner: String?)] {
         members.map { id, member in (member.queue, id.key, member.owner) }
     }

@@ -15,8 +15,6 @@ extension Broker {
 
     /// Runs one management method on behalf of `session` (whose user is an administrator).
     public func manage(_ request: Manage, by session: Session) throws(BrokerError) -> FieldTable {
-        managingSession = session
-        defer { managingSession = nil }
         let args = ManagementArguments(request.method, request.arguments)
         switch request.method {
         case "list.queues": return try page(queues.values.sorted { $0.name < $1.name }, args, queueRow)
@@ -27,12 +25,12 @@ extension Broker {
         case "queue.peek": return try peek(args)
         case "queue.move": return try move(args)
         case "user.list": return try page(users.users.values.sorted { $0.name < $1.name }, args, userRow)
-        case "user.add": return try addUser(args)
+        case "user.add": return try addUser(args, by: session)
         case "user.delete": return try deleteUser(args, by: session)
-        case "user.passwd": return try changePassword(args)
-        case "user.set_permissions": return try setPermissions(args)
-        case "user.clear_permissions": return try setPermissions(args, clear: true)
-        case "user.set_limits": return try setLimits(args)
+        case "user.passwd": return try changePassword(args, by: session)
+        case "user.set_permissions": return try setPermissions(args, by: session)
+        case "user.clear_permissions": return try setPermissions(args, clear: true, by: session)
+        case "user.set_limits": return try setLimits(args, by: session)
         default:
             throw BrokerError(.unknownFrame, "unknown management method '\(request.method)'; known: \(Self.managementMethods.joined(separator: ", "))")
         }
@@ -250,14 +248,14 @@ extension Broker {
 
     // MARK: - Users
 
-    private func addUser(_ args: ManagementArguments) throws(BrokerError) -> FieldTable {
+    private func addUser(_ args: ManagementArguments, by session: Session) throws(BrokerError) -> FieldTable {
         let name = try args.string("name")
         try Self.validateUserName(name)
         guard users.user(named: name) == nil else { throw BrokerError(.preconditionFailed, "user '\(name)' already exists") }
         let password = try args.string("password")
         guard !password.isEmpty else { throw BrokerError(.invalidArgument, "the password must not be empty") }
         let admin = try args.bool("admin", default: false)
-        try changeUsers { $0.add(User(name: name, password: PasswordHash(password: password), isAdmin: admin)) }
+        saveUsers(by: session) { $0.add(User(name: name, password: PasswordHash(password: password), isAdmin: admin)) }
         return [:]
     }
 
@@ -269,69 +267,69 @@ extension Broker {
         }
         let adminsLeft = users.users.values.filter { $0.isAdmin && $0.name != name }.count
         guard adminsLeft > 0 else { throw BrokerError(.preconditionFailed, "'\(name)' is the last administrator") }
-        try changeUsers { _ = $0.remove(named: name) }
+        saveUsers(by: session) { _ = $0.remove(named: name) }
         // As in RabbitMQ: the deleted user's connections go (their credentials no longer exist).
         let closing = sessions.values.filter { $0.user.name == name }
         for other in closing { other.transport?.closeConnection(code: .connectionForced, reason: "user '\(name)' was deleted") }
         return ["closed_connections": .int(Int64(closing.count))]
     }
 
-    private func changePassword(_ args: ManagementArguments) throws(BrokerError) -> FieldTable {
-        let name = try args.string("name")
-        guard var user = users.user(named: name) else { throw BrokerError(.notFound, "no user '\(name)'") }
-        let password = try args.string("password")
-        guard !password.isEmpty else { throw BrokerError(.invalidArgument, "the password must not be empty") }
-        user.password = PasswordHash(password: password)
-        try changeUsers { $0.add(user) }
-        return [:]
+    private func changePassword(_ args: ManagementArguments, by session: Session) throws(BrokerError) -> FieldTable {
+        try changeUser(args, by: session) { user throws(BrokerError) in
+            let password = try args.string("password")
+            guard !password.isEmpty else { throw BrokerError(.invalidArgument, "the password must not be empty") }
+            user.password = PasswordHash(password: password)
+        }
     }
 
     /// `user.set_permissions {name, configure, write, read}`: three regular expressions over exchange and queue
     /// names; `user.clear_permissions {name}` gives back full access. Connections of the user get the new
     /// permissions at once.
-    private func setPermissions(_ args: ManagementArguments, clear: Bool = false) throws(BrokerError) -> FieldTable {
-        let name = try args.string("name")
-        guard var user = users.user(named: name) else { throw BrokerError(.notFound, "no user '\(name)'") }
-        if clear {
-            user.permissions = nil
-        } else {
-            let permissions = Permissions(configure: try args.string("configure"), write: try args.string("write"), read: try args.string("read"))
-            try permissions.validate()
-            user.permissions = permissions
+    private func setPermissions(_ args: ManagementArguments, clear: Bool = false, by session: Session) throws(BrokerError) -> FieldTable {
+        try changeUser(args, by: session) { user throws(BrokerError) in
+            if clear {
+                user.permissions = nil
+            } else {
+                let permissions = Permissions(configure: try args.string("configure"), write: try args.string("write"), read: try args.string("read"))
+                try permissions.validate()
+                user.permissions = permissions
+            }
         }
-        try changeUsers { $0.add(user) }
-        refreshSessions(of: user)
-        return [:]
     }
 
     /// `user.set_limits {name, max_queues, max_bindings, max_consumers}`: each optional, 0 or absent for none.
-    private func setLimits(_ args: ManagementArguments) throws(BrokerError) -> FieldTable {
+    private func setLimits(_ args: ManagementArguments, by session: Session) throws(BrokerError) -> FieldTable {
+        try changeUser(args, by: session) { user throws(BrokerError) in
+            func limit(_ key: String) throws(BrokerError) -> Int? {
+                let value = try args.int(key, default: 0, range: 0...1_000_000_000)
+                return value == 0 ? nil : value
+            }
+            let limits = UserLimits(maxQueues: try limit("max_queues"), maxBindings: try limit("max_bindings"), maxConsumers: try limit("max_consumers"))
+            user.limits = limits == UserLimits() ? nil : limits
+        }
+    }
+
+    /// Changes the existing user the argument `name` names, saves the users, and gives its open connections the
+    /// changed user at once (permissions and limits apply from their next operation; cached routes are
+    /// recomputed, and so checked again, because the topology version moves).
+    private func changeUser(_ args: ManagementArguments, by session: Session,
+                            _ edit: (inout User) throws(BrokerError) -> Void) throws(BrokerError) -> FieldTable {
         let name = try args.string("name")
         guard var user = users.user(named: name) else { throw BrokerError(.notFound, "no user '\(name)'") }
-        func limit(_ key: String) throws(BrokerError) -> Int? {
-            let value = try args.int(key, default: 0, range: 0...1_000_000_000)
-            return value == 0 ? nil : value
-        }
-        let limits = UserLimits(maxQueues: try limit("max_queues"), maxBindings: try limit("max_bindings"), maxConsumers: try limit("max_consumers"))
-        user.limits = limits == UserLimits() ? nil : limits
-        try changeUsers { $0.add(user) }
-        refreshSessions(of: user)
+        try edit(&user)
+        let changed = user
+        saveUsers(by: session) { $0.add(changed) }
+        for other in sessions.values where other.user.name == name { other.userChanged(changed) }
+        topologyVersion &+= 1
         return [:]
     }
 
-    /// Open connections of `user` take its new permissions and limits; cached routes are recomputed (and so
-    /// checked again) because the topology version moves.
-    private func refreshSessions(of user: User) {
-        for session in sessions.values where session.user.name == user.name { session.userChanged(user) }
-        topologyVersion &+= 1
-    }
-
-    /// Applies a change to the users and saves it; from the first change on, the saved list is complete (the
-    /// default user included, or its deletion remembered).
-    private func changeUsers(_ change: (inout UserStore) -> Void) throws(BrokerError) {
+    /// Applies a change to the users and saves it (`session`'s answer waits until it is durable); from the first
+    /// change on, the saved list is complete (the default user included, or its deletion remembered).
+    private func saveUsers(by session: Session, _ change: (inout UserStore) -> Void) {
         change(&users)
         usersCustomized = true
-        recordChange(.users(users.users.values.sorted { $0.name < $1.name }, complete: true), by: managingSession)
+        recordChange(.users(users.users.values.sorted { $0.name < $1.name }, complete: true), by: session)
     }
 
     static func validateUserName(_ name: String) throws(BrokerError) {

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import NIOCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,29 +27,28 @@ public final class DefinitionsJournal: @unchecked Sendable {
         var records: [[UInt8]] = []
         var repair: String?
         if let data = FileManager.default.contents(atPath: path) {
-            let bytes = [UInt8](data)
-            var offset = 0
-            while offset < bytes.count {
-                guard bytes.count - offset >= 8 else {
+            var bytes = ByteBuffer(bytes: data)
+            let size = bytes.readableBytes
+            while bytes.readableBytes > 0 {
+                guard let (length, crc) = bytes.getMultipleIntegers(at: bytes.readerIndex, as: (UInt32, UInt32).self) else {
                     repair = "torn record header"
                     break
                 }
-                let length = Int(bytes[offset..<offset + 4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
-                let crc = bytes[offset + 4..<offset + 8].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-                guard length <= 64 << 20, bytes.count - offset - 8 >= length else {
-                    repair = "torn record (\(bytes.count - offset) of \(length + 8) bytes)"
+                guard length <= 64 << 20, bytes.readableBytes - 8 >= Int(length) else {
+                    repair = "torn record (\(bytes.readableBytes) of \(UInt64(length) + 8) bytes)"
                     break
                 }
-                let body = Array(bytes[offset + 8..<offset + 8 + length])
+                let body = bytes.getBytes(at: bytes.readerIndex + 8, length: Int(length)) ?? []
                 guard body.withUnsafeBytes({ LogRecord.crc($0) }) == crc else {
                     repair = "CRC mismatch"
                     break
                 }
                 records.append(body)
-                offset += 8 + length
+                bytes.moveReaderIndex(forwardBy: 8 + Int(length))
             }
+            let offset = size - bytes.readableBytes
             if let problem = repair {
-                repair = "\(path): \(problem) at byte \(offset); cut \(bytes.count - offset) bytes, kept \(records.count) records"
+                repair = "\(path): \(problem) at byte \(offset); cut \(size - offset) bytes, kept \(records.count) records"
                 guard truncate(path, off_t(offset)) == 0 else {
                     throw StorageError("cannot cut the damaged tail of \(path): \(String(cString: strerror(errno)))")
                 }
@@ -69,13 +69,11 @@ public final class DefinitionsJournal: @unchecked Sendable {
     /// Appends records and makes them durable (`fdatasync`), then calls `completion`.
     public func append(_ records: [[UInt8]], completion: @escaping @Sendable (Result<Void, StorageError>) -> Void) {
         queue.async {
-            var bytes: [UInt8] = []
+            var bytes = ByteBuffer()
+            bytes.reserveCapacity(records.reduce(0) { $0 + 8 + $1.count })
             for record in records {
-                let length = UInt32(record.count)
-                let crc = record.withUnsafeBytes { LogRecord.crc($0) }
-                for shift in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: length >> UInt32(shift))) }
-                for shift in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: crc >> UInt32(shift))) }
-                bytes += record
+                bytes.writeMultipleIntegers(UInt32(record.count), record.withUnsafeBytes { LogRecord.crc($0) })
+                bytes.writeBytes(record)
             }
             completion(Result { () throws(StorageError) in try self.writeAll(bytes) })
         }
@@ -108,11 +106,11 @@ public final class DefinitionsJournal: @unchecked Sendable {
 
     /// Writes a batch of records; on failure the file is cut back to where the batch started, so no torn record
     /// stands in front of later ones.
-    private func writeAll(_ bytes: [UInt8]) throws(StorageError) {
+    private func writeAll(_ bytes: ByteBuffer) throws(StorageError) {
         let start = lseek(fd, 0, SEEK_END)
         var written = 0
-        while written < bytes.count {
-            let n = bytes[written...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        while written < bytes.readableBytes {
+            let n = bytes.withUnsafeReadableBytes { Glibc.write(fd, $0.baseAddress! + written, $0.count - written) }  // non-empty: written < count
             if n < 0 {
                 if errno == EINTR { continue }
                 let reason = String(cString: strerror(errno))

@@ -110,18 +110,12 @@ extension RawSocket {
 }
 
 extension HostileTests {
-    static func encode(_ messages: ClientMessage...) -> [UInt8] {
-        var buffer = ByteBuffer()
-        for message in messages { message.encode(into: &buffer) }
-        return Array(buffer.readableBytesView)
-    }
-
     @Test("a publish pipelined before authOk is decoded and checked exactly as on an open connection")
     func pipelinedBeforeAuthOk() async throws {
         try await withBroker { server, config in
             try await withConnection(config) { c in try await c.declareQueue("pipelined") }
             // A publish whose properties block claims a 200-byte message id it does not hold.
-            var publish = Self.encode(.publish(Publish(exchange: "", routingKey: "pipelined",
+            var publish = wireBytes(.publish(Publish(exchange: "", routingKey: "pipelined",
                                                        properties: RawProperties(MessageProperties(messageId: "abc")),
                                                        body: ByteBuffer(string: "body"))))
             let at = try #require((0..<publish.count - 3).first { publish[$0] == 3 && Array(publish[($0 + 1)...($0 + 3)]) == Array("abc".utf8) })
@@ -129,7 +123,7 @@ extension HostileTests {
             let raw = try RawSocket(port: server.port)
             raw.send(protocolMagic)
             // Everything in one write, before the broker has answered anything.
-            raw.send(Self.encode(.hello(Hello(clientName: "pipeliner")),
+            raw.send(wireBytes(.hello(Hello(clientName: "pipeliner")),
                                  .authenticate(Authenticate(user: "guest", password: "guest"))) + publish)
             let answers = try await offThePool { try raw.receiveUntilClosed() }
             guard case .close(let close)? = answers.last else {
@@ -146,8 +140,8 @@ extension HostileTests {
         try await withBroker { server, _ in
             let raw = try RawSocket(port: server.port)
             raw.send(protocolMagic)
-            raw.send(Self.encode(.hello(Hello(clientName: "guesser")), .authenticate(Authenticate(user: "guest", password: "wrong"))))
-            let publish = Self.encode(.publish(Publish(exchange: "", routingKey: "q", body: ByteBuffer(repeating: 1, count: 60_000))))
+            raw.send(wireBytes(.hello(Hello(clientName: "guesser")), .authenticate(Authenticate(user: "guest", password: "wrong"))))
+            let publish = wireBytes(.publish(Publish(exchange: "", routingKey: "q", body: ByteBuffer(repeating: 1, count: 60_000))))
             // Before: the broker read and held up to 1,024 of these (61 MB per connection) before refusing.
             let accepted = try await offThePool { raw.flood(publish, limit: 200 << 20) }
             #expect(accepted < 40 << 20, "the broker read \(accepted) bytes pipelined behind an unchecked password")
@@ -162,7 +156,7 @@ extension HostileTests {
         try await withBroker { server, _ in
             let raw = try RawSocket(port: server.port)
             _ = try raw.handshake()
-            let request = Self.encode(.queueDeclare(QueueDeclare(requestId: 9, name: "missing", passive: true)))
+            let request = wireBytes(.queueDeclare(QueueDeclare(requestId: 9, name: "missing", passive: true)))
             // Before: the broker read every request and kept every answer (1.3 GB for 3 M requests).
             let accepted = try await offThePool { raw.flood(request, limit: 400 << 20) }
             #expect(accepted < 100 << 20, "the broker kept reading (\(accepted) bytes) while its answers were not read")
@@ -251,7 +245,7 @@ extension HostileTests {
             let guessers = try (0..<storm).map { _ in try RawSocket(port: server.port) }
             for socket in guessers {
                 socket.send(protocolMagic)
-                socket.send(Self.encode(.hello(Hello(clientName: "guesser")), .authenticate(Authenticate(user: "guest", password: "wrong"))))
+                socket.send(wireBytes(.hello(Hello(clientName: "guesser")), .authenticate(Authenticate(user: "guest", password: "wrong"))))
             }
             var seen: (waiting: Int, running: Int) = (0, 0)
             let queued = try await eventually(timeout: .seconds(30)) {
@@ -301,15 +295,15 @@ extension HostileTests {
                 group.addTask {
                     let raw = try RawSocket(port: port)
                     _ = try await offThePool { try raw.handshake() }
-                    let request = Self.encode(.queueDeclare(QueueDeclare(requestId: 9, name: "missing", passive: true)))
+                    let request = wireBytes(.queueDeclare(QueueDeclare(requestId: 9, name: "missing", passive: true)))
                     _ = try await offThePool { raw.flood(request, limit: 200 << 20, stall: 1000) }
                 }
                 for _ in 0..<10 {
                     group.addTask {
                         let raw = try RawSocket(port: port)
                         raw.send(protocolMagic)
-                        raw.send(Self.encode(.hello(Hello(clientName: "guesser")), .authenticate(Authenticate(user: "guest", password: "wrong"))))
-                        let publish = Self.encode(.publish(Publish(exchange: "", routingKey: "canary", body: ByteBuffer(repeating: 1, count: 60_000))))
+                        raw.send(wireBytes(.hello(Hello(clientName: "guesser")), .authenticate(Authenticate(user: "guest", password: "wrong"))))
+                        let publish = wireBytes(.publish(Publish(exchange: "", routingKey: "canary", body: ByteBuffer(repeating: 1, count: 60_000))))
                         _ = try await offThePool { raw.flood(publish, limit: 60 << 20, stall: 1000) }
                     }
                 }

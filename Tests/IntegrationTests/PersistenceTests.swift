@@ -190,7 +190,7 @@ struct DefinitionsJournalIntegrationTests {
             _ = try await offThePool { try raw.handshake() }
             // A durable declare, then requests that do not change definitions, in one write: the answers come
             // in request order even though the first waits for its fdatasync.
-            raw.send(HostileTests.encode(.queueDeclare(QueueDeclare(requestId: 1, name: "journaled", durable: true)),
+            raw.send(wireBytes(.queueDeclare(QueueDeclare(requestId: 1, name: "journaled", durable: true)),
                                          .queueDeclare(QueueDeclare(requestId: 2, name: "journaled", passive: true)),
                                          .queuePurge(QueuePurge(requestId: 3, name: "journaled"))))
             let answers = try await offThePool { () throws -> [ServerMessage] in try (0..<3).compactMap { _ in try raw.receive() } }

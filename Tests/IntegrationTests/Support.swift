@@ -161,11 +161,7 @@ final class RawSocket: @unchecked Sendable {
         _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     }
 
-    func send(_ message: ClientMessage) {
-        var buffer = ByteBuffer()
-        message.encode(into: &buffer)
-        send(Array(buffer.readableBytesView))
-    }
+    func send(_ message: ClientMessage) { send(wireBytes(message)) }
 
     private var reader = FrameReader(decoder: FrameDecoder(maxFrameSize: 1 << 24, expectsMagic: false))
 
@@ -197,4 +193,11 @@ final class RawSocket: @unchecked Sendable {
         guard let auth = try receive() else { return [hello] }
         return [hello, auth]
     }
+}
+
+/// The frames of `messages` as the bytes a client sends, for tests that write to a raw socket.
+func wireBytes(_ messages: ClientMessage...) -> [UInt8] {
+    var buffer = ByteBuffer()
+    for message in messages { message.encode(into: &buffer) }
+    return Array(buffer.readableBytesView)
 }
