@@ -36,7 +36,8 @@ public struct ClientConfiguration: Sendable {
     public var clientName: String
     /// Heartbeat interval to ask for, in seconds; 0 takes the server's proposal.
     public var heartbeatSeconds: UInt16
-    /// Largest frame this client accepts; 0 takes the server's.
+    /// Largest frame this client accepts; 0 (the default) takes the server's. The server refuses a value below
+    /// its own limit, because any delivery may be that large (docs/protocol.md §4).
     public var maxFrameSize: UInt32
     /// Time allowed for TCP connect plus handshake, per attempt.
     public var connectTimeout: Duration

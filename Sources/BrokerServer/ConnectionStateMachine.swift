@@ -72,6 +72,12 @@ struct ConnectionStateMachine {
             if auth.maxFrameSize != 0 && auth.maxFrameSize < Frame.minimumMaxSize {
                 return fail(.invalidArgument, "max frame size \(auth.maxFrameSize) is below the minimum of \(Frame.minimumMaxSize)")
             }
+            // A message travels in one frame, and any connection may publish one as large as the broker's limit,
+            // so a consumer must accept frames that large: a smaller limit is refused here, not broken later by a
+            // delivery that does not fit it (docs/protocol.md §4).
+            if auth.maxFrameSize != 0 && auth.maxFrameSize < serverMaxFrameSize {
+                return fail(.invalidArgument, "max frame size \(auth.maxFrameSize) is below this broker's message limit of \(serverMaxFrameSize) bytes: a delivery may be that large; ask for 0 (the server's) or at least \(serverMaxFrameSize), or run the broker with a smaller --max-frame-size")
+            }
             let tuning = Tuning(version: version, maxFrameSize: Self.negotiate(auth.maxFrameSize, serverMaxFrameSize),
                                 heartbeatSeconds: Self.negotiate(auth.heartbeatSeconds, serverHeartbeatSeconds))
             state = .authenticating(tuning)

@@ -11,18 +11,19 @@ struct StateMachineTests {
         ConnectionStateMachine(maxFrameSize: 1 << 20, heartbeatSeconds: 30, serverName: "brokerd test")
     }
 
-    static let auth = Authenticate(user: "guest", password: "guest", maxFrameSize: 65536, heartbeatSeconds: 10)
+    /// Asks for frames larger than the server's 1 MiB, so the smaller (the server's) is in force.
+    static let auth = Authenticate(user: "guest", password: "guest", maxFrameSize: 4 << 20, heartbeatSeconds: 10)
 
     @Test("hello, authenticate, success, then frames are forwarded")
     func happyPath() {
         var m = Self.machine()
         #expect(m.received(.hello(Hello(clientName: "t"))) == .send(.helloOk(HelloOk(
             version: .v1_0, maxFrameSize: 1 << 20, heartbeatSeconds: 30, serverName: "brokerd test", mechanisms: ["PLAIN"]))))
-        let tuning = Tuning(version: .v1_0, maxFrameSize: 65536, heartbeatSeconds: 10)
+        let tuning = Tuning(version: .v1_0, maxFrameSize: 1 << 20, heartbeatSeconds: 10)
         #expect(m.received(.authenticate(Self.auth)) == .verify(Self.auth, tuning))
         // While the password is checked nothing is decoded: pipelined frames wait for the open connection's path.
         #expect(!m.decodesFrames && m.acceptsFrames)
-        #expect(m.authenticated(connectionId: 7) == .open(AuthOk(connectionId: 7, maxFrameSize: 65536, heartbeatSeconds: 10), tuning))
+        #expect(m.authenticated(connectionId: 7) == .open(AuthOk(connectionId: 7, maxFrameSize: 1 << 20, heartbeatSeconds: 10), tuning))
         #expect(m.isOpen && m.decodesFrames)
         #expect(m.received(.heartbeat) == .forward(.heartbeat))
         #expect(m.received(.close(Close(code: .normal, reason: "bye"))) == .sendAndClose(.closeOk))
@@ -77,6 +78,23 @@ struct StateMachineTests {
             return
         }
         #expect(close.code == .invalidArgument)
+
+        // A limit below the server's message limit would let a delivery break it: refused, naming both sizes.
+        var small = Self.machine()
+        _ = small.received(.hello(Hello(clientName: "t")))
+        guard case .sendAndClose(.close(let refusal)) = small.received(.authenticate(Authenticate(user: "u", password: "p", maxFrameSize: 4096))) else {
+            Issue.record("expected close")
+            return
+        }
+        #expect(refusal.code == .invalidArgument)
+        #expect(refusal.reason.contains("4096") && refusal.reason.contains("\(1 << 20)"))
+        // Exactly the server's limit, or 0, is accepted.
+        for accepted: UInt32 in [1 << 20, 0] {
+            var m = Self.machine()
+            _ = m.received(.hello(Hello(clientName: "t")))
+            let auth = Authenticate(user: "u", password: "p", maxFrameSize: accepted)
+            #expect(m.received(.authenticate(auth)) == .verify(auth, Tuning(version: .v1_0, maxFrameSize: 1 << 20, heartbeatSeconds: 30)))
+        }
 
         var n = Self.machine()
         _ = n.received(.hello(Hello(clientName: "t")))

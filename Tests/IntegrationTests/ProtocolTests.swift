@@ -144,6 +144,36 @@ struct ProtocolTests {
         }
     }
 
+    @Test("a client frame limit below the broker's message limit is refused at the handshake; at the limit, a delivery of the largest message fits")
+    func frameLimitBothWays() async throws {
+        try await withBroker(maxFrameSize: 65536) { server, config in
+            var small = config
+            small.maxFrameSize = 4096
+            small.recovery = nil
+            do {
+                try await withConnection(small) { _ in Issue.record("a 4096-byte limit was accepted by a broker taking 65536-byte messages") }
+            } catch let error as BrokerError {
+                #expect(error.code == .invalidArgument, "\(error)")
+                #expect(error.message.contains("65536"), "\(error)")
+            }
+            // A publisher with the full limit sends the largest message; a consumer that asked for exactly the
+            // broker's limit receives it whole.
+            var exact = config
+            exact.maxFrameSize = 65536
+            let body = ByteBuffer(repeating: 7, count: 60_000)
+            try await withConnection(config) { c in
+                try await c.declareQueue("large")
+                try await c.enableConfirms()
+                try await c.publish(routingKey: "large", body: body)
+            }
+            try await withConnection(exact) { c in
+                #expect(c.maxFrameSize == 65536)
+                let got = try await c.get(queue: "large", noAck: true)
+                #expect(got?.body == body)
+            }
+        }
+    }
+
     @Test("heartbeats: a silent peer is dropped and its unacknowledged message requeued")
     func deadPeer() async throws {
         try await withBroker(heartbeat: 1) { server, config in
