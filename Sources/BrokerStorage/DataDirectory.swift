@@ -48,9 +48,9 @@ public final class DataDirectory: Sendable {
             guard isDirectory.boolValue else { throw StorageError("data directory \(path) exists but is not a directory") }
         } else {
             do {
-                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+                try Durable.createDirectory(path)
             } catch {
-                throw StorageError("cannot create the data directory \(path): \(Self.reason(error))")
+                throw StorageError("cannot create the data directory \(path): \(error)")
             }
         }
         guard access(path, R_OK | W_OK | X_OK) == 0 else {
@@ -71,10 +71,10 @@ public final class DataDirectory: Sendable {
         _ = pid.withCString { pwrite(fd, $0, strlen($0), 0) }
         lockDescriptor = Mutex(fd)
         do {
-            try FileManager.default.createDirectory(atPath: path + "/log", withIntermediateDirectories: true)
+            try Durable.createDirectory(path + "/log")
         } catch {
             close(fd)
-            throw StorageError("cannot create \(path)/log: \(Self.reason(error))")
+            throw StorageError("cannot create \(path)/log: \(error)")
         }
     }
 
@@ -131,11 +131,7 @@ public final class DataDirectory: Sendable {
 
     /// fsync of the directory holding `path`, so a rename or a new file survives a crash.
     public static func syncDirectory(of path: String) throws {
-        let directory = (path as NSString).deletingLastPathComponent
-        let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw StorageError("cannot open \(directory): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw StorageError("cannot fsync \(directory): \(String(cString: strerror(errno)))") }
+        try Durable.syncDirectory((path as NSString).deletingLastPathComponent)
     }
 }
 

@@ -49,8 +49,10 @@ public final class DefinitionsJournal: @unchecked Sendable {
             let offset = size - bytes.readableBytes
             if let problem = repair {
                 repair = "\(path): \(problem) at byte \(offset); cut \(size - offset) bytes, kept \(records.count) records"
-                guard truncate(path, off_t(offset)) == 0 else {
-                    throw StorageError("cannot cut the damaged tail of \(path): \(String(cString: strerror(errno)))")
+                do {
+                    try Durable.truncate(path, to: offset)
+                } catch {
+                    throw StorageError("cannot cut the damaged tail of \(path): \(error)")
                 }
             }
         }

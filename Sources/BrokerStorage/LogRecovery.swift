@@ -113,7 +113,10 @@ public enum LogRecovery {
                 // A segment created but never written (crash right after creation) or not ours.
                 if fileSize < headerSize {
                     repairs.append("\(path): \(fileSize)-byte segment without a complete header removed")
-                    unlink(path)
+                    guard unlink(path) == 0 else {
+                        throw StorageError("cannot remove the empty segment \(path): \(String(cString: strerror(errno)))")
+                    }
+                    try Durable.syncDirectory(directory)
                     continue
                 }
                 throw StorageError("\(path) is not a brokerd log segment (bad header); move it out of the data directory")
@@ -191,8 +194,10 @@ public enum LogRecovery {
             if let problem {
                 let cut = fileSize - validEnd
                 repairs.append("\(path): \(problem) at byte \(validEnd); cut \(cut) bytes, kept \(validEnd) bytes of intact records")
-                guard truncate(path, off_t(validEnd)) == 0 else {
-                    throw StorageError("cannot cut the damaged tail of \(path): \(String(cString: strerror(errno)))")
+                do {
+                    try Durable.truncate(path, to: validEnd)
+                } catch {
+                    throw StorageError("cannot cut the damaged tail of \(path): \(error)")
                 }
             }
         }

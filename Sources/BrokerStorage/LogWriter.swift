@@ -126,8 +126,17 @@ public final class LogWriter: Sendable {
                     lastSync = now
                 }
             }
+            // Removed segments are removed for good only once the directory is synced: one sync per batch.
+            var deleted = false
             for job in jobs {
-                for segment in job.deleteSegments { deleteSegment(segment) }
+                for segment in job.deleteSegments { deleted = deleteSegment(segment) || deleted }
+            }
+            if deleted {
+                do {
+                    try Durable.syncDirectory(directory)
+                } catch {
+                    failure = failure ?? StorageError("after removing settled segments: \(error)")
+                }
             }
             for job in jobs { job.completion(failure.map { .failure($0) } ?? .success(())) }
             if stopping && state.withLock({ $0.jobs.isEmpty }) { return }
@@ -187,10 +196,11 @@ public final class LogWriter: Sendable {
         sizes.withLock { $0[chunk.segment] = before + total }
     }
 
-    private func deleteSegment(_ segment: UInt64) {
+    /// Removes a settled segment's file; whether a name was removed (the directory then needs a sync).
+    private func deleteSegment(_ segment: UInt64) -> Bool {
         if let fd = files.withLock({ $0.removeValue(forKey: segment) }) { close(fd) }
         sizes.withLock { _ = $0.removeValue(forKey: segment) }
-        unlink(Self.segmentPath(directory, segment))
+        return unlink(Self.segmentPath(directory, segment)) == 0
     }
 }
 

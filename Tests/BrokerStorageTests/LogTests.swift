@@ -1,4 +1,4 @@
-import BrokerStorage
+@testable import BrokerStorage
 import Foundation
 import NIOCore
 import Testing
@@ -127,8 +127,12 @@ struct LogTests {
         let segment = dir + "/" + segmentFiles(dir).last!
         let size = (try FileManager.default.attributesOfItem(atPath: segment)[.size] as? Int) ?? 0
         #expect(truncate(segment, off_t(size - cut)) == 0)
+        Durable.startRecording()
+        let syncsBefore = Durable.events(under: dir).count
         let recovered = try LogRecovery.recover(directory: dir)
         #expect(recovered.messages.map(\.id) == Array(ids.dropLast()))
+        // The cut is synced: a second power cut cannot bring the torn record back to be repaired again.
+        #expect(Array(Durable.events(under: dir).dropFirst(syncsBefore)) == [Durable.Event(kind: .file, path: segment)])
         #expect(recovered.repairs.count == 1)
         #expect(recovered.repairs[0].contains("torn"))
         // The file was cut back to the last intact record: a second recovery finds nothing to repair.
@@ -206,14 +210,20 @@ struct LogTests {
         try await writeBatch(store) { s in
             for _ in 0..<40 { ids.append(s.appendPublish(envelope: body, queues: [1]).id) }
         }
-        let filled = segmentFiles(dir).count
-        #expect(filled >= 5)
+        let filled = segmentFiles(dir)
+        #expect(filled.count >= 5)
+        Durable.startRecording()
+        let syncsBefore = Durable.events(under: dir).count
         try await writeBatch(store) { s in
             for id in ids { s.appendSettle(id: id, queue: 1) }
         }
         try await writeBatch(store) { _ in }  // deletions decided in the last batch run with the next one
-        let remaining = segmentFiles(dir).count
-        #expect(remaining <= 2, "\(remaining) of \(filled) segments left after every message was settled")
+        let remaining = segmentFiles(dir)
+        #expect(remaining.count <= 2, "\(remaining.count) of \(filled.count) segments left after every message was settled")
+        // The removals are made durable by one sync of the log directory for the whole batch, before it completes
+        // (a segment the settles opened is named durably by a sync of its own).
+        let opened = Set(remaining).subtracting(filled).count
+        #expect(Array(Durable.events(under: dir).dropFirst(syncsBefore)) == Array(repeating: Durable.Event(kind: .directory, path: dir), count: 1 + opened))
         writer.shutdown()
         #expect(try LogRecovery.recover(directory: dir).messages.isEmpty)
     }
@@ -240,8 +250,16 @@ struct LogTests {
         defer { try? FileManager.default.removeItem(atPath: parent) }
         // Missing: created, with its log directory.
         let missing = parent + "/new/nested"
+        Durable.startRecording()
         let created = try DataDirectory(path: missing)
         #expect(FileManager.default.fileExists(atPath: missing + "/log"))
+        // Each directory made is named durably: its parent is synced after it is created.
+        #expect(Durable.events(under: parent).filter { $0.kind == .directory }.map(\.path) == [parent, parent + "/new", missing])
+        // A segment left without a complete header (a crash right after creating it) is removed, durably too.
+        _ = FileManager.default.createFile(atPath: created.logPath + "/00000000000000000003.seg", contents: Data([0x42, 0x52]))
+        #expect(try LogRecovery.recover(directory: created.logPath).repairs.count == 1)
+        #expect(segmentFiles(created.logPath).isEmpty)
+        #expect(Durable.events(under: created.logPath).last == Durable.Event(kind: .directory, path: created.logPath))
         #expect(try LogRecovery.recover(directory: created.logPath).messages.isEmpty)
         created.unlock()
         // A file where the directory should be.
@@ -307,9 +325,12 @@ struct DefinitionsJournalTests {
 
         // A crash in the middle of the last write: every cut of its record keeps the two before it.
         let whole = Array(FileManager.default.contents(atPath: path) ?? Data())
+        Durable.startRecording()
         for cut in 1...12 {
             try Data(whole.dropLast(cut)).write(to: URL(fileURLWithPath: path))
+            let syncsBefore = Durable.events(under: dir).count
             let (_, kept, repaired) = try DefinitionsJournal.open(path: path)
+            #expect(Array(Durable.events(under: dir).dropFirst(syncsBefore)) == [Durable.Event(kind: .file, path: path)], "the cut is synced")
             #expect(kept.map { String(decoding: $0, as: UTF8.self) } == ["one", "two"], "cut \(cut)")
             #expect(repaired != nil)
             #expect(FileManager.default.contents(atPath: path)?.count == whole.count - 13, "the tail is cut on disk")
