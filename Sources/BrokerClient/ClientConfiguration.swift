@@ -57,6 +57,12 @@ public struct ClientConfiguration: Sendable {
     /// Graceful shutdown (``BrokerConnection/run()`` under a `ServiceGroup`): how long to wait for in-flight
     /// deliveries to be settled and publishes to be confirmed before closing anyway.
     public var shutdownTimeout: Duration
+    /// How long ``BrokerConnection/close()`` waits for the broker's `closeOk` when publishes may still be unread by
+    /// it: publishes awaiting their confirms, or (without confirms) any publish while the broker blocks publishers.
+    /// The broker answers `closeOk` only after confirming every publish sent before the `close`, and during an
+    /// alarm it reads them only once the alarm clears (docs/protocol.md §9.3). Past the timeout the socket is closed
+    /// and the publishes still unconfirmed fail. A close with nothing in flight waits at most 2 seconds. Default 30 s.
+    public var closeTimeout: Duration = .seconds(30)
     /// Where the connection logs; its metadata carries the client name and the broker's connection id.
     public var logger: Logger
     /// Where the connection's counters go (`brokerd_client_*_total`, labelled `client`); nil uses the process's

@@ -697,7 +697,14 @@ struct ClientStateMachine {
         }
     }
 
+    /// Whether the broker may not have read every publish written yet: some await their confirms, or, without
+    /// confirms, publishers are blocked and a publish was written on this connection. A close then waits longer for
+    /// the broker's closeOk (``ClientConfiguration/closeTimeout``).
+    var closeAwaitsBroker: Bool { !unconfirmed.isEmpty || (blocked && wroteUnconfirmedPublish) }
+    private var wroteUnconfirmedPublish = false
+
     private mutating func write(_ id: PublishID, _ publish: Publish) -> [Action] {
+        if !confirmsEnabled { wroteUnconfirmedPublish = true }
         if confirmsEnabled {
             publishSequence += 1
             unconfirmed.append(Unconfirmed(sequence: publishSequence, id: id, publish: republishUnconfirmed ? publish : nil))
@@ -784,7 +791,21 @@ struct ClientStateMachine {
     /// The caller closes: send close, fail what waits, and finish once the broker answers or the socket goes.
     mutating func close() -> [Action] {
         switch phase {
-        case .open, .recovering:
+        case .open:
+            // Requests and publishes already sent keep waiting: the broker answers them, and confirms every publish,
+            // before its closeOk (§7, §9.3), and whatever is still open then fails. What was never sent fails now.
+            phase = .closing
+            let error = BrokerError(.connectionClosed, "connection closed by the client")
+            var actions: [Action] = [.send(.close(Close(code: .normal, reason: "client closed the connection")))]
+            for request in queued { actions += failCaller(request.pending.purpose, error) }
+            queued.removeAll()
+            for entry in held { actions.append(.publishFailed(entry.id, error)) }
+            held.removeAll()
+            for id in consumers.keys.sorted() { actions.append(.finishConsumer(id, error)) }
+            consumers.removeAll()
+            consumerByTag.removeAll()
+            return actions
+        case .recovering:
             phase = .closing
             var actions: [Action] = [.send(.close(Close(code: .normal, reason: "client closed the connection")))]
             actions += failAll(BrokerError(.connectionClosed, "connection closed by the client"))

@@ -398,10 +398,11 @@ final class ConnectionDriver {
     func close(promise: EventLoopPromise<Void>) {
         if machine.isTerminal { return promise.succeed() }
         terminated.futureResult.cascade(to: promise)
+        let wait = machine.closeAwaitsBroker ? TimeAmount(configuration.closeTimeout) : .seconds(2)
         run(machine.close())
-        // If the broker does not answer closeOk promptly, close the socket anyway.
+        // If the broker does not answer closeOk in time, close the socket anyway (what is unconfirmed then fails).
         if let channel {
-            loop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+            loop.scheduleTask(in: wait) { channel.close(promise: nil) }
         }
     }
 

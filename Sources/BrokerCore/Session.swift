@@ -85,7 +85,7 @@ public final class Session {
 
     /// Whether deliveries may be encoded now.
     var canDeliver: Bool {
-        !isClosed && outbound.readableBytes < Self.outboundLimit && (transport?.isWritable ?? false)
+        !isClosed && !isClosing && outbound.readableBytes < Self.outboundLimit && (transport?.isWritable ?? false)
     }
 
     // MARK: - Output
@@ -350,6 +350,28 @@ public final class Session {
         } else {
             updateConfirmable()
         }
+        if awaitingLog.isEmpty, let body = whenConfirmed {
+            whenConfirmed = nil
+            body()
+        }
+    }
+
+    // MARK: - Closing after the confirms
+
+    /// Set while the client's `close` waits for the confirms of publishes it sent before it (§7, §9.3).
+    private var whenConfirmed: (() -> Void)?
+    /// The client asked to close: nothing more is delivered to it.
+    public private(set) var isClosing = false
+
+    /// Whether a publish of this session still waits for the log before its confirm can be sent.
+    public var awaitsConfirms: Bool { confirmMode && !awaitingLog.isEmpty }
+
+    /// The client asked to close while publishes still wait for their confirms: stop delivering, and call `body` once
+    /// the last of them is confirmed (or nacked) and encoded, so the `closeOk` written after it follows every confirm.
+    public func closeAfterConfirms(_ body: @escaping () -> Void) {
+        isClosing = true
+        guard awaitsConfirms else { return body() }
+        whenConfirmed = body
     }
 
     // MARK: - Consuming

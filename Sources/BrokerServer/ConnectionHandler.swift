@@ -206,6 +206,16 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
             verify(auth)
         case .open(let authOk, let tuning):
             open(authOk, tuning)
+        case .sendAndClose(.closeOk) where session?.awaitsConfirms == true:
+            // The client closes with publishes still waiting for the log: answer closeOk only after their confirms,
+            // so a client that waits for closeOk learns the fate of every publish it sent (§7). Frames after the
+            // close are not read (the machine is closing); the log's completion resumes this on a later turn.
+            guard let session, let context else { return }
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let eventLoop = context.eventLoop
+            session.closeAfterConfirms {
+                eventLoop.execute { bound.value.finishClose() }
+            }
         case .sendAndClose(let message):
             if case .close(let close) = message, close.code != .normal {
                 logger.info("closing connection", metadata: ["code": "\(close.code)", "reason": "\(close.reason)"])
@@ -222,6 +232,12 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
         }
+    }
+
+    /// The confirms a client's close waited for are encoded: write them, then closeOk, then close the socket.
+    private func finishClose() {
+        guard session != nil else { return }
+        run(.sendAndClose(.closeOk))
     }
 
     private func writeNow(_ message: ServerMessage) {

@@ -273,9 +273,46 @@ import WireProtocol
         _ = m.request(1, .queuePurge(QueuePurge(requestId: 0, name: "q")), now: t0)
         let closing = m.close()
         let closedByClient = BrokerError(.connectionClosed, "connection closed by the client")
-        #expect(closing == [.send(.close(Close(code: .normal, reason: "client closed the connection"))), .fail(1, closedByClient)])
-        #expect(m.received(.closeOk, now: t0) == [.closeChannel, .event(.closed)])
+        // The request was sent: the broker answers it before its closeOk, so it waits; unanswered by then, it fails.
+        #expect(closing == [.send(.close(Close(code: .normal, reason: "client closed the connection")))])
+        #expect(m.received(.closeOk, now: t0) == [.closeChannel, .fail(1, closedByClient), .event(.closed)])
         #expect(m.closedByClient)
+    }
+
+    /// The broker confirms every publish sent before a close ahead of its closeOk (protocol §7), so a close keeps
+    /// them waiting for it; publishes held back during an alarm were never sent and fail at once.
+    @Test func closeKeepsWhatWasSentWaitingForTheBrokersAnswer() {
+        var m = openMachine()
+        _ = m.enableConfirms(1, now: t0)
+        _ = m.received(.ok(requestId: 1), now: t0)
+        let publish = Publish(exchange: "", routingKey: "q", body: ByteBuffer(string: "x"))
+        #expect(m.publish(10, publish, now: t0) == [.send(.publish(publish))])
+        #expect(m.publish(11, publish, now: t0) == [.send(.publish(publish))])
+        #expect(m.publish(12, publish, now: t0) == [.send(.publish(publish))])
+        #expect(m.received(.connectionBlocked(reason: "memory"), now: t0) == [.flow(.blocked(reason: "memory"))])
+        #expect(m.publish(13, publish, now: t0) == [])  // held: never sent
+        #expect(m.closeAwaitsBroker)
+        let closedByClient = BrokerError(.connectionClosed, "connection closed by the client")
+        #expect(m.close() == [.send(.close(Close(code: .normal, reason: "client closed the connection"))), .publishFailed(13, closedByClient)])
+        // The alarm clears; the broker reads the publishes and the close, confirms two and nacks one, then closeOk.
+        #expect(m.received(.connectionUnblocked, now: t0) == [.flow(.unblocked)])
+        #expect(m.received(.confirmAck(Confirm(sequence: 2, multiple: true)), now: t0) == [.confirmed(10), .confirmed(11)])
+        let refused = m.received(.confirmNack(Confirm(sequence: 3, multiple: false, code: .resourceError, text: "full")), now: t0)
+        #expect(refused == [.publishFailed(12, BrokerError(.resourceError, "publish refused by the broker: full"))])
+        #expect(!m.closeAwaitsBroker)
+        #expect(m.received(.closeOk, now: t0) == [.closeChannel, .event(.closed)])
+    }
+
+    /// Without confirms the client cannot know what the broker read; during an alarm a close waits the long timeout.
+    @Test func closeWithoutConfirmsWaitsLongOnlyWhileBlocked() {
+        var m = openMachine()
+        let publish = Publish(exchange: "", routingKey: "q", body: ByteBuffer(string: "x"))
+        #expect(m.publish(10, publish, now: t0) == [.send(.publish(publish)), .written(10)])
+        #expect(!m.closeAwaitsBroker)
+        _ = m.received(.connectionBlocked(reason: "memory"), now: t0)
+        #expect(m.closeAwaitsBroker)
+        _ = m.received(.connectionUnblocked, now: t0)
+        #expect(!m.closeAwaitsBroker)
     }
 
     @Test func blockedPublishersWaitAndResume() {

@@ -167,6 +167,65 @@ struct FaultTests {
     }
 }
 
+extension FaultTests {
+    /// The outside check's case: a publisher that honours the blocked notice still has publishes in flight that it
+    /// wrote before reading it. They stay unread in the socket, not dropped, and a client that closes by sending
+    /// `close` and waiting for `closeOk` gets every one of them confirmed first (protocol §7, §9.3).
+    @Test("publishes in flight at an alarm are read once it clears, and a close waits for their confirms")
+    func inFlightPublishesSurviveAnAlarmAndAClose() async throws {
+        try await withBroker { server, config in
+            let admin = try await BrokerConnection.connect(config)
+            try await admin.declareQueue("inflight", durable: true)
+            let raw = try RawSocket(port: server.port)
+            let opened = try raw.handshake()
+            guard case .authOk? = opened.last else {
+                Issue.record("no authOk: \(opened)")
+                return
+            }
+            raw.send(.confirmSelect(requestId: 1))
+            #expect(try raw.receive() == .ok(requestId: 1))
+            _ = try await server.withBroker { $0.diskFreeLimitOverride = UInt64.max }  // no disk is that large
+            guard case .connectionBlocked? = try raw.receive() else {
+                Issue.record("no blocked notice")
+                return
+            }
+            // Well past the 1 MiB grace: 3,000 persistent 1 KiB publishes, then the close, in one go (the client
+            // wrote them before it read the notice). The send blocks once the socket buffers fill, so it runs aside.
+            let count = 3000
+            let persistent = RawProperties(MessageProperties(persistent: true))
+            var frames = ByteBuffer()
+            for _ in 0..<count {
+                ClientMessage.publish(Publish(exchange: "", routingKey: "inflight", properties: persistent,
+                                              body: ByteBuffer(repeating: 0x61, count: 1024))).encode(into: &frames)
+            }
+            ClientMessage.close(Close(code: .normal, reason: "done")).encode(into: &frames)
+            let bytes = Array(frames.readableBytesView)
+            let sending = Task { try await offThePool { raw.send(bytes) } }
+            // The broker stops reading the connection once it is past the grace, with part of it read.
+            let stopped = try await eventually(timeout: .seconds(30)) {
+                try await admin.list("connections").contains { $0["name"]?.stringValue == "raw" && $0["state"]?.stringValue == "blocked" }
+            }
+            #expect(stopped, "the connection was never blocked")
+            let readSoFar = try await admin.declareQueue("inflight", passive: true)
+            #expect(readSoFar.messageCount < count, "all \(count) publishes were read during the alarm")
+
+            _ = try await server.withBroker { $0.diskFreeLimitOverride = 0 }
+            let answers = try await offThePool { try raw.receiveUntilClosed() }
+            try await sending.value
+            // Unblocked, the confirms of every publish, and only then closeOk (the grace's confirms may come first).
+            #expect(answers.contains(.connectionUnblocked))
+            #expect(answers.last == .closeOk)
+            let confirmed = answers.compactMap { frame -> UInt64? in
+                if case .confirmAck(let confirm) = frame { return confirm.sequence } else { return nil }
+            }
+            #expect(confirmed.last == UInt64(count), "confirms up to \(confirmed.last ?? 0) of \(count) before closeOk")
+            #expect(!answers.contains { if case .confirmNack = $0 { true } else { false } })
+            #expect(try await admin.declareQueue("inflight", passive: true).messageCount == count)
+            await admin.close()
+        }
+    }
+}
+
 @Suite("The peak buffer: paging past half the memory limit", .timeLimit(.minutes(2)))
 struct PagingTests {
     @Test("a burst larger than the memory limit is absorbed on disk, memory stays bounded, and drains in order")
