@@ -136,7 +136,7 @@ let package = Package(
         .executableTarget(
             name: "brokerbench",
             dependencies: [
-                "BrokerClient", "WireProtocol",
+                "BrokerClient", "WireProtocol", "CCRC32C",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -19,6 +19,8 @@ struct ProducerPlan {
     var count: Int
     /// Messages per second; 0 = as fast as the socket takes them.
     var rate: Double
+    /// The id stamped into every body (``BenchBody``): unique per producer of a run.
+    var producerId: UInt16
 }
 
 struct ConsumerPlan {
@@ -34,6 +36,12 @@ struct Counters: Sendable {
     var confirmed: UInt64 = 0
     var nacked: UInt64 = 0
     var consumed: UInt64 = 0
+    /// Deliveries flagged redelivered, and deliveries that broke a rule of ``DeliveryCheck``.
+    var redelivered: UInt64 = 0
+    var violations: UInt64 = 0
+    /// Times the broker blocked this producer (`connectionBlocked`), and for how long in all.
+    var blockedCount: UInt64 = 0
+    var blockedNanos: UInt64 = 0
     var lastConsumedNanos: UInt64 = 0
     var done = false
     var failure: String?
@@ -65,6 +73,9 @@ final class BenchConnection: ChannelInboundHandler {
     private var settled: [Bool] = []
     private var pumpScheduled = false
     private var template = ByteBuffer()
+    private var fillerCRC: UInt32 = 0
+    /// Set between `connectionBlocked` and `connectionUnblocked`: nothing is published meanwhile (protocol §9.3).
+    private var blockedSince: UInt64?
     var confirmLatency = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
 
     // Consumer state.
@@ -74,6 +85,9 @@ final class BenchConnection: ChannelInboundHandler {
     var e2eLatency = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
     private var idleAckTask: RepeatedTask?
     private var idleLastSeen: UInt64 = 0
+    /// Every delivery is checked (tag, body, order, duplicates).
+    private(set) var check = DeliveryCheck()
+    private var closeRequested = false
 
     init(role: Role, user: String, password: String, ready: EventLoopPromise<Void>) {
         self.role = role
@@ -104,7 +118,7 @@ final class BenchConnection: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !stopped && counters.failure == nil { counters.failure = "connection closed by the broker" }
+        if !stopped && !closeRequested && counters.failure == nil { counters.failure = "connection closed by the broker" }
         counters.done = true
         idleAckTask?.cancel()
         ready.fail(BrokerError(.connectionClosed, counters.failure ?? "closed"))
@@ -155,14 +169,31 @@ final class BenchConnection: ChannelInboundHandler {
             if case .producer(let plan) = role, plan.confirmWindow > 0 { return }  // wait for confirmSelect's ok
             if case .consumer = role { return }  // wait for consumeOk
             markReady()
-        case .ok, .consumeOk:
+        case .consumeOk(let ok):
+            check.consumerTag = ok.consumerTag
             markReady()
+        case .ok:
+            markReady()
+        case .connectionBlocked:
+            // Stop publishing until unblocked: what is in flight the broker reads later, in order (protocol §9.3).
+            if blockedSince == nil {
+                blockedSince = Self.nowNanos()
+                counters.blockedCount += 1
+            }
+        case .connectionUnblocked:
+            if let since = blockedSince {
+                counters.blockedNanos += Self.nowNanos() - since
+                blockedSince = nil
+            }
+            pump()
+        case .closeOk:
+            context?.close(promise: nil)
         case .confirmAck(let confirm):
             settle(confirm, nack: false)
         case .confirmNack(let confirm):
             settle(confirm, nack: true)
         case .close(let close):
-            counters.failure = "broker closed the connection: \(close.code) \(close.reason)"
+            if !closeRequested { counters.failure = "broker closed the connection: \(close.code) \(close.reason)" }
             context?.close(promise: nil)
         case .error(let error):
             counters.failure = "broker error: \(error.error)"
@@ -175,23 +206,33 @@ final class BenchConnection: ChannelInboundHandler {
 
     // MARK: - Consumer
 
-    /// Parses a `deliver` payload in place: tags, then skip exchange, key and properties; the body starts with the
-    /// send timestamp. One pass over the raw bytes, bounds-checked.
+    /// Parses a `deliver` payload in place (consumer tag, delivery tag, flags; skip exchange, key and properties)
+    /// and checks the body (``DeliveryCheck``). One pass over the raw bytes, bounds-checked.
     private func consumeDelivery(_ payload: ByteBuffer) {
         guard case .consumer(let plan) = role else { return }
         let parsed: (tag: UInt64, sent: UInt64?)? = payload.withUnsafeReadableBytes { raw in
             guard raw.count >= 14 else { return nil }
+            let consumerTag = UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
             let tag = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 4, as: UInt64.self))
+            let redelivered = raw[12] & 1 != 0
             var offset = 13
             offset += 1 + Int(raw[offset])  // exchange
             guard offset < raw.count else { return nil }
             offset += 1 + Int(raw[offset])  // routing key
             guard offset + 2 <= raw.count else { return nil }
             offset += 2 + Int(UInt16(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt16.self)))  // properties
-            guard offset + 8 <= raw.count else { return (tag, nil) }
-            return (tag, UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)))
+            guard offset <= raw.count else { return nil }
+            let sent = self.check.check(consumerTag: consumerTag, deliveryTag: tag, redelivered: redelivered,
+                                   body: UnsafeRawBufferPointer(rebasing: raw[offset...]))
+            return (tag, sent)
         }
-        guard let parsed else { return }
+        guard let parsed else {
+            self.check.violation("a deliver frame too short to parse (\(payload.readableBytes) bytes)")
+            counters.violations = self.check.violations
+            return
+        }
+        counters.redelivered = self.check.redelivered
+        counters.violations = self.check.violations
         let now = Self.nowNanos()
         if let sent = parsed.sent, now >= sent { _ = e2eLatency.record((now - sent) / 1000) }
         counters.consumed += 1
@@ -251,9 +292,11 @@ final class BenchConnection: ChannelInboundHandler {
         t.writeShortString(plan.exchange)
         t.writeShortString(plan.routingKey)
         t.writeRawProperties(plan.persistent ? RawProperties(MessageProperties(persistent: true)) : .empty)
-        t.writeRepeatingByte(UInt8(ascii: "x"), count: plan.size)
+        t.writeRepeatingByte(0, count: BenchBody.headerSize)
+        t.writeRepeatingByte(UInt8(ascii: "x"), count: plan.size - BenchBody.headerSize)
         t.endFrame(at: frameStart)
         template = t
+        fillerCRC = t.withUnsafeReadableBytes { BenchBody.fillerCRC(UnsafeRawBufferPointer(rebasing: $0[($0.count - plan.size + BenchBody.headerSize)...])) }
         pump()
     }
 
@@ -269,7 +312,7 @@ final class BenchConnection: ChannelInboundHandler {
     /// Sends as many publishes as the window, the rate, the count and the socket allow, as one write; then yields
     /// to the event loop so confirms and deliveries are read between batches.
     private func pump() {
-        guard case .producer(let plan) = role, started, !stopped, let context, context.channel.isWritable else { return }
+        guard case .producer(let plan) = role, started, !stopped, blockedSince == nil, let context, context.channel.isWritable else { return }
         let now = Self.nowNanos()
         var allowed = min(4096, max(16, 262_144 / template.readableBytes))
         if plan.count > 0 { allowed = min(allowed, plan.count - Int(counters.sent)) }
@@ -292,14 +335,16 @@ final class BenchConnection: ChannelInboundHandler {
         var buffer = context.channel.allocator.buffer(capacity: frameSize * allowed)
         let bodyOffset = frameSize - plan.size
         let firstSequence = counters.sent
-        // Copy the template once per message and patch the timestamp and sequence number in place.
+        // Copy the template once per message and stamp its header (time, producer, sequence, check) in place.
+        let fillerCRC = self.fillerCRC
         template.withUnsafeReadableBytes { frame in
             _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: frameSize * allowed) { out in
                 for k in 0..<allowed {
                     let base = k * frameSize
                     UnsafeMutableRawBufferPointer(rebasing: out[base..<(base + frameSize)]).copyMemory(from: frame)
-                    out.storeBytes(of: now.littleEndian, toByteOffset: base + bodyOffset, as: UInt64.self)
-                    out.storeBytes(of: (firstSequence + UInt64(k)).littleEndian, toByteOffset: base + bodyOffset + 8, as: UInt64.self)
+                    BenchBody.stamp(UnsafeMutableRawBufferPointer(rebasing: out[(base + bodyOffset)..<(base + frameSize)]), sentAt: now,
+                                    producer: plan.producerId, sequence: UInt32(truncatingIfNeeded: firstSequence + UInt64(k)),
+                                    fillerCRC: fillerCRC)
                 }
                 return frameSize * allowed
             }
@@ -367,10 +412,18 @@ final class BenchConnection: ChannelInboundHandler {
             pendingOut = nil
             context.write(wrapOutboundOut(out), promise: nil)
         }
+        if let since = blockedSince {
+            counters.blockedNanos += Self.nowNanos() - since
+            blockedSince = nil
+        }
+        // Close politely and wait for closeOk: the broker sends it after confirming everything before the close
+        // (protocol §7), so nothing in flight is cut off. A broker that never answers is left after 30 s.
+        closeRequested = true
         var buffer = context.channel.allocator.buffer(capacity: 64)
         ClientMessage.close(Close(code: .normal, reason: "brokerbench done")).encode(into: &buffer)
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        channel.eventLoop.scheduleTask(in: .seconds(30)) { channel.close(promise: nil) }
     }
 }
 

@@ -15,7 +15,11 @@ struct Brokerbench: AsyncParsableCommand {
         commandName: "brokerbench",
         abstract: "Measure brokerd: publish and consume rates, confirm and end-to-end latency.",
         discussion: """
-            Every message carries its send time, so consumers measure end-to-end latency. Every run stops by itself:
+            Every message carries its send time, so consumers measure end-to-end latency, and its producer, sequence
+            number and a checksum, so consumers verify every delivery: its consumer tag, an intact body, per-producer
+            order, no duplicate unless flagged redelivered. Violations are printed and fail the run (exit 1).
+            Producers honour the broker's flow control: nothing is published between connectionBlocked and
+            connectionUnblocked (reported as blocked_n and blocked_secs). Every run stops by itself:
             after --duration (or --count), then at most --drain seconds for consumers to catch up.
             Example (S1, 16 B transient, auto-ack): brokerbench --size 16 --duration 10
             """)
@@ -96,9 +100,12 @@ struct Brokerbench: AsyncParsableCommand {
             let plan = ConsumerPlan(queue: queueName(i % queues), prefetch: UInt16(prefetch), ackEvery: ackEvery)
             consumerConnections.append(try await open(.consumer(plan), group: group))
         }
-        for _ in 0..<producers {
+        // Producer ids start at a random base, so consumers of a later run tell this run's producers from earlier ones.
+        let idBase = UInt16.random(in: 0...UInt16.max)
+        for i in 0..<producers {
             let plan = ProducerPlan(exchange: isFanout ? exchangeName : "", routingKey: isFanout ? "" : queueName(0), size: size,
-                                    persistent: persistent, confirmWindow: confirm, count: count, rate: rate)
+                                    persistent: persistent, confirmWindow: confirm, count: count, rate: rate,
+                                    producerId: idBase &+ UInt16(truncatingIfNeeded: i))
             producerConnections.append(try await open(.producer(plan), group: group))
         }
         let all = consumerConnections + producerConnections
@@ -187,6 +194,24 @@ struct Brokerbench: AsyncParsableCommand {
             e2e.add(e)
             confirms.add(f)
         }
+        // Every delivery was checked by its consumer; duplicates between consumers of one queue show when their
+        // sets of (producer, sequence) are merged.
+        var violations = c.violations
+        var samples: [String] = []
+        var seenPerQueue: [String: [UInt16: SequenceSet]] = [:]
+        for (index, (channel, handler)) in consumerConnections.enumerated() {
+            let check = try await channel.eventLoop.submit { handler.value.check }.get()
+            samples += check.samples.map { "consumer \(index): \($0)" }
+            let queue = queueName(index % queues)
+            for (producer, set) in check.seen {
+                let common = seenPerQueue[queue, default: [:]][producer, default: SequenceSet()].merge(set)
+                if common > 0 {
+                    violations += UInt64(common)
+                    samples.append("queue \(queue): \(common) message(s) of producer \(producer) delivered to two consumers without the redelivered flag")
+                }
+            }
+        }
+        for sample in samples.prefix(20) { FileHandle.standardError.write(Data("brokerbench: violation: \(sample)\n".utf8)) }
         for (channel, handler) in all {
             try? await channel.eventLoop.submit { handler.value.close() }.get()
         }
@@ -204,13 +229,14 @@ struct Brokerbench: AsyncParsableCommand {
             consumedCounted = c.consumed
         }
         let drainSeconds = producers > 0 && consumers > 0 && c.lastConsumedNanos > publishEnd ? Double(c.lastConsumedNanos - publishEnd) / 1e9 : 0
-        let failed = p.failure != nil || c.failure != nil
+        let failed = p.failure != nil || c.failure != nil || violations > 0
         return Report(
             label: label, size: size, producers: producers, consumers: consumers, queues: queues, fanout: isFanout, durable: durable,
             persistent: persistent, confirm: confirm, prefetch: prefetch, ackEvery: ackEvery, rateTarget: rate,
             publishSeconds: publishSeconds, published: p.sent, confirmed: p.confirmed, nacked: p.nacked, consumeSeconds: consumeSeconds,
             consumedInWindow: consumedCounted, consumedTotal: c.consumed, drainSeconds: drainSeconds, e2e: e2e, confirms: confirms,
-            wallSeconds: Double(end - start) / 1e9, failed: failed)
+            wallSeconds: Double(end - start) / 1e9, redelivered: c.redelivered, violations: violations,
+            blockedCount: p.blockedCount, blockedSeconds: Double(p.blockedNanos) / 1e9, failed: failed)
     }
 
     private func open(_ role: Role, group: MultiThreadedEventLoopGroup) async throws -> (any Channel, NIOLoopBound<BenchConnection>) {
@@ -243,6 +269,10 @@ struct Brokerbench: AsyncParsableCommand {
             total.confirmed += c.confirmed
             total.nacked += c.nacked
             total.consumed += c.consumed
+            total.redelivered += c.redelivered
+            total.violations += c.violations
+            total.blockedCount += c.blockedCount
+            total.blockedNanos += c.blockedNanos
             total.lastConsumedNanos = max(total.lastConsumedNanos, c.lastConsumedNanos)
             total.done = total.done && c.done
             total.failure = total.failure ?? c.failure

@@ -26,6 +26,10 @@ struct Report {
     var e2e: Histogram<UInt64>
     var confirms: Histogram<UInt64>
     var wallSeconds: Double
+    var redelivered: UInt64
+    var violations: UInt64
+    var blockedCount: UInt64
+    var blockedSeconds: Double
     var failed: Bool
 
     var publishRate: Double { publishSeconds > 0 ? Double(published) / publishSeconds : 0 }
@@ -50,7 +54,8 @@ struct Report {
             ("confirm_n", "\(confirms.totalCount)"), ("confirm_p50_us", "\(Self.percentile(confirms, 50))"),
             ("confirm_p99_us", "\(Self.percentile(confirms, 99))"), ("confirm_p999_us", "\(Self.percentile(confirms, 99.9))"),
             ("confirm_max_us", "\(confirms.totalCount > 0 ? confirms.max : 0)"),
-            ("wall_secs", String(format: "%.3f", wallSeconds)), ("failed", failed ? "1" : "0"),
+            ("wall_secs", String(format: "%.3f", wallSeconds)), ("redelivered", "\(redelivered)"), ("violations", "\(violations)"),
+            ("blocked_n", "\(blockedCount)"), ("blocked_secs", String(format: "%.3f", blockedSeconds)), ("failed", failed ? "1" : "0"),
         ]
     }
 
@@ -90,6 +95,8 @@ struct Report {
             lines.append("end-to-end p50 \(ms(Self.percentile(e2e, 50))), p99 \(ms(Self.percentile(e2e, 99))), "
                          + "p99.9 \(ms(Self.percentile(e2e, 99.9))), max \(ms(e2e.max))")
         }
+        lines.append("verified   \(consumedTotal) deliveries: \(violations) violation(s), \(redelivered) redelivered"
+                     + (blockedCount > 0 ? String(format: "; producers blocked %llu time(s), %.2f s", blockedCount, blockedSeconds) : ""))
         if failed { lines.append("FAILED (see stderr)") }
         return lines.joined(separator: "\n")
     }

@@ -183,7 +183,7 @@ struct DaemonTests {
 
         let (drained, drainOut, drainErr) = try await Self.runOffPool("brokerbench", [
             "--port", "\(port)", "--prefix", "burst", "--size", "1024", "--producers", "0", "--consumers", "1",
-            "--prefetch", "500", "--ack-every", "50", "--count", "100000", "--duration", "60", "--idle-ms", "2000", "--json",
+            "--prefetch", "500", "--ack-every", "50", "--count", "100000", "--duration", "60", "--idle-ms", "30000", "--json",
         ])
         #expect(drained == 0, "\(drainErr)")
         let drain = try #require(try JSONSerialization.jsonObject(with: Data((drainOut.split(separator: "\n").last ?? "").utf8)) as? [String: Any])
@@ -217,6 +217,57 @@ struct DaemonTests {
         }
         #expect(out.contains("RESULT label=suite"))
         }
+    }
+
+    @Test("brokerbench checks every delivery: a copy without the redelivered flag and a foreign body are reported and fail the run")
+    func brokerbenchReportsViolations() async throws {
+        try await Self.withDaemon { _, port, _ in
+            let (published, _, publishErr) = try await Self.runOffPool("brokerbench", [
+                "--port", "\(port)", "--prefix", "verify", "--size", "32", "--producers", "1", "--consumers", "0",
+                "--count", "10", "--keep", "--json",
+            ])
+            #expect(published == 0, "\(publishErr)")
+            var client = ClientConfiguration(port: port, clientName: "tests", connectTimeout: .seconds(5), requestTimeout: .seconds(5))
+            client.logger = quietLogger
+            let connection = try await BrokerConnection.connect(client)
+            // The first message goes back to the head flagged redelivered (allowed); a copy of it without the flag
+            // and a body brokerbench did not write go to the tail (two violations).
+            let first = try #require(try await connection.get(queue: "verify.q0"))
+            try await connection.publish(routingKey: "verify.q0", body: first.body)
+            try await connection.nack(first.deliveryTag, requeue: true)
+            try await connection.publish(routingKey: "verify.q0", body: "not a brokerbench message")
+            await connection.close()
+
+            let (status, out, err) = try await Self.runOffPool("brokerbench", [
+                "--port", "\(port)", "--prefix", "verify", "--producers", "0", "--consumers", "1", "--ack-every", "1",
+                "--count", "12", "--duration", "60", "--idle-ms", "30000", "--json",
+            ])
+            #expect(status == 1, "a run with violations must fail")
+            let json = try #require(try JSONSerialization.jsonObject(with: Data((out.split(separator: "\n").last ?? "").utf8)) as? [String: Any])
+            #expect(json["consumed"] as? Int == 12)
+            #expect(json["redelivered"] as? Int == 1)
+            #expect(json["violations"] as? Int == 2)
+            #expect(err.contains("delivered again without the redelivered flag"), "\(err)")
+            #expect(err.contains("corrupt or foreign body"), "\(err)")
+        }
+    }
+
+    @Test("brokerbench honours flow control: nothing is published while the broker blocks it, and it closes promptly")
+    func brokerbenchHonoursBlocked() async throws {
+        let dataDirectory = Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        // A free-disk limit no disk meets: the alarm is on from the start, so every connection is blocked at once.
+        let (process, port, _) = try Self.startDaemon(dataDirectory: dataDirectory, extraArguments: ["--disk-free-limit", "\(Int64.max)"])
+        defer { Self.stop(process) }
+        let (status, out, err) = try await Self.runOffPool("brokerbench", [
+            "--port", "\(port)", "--prefix", "blocked", "--consumers", "0", "--count", "1000", "--duration", "1", "--json",
+        ])
+        #expect(status == 0, "\(err)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data((out.split(separator: "\n").last ?? "").utf8)) as? [String: Any])
+        #expect(json["published"] as? Int == 0)
+        #expect(json["blocked_n"] as? Int == 1)
+        // The run ended by its duration and closed with close/closeOk, not by a timeout.
+        #expect((json["wall_secs"] as? Double ?? 99) < 20)
     }
 
     /// ``run(_:_:input:)`` on a thread of its own, for long runs: blocking a thread of Swift's cooperative pool
