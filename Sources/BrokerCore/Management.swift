@@ -1,4 +1,5 @@
 import BrokerStorage
+import Logging
 import NIOCore
 public import WireProtocol
 
@@ -15,6 +16,43 @@ extension Broker {
 
     /// Runs one management method on behalf of `session` (whose user is an administrator).
     public func manage(_ request: Manage, by session: Session) throws(BrokerError) -> FieldTable {
+        guard !Self.readOnlyMethods.contains(request.method) else { return try dispatch(request, by: session) }
+        // Everything that changes the broker is logged as an audit trail: who, from where, what, on which object,
+        // and how it ended. Secrets (passwords) are never part of the line.
+        do {
+            let result = try dispatch(request, by: session)
+            audit(request, by: session, outcome: "done")
+            return result
+        } catch {
+            audit(request, by: session, outcome: "refused: \(error.code.rawValue) \(error.message)")
+            throw error
+        }
+    }
+
+    /// Management methods that change nothing, and are not audited.
+    static let readOnlyMethods: Set<String> = ["list.queues", "list.exchanges", "list.bindings", "list.connections", "list.consumers",
+                                               "queue.peek", "user.list"]
+
+    private func audit(_ request: Manage, by session: Session, outcome: String) {
+        let object = request.arguments.keys.sorted().filter { $0 != "password" }.map { key in
+            "\(key)=\(request.arguments[key].map(Self.auditValue) ?? "")"
+        }.joined(separator: " ")
+        logger.notice("management action", metadata: [
+            "by_user": "\(session.user.name)", "by_connection": "\(session.id)", "by_client": "\(session.clientName)",
+            "peer": "\(session.peer)", "action": "\(request.method)", "object": "\(object)", "outcome": "\(outcome)",
+        ])
+    }
+
+    private static func auditValue(_ value: FieldValue) -> String {
+        switch value {
+        case .string(let s): s
+        case .int(let i): "\(i)"
+        case .bool(let b): "\(b)"
+        default: "\(value)"
+        }
+    }
+
+    private func dispatch(_ request: Manage, by session: Session) throws(BrokerError) -> FieldTable {
         let args = ManagementArguments(request.method, request.arguments)
         switch request.method {
         case "list.queues": return try page(queues.values.sorted { $0.name < $1.name }, args, queueRow)

@@ -2,6 +2,14 @@ import Crypto
 import _CryptoExtras
 public import WireProtocol
 
+/// Printing a hash (a configuration dump at debug level, `dump`, string interpolation) never shows its salt or
+/// bytes: they are what an attacker needs for an offline guess.
+extension PasswordHash: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    public var description: String { "PasswordHash(PBKDF2-SHA256, \(rounds) rounds, redacted)" }
+    public var debugDescription: String { description }
+    public var customMirror: Mirror { Mirror(self, children: [], displayStyle: .struct) }
+}
+
 /// A salted PBKDF2-HMAC-SHA256 password hash. The clear password is never stored.
 public struct PasswordHash: Hashable, Sendable, Codable {
     public var rounds: Int

@@ -245,6 +245,14 @@ public final class BrokerServer: Sendable {
 
 /// Runs a ``BrokerServer`` under swift-service-lifecycle: serve until graceful shutdown (SIGTERM, SIGINT), then
 /// close connections with a reason and stop.
+/// What the service group logs about this service at debug level: where it listens and keeps its data, not its
+/// whole configuration (which holds the users' password hashes).
+extension BrokerService: CustomStringConvertible {
+    public var description: String {
+        "BrokerService(listen: \(configuration.host):\(configuration.port), data: \(configuration.dataDirectory ?? "none (in memory)"))"
+    }
+}
+
 public struct BrokerService: Service {
     let configuration: ServerConfiguration
     let users: UserStore

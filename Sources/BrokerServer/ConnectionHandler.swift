@@ -31,6 +31,10 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     private var handshakeTimeout: Scheduled<Void>?
     private var peer = "unknown"
     private var clientName = ""
+    /// Set once the connection opened: its end is then logged, with ``closeReason``.
+    private var openedAt: NIODeadline?
+    /// Why the connection ends, as the log line says it: the client's close, the broker's, or the socket's end.
+    private var closeReason: String?
 
     init(broker: Broker, registry: ConnectionRegistry, logins: LoginScheduler, configuration: ServerConfiguration, logger: Logger) {
         self.broker = broker
@@ -78,8 +82,8 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
         if let session {
             broker.closeSession(session)
             self.session = nil
-            logger.info("connection closed")
         }
+        logClosed()
         self.context = nil
         context.fireChannelInactive()
     }
@@ -118,6 +122,9 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
                 reader.discard()
                 run(machine.fail(error.code, error.message))
                 return
+            }
+            if case .close(let close) = message, closeReason == nil {
+                closeReason = "client closed the connection (\(close.code.rawValue)\(close.reason.isEmpty ? "" : ": " + close.reason))"
             }
             if case .hello(let hello) = message, case .awaitingHello = machine.state {
                 // The name the client gave, shown in listings and logs (docs/protocol.md §4).
@@ -217,8 +224,8 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
                 eventLoop.execute { bound.value.finishClose() }
             }
         case .sendAndClose(let message):
-            if case .close(let close) = message, close.code != .normal {
-                logger.info("closing connection", metadata: ["code": "\(close.code)", "reason": "\(close.reason)"])
+            if case .close(let close) = message, closeReason == nil {
+                closeReason = "broker closed the connection (\(close.code.rawValue) \(close.code.name): \(close.reason))"
             }
             if let session {
                 // Frames already encoded for the session go first, then the close.
@@ -238,6 +245,21 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     private func finishClose() {
         guard session != nil else { return }
         run(.sendAndClose(.closeOk))
+    }
+
+    /// One line per opened connection when it ends (its logger carries client, user, peer and connection id);
+    /// connections refused before they opened are logged where they are refused.
+    private func logClosed() {
+        guard let openedAt else {
+            if let closeReason { logger.info("connection ended before it opened", metadata: ["reason": "\(closeReason)"]) }
+            return
+        }
+        self.openedAt = nil
+        let seconds = Double((NIODeadline.now() - openedAt).nanoseconds) / 1e9
+        logger.info("connection closed", metadata: [
+            "reason": "\(closeReason ?? "the client dropped the connection without closing it")",
+            "duration_s": "\((seconds * 1000).rounded() / 1000)",
+        ])
     }
 
     private func writeNow(_ message: ServerMessage) {
@@ -330,6 +352,7 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
         handshakeTimeout = nil
         reader.decoder.maxFrameSize = tuning.maxFrameSize
         writeNow(.authOk(authOk))
+        openedAt = .now()
         logger.info("connection opened", metadata: ["heartbeat": "\(tuning.heartbeatSeconds)", "max_frame": "\(tuning.maxFrameSize)"])
         if tuning.heartbeatSeconds > 0, let context {
             let now = NIODeadline.now().uptimeNanoseconds.asInt64

@@ -24,6 +24,7 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
     public var memoryLimit: Int?
     public var logLevel: String?
     public var logTarget: String?
+    public var logFormat: String?
     public var maxConnections: Int?
     public var maxConnectionsPerUser: Int?
     public var tlsCert: String?
@@ -39,6 +40,7 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         case memoryLimit = "memory_limit"
         case logLevel = "log_level"
         case logTarget = "log_target"
+        case logFormat = "log_format"
         case maxConnections = "max_connections"
         case maxConnectionsPerUser = "max_connections_per_user"
         case tlsCert = "tls_cert"
@@ -50,6 +52,7 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
     public static var keys: [String] { CodingKeys.allCases.map(\.rawValue) }
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
     public static let logTargets = ["auto", "stderr", "journal"]
+    public static let logFormats = LogFormat.allCases.map(\.rawValue)
 
     public init() {}
 
@@ -67,6 +70,7 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         merged.memoryLimit = memoryLimit ?? file.memoryLimit
         merged.logLevel = logLevel ?? file.logLevel
         merged.logTarget = logTarget ?? file.logTarget
+        merged.logFormat = logFormat ?? file.logFormat
         merged.maxConnections = maxConnections ?? file.maxConnections
         merged.maxConnectionsPerUser = maxConnectionsPerUser ?? file.maxConnectionsPerUser
         merged.tlsCert = tlsCert ?? file.tlsCert
@@ -107,6 +111,9 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         if let logLevel, !Self.logLevels.contains(logLevel) {
             return "\(name("log_level")) must be one of \(Self.logLevels.joined(separator: ", ")); got '\(logLevel)'"
         }
+        if let logFormat, !Self.logFormats.contains(logFormat) {
+            return "\(name("log_format")) must be one of \(Self.logFormats.joined(separator: ", ")); got '\(logFormat)'"
+        }
         if let logTarget, !Self.logTargets.contains(logTarget) {
             return "\(name("log_target")) must be one of \(Self.logTargets.joined(separator: ", ")); got '\(logTarget)'"
         }
@@ -141,7 +148,7 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         return try parse(String(decoding: data, as: UTF8.self), source: path)
     }
 
-    static let stringKeys: Set<String> = ["host", "data_dir", "fsync", "log_level", "log_target", "tls_cert", "tls_key", "tls_client_ca"]
+    static let stringKeys: Set<String> = ["host", "data_dir", "fsync", "log_level", "log_target", "log_format", "tls_cert", "tls_key", "tls_client_ca"]
 
     static func wrongType(_ key: String) -> String {
         "'\(key)' must be \(stringKeys.contains(key) ? "a string, in quotes" : "an integer (digits, _ allowed: 100_000_000)")"

@@ -62,6 +62,9 @@ struct Brokerd: AsyncParsableCommand {
     @Option(name: .customLong("log-target"), help: "Where logs go: stderr, journal (systemd's, with structured fields), or auto (the default: the journal when stderr is connected to it).")
     var logTarget: String?
 
+    @Option(name: .customLong("log-format"), help: "Layout of stderr log lines: text (the default), json or logfmt. The journal target always keeps structured fields.")
+    var logFormat: String?
+
     @Option(name: .customLong("max-connections"), help: "Most client connections at once; more are refused with 506 (default 0: no limit).")
     var maxConnections: Int?
 
@@ -91,6 +94,7 @@ struct Brokerd: AsyncParsableCommand {
         settings.memoryLimit = memoryLimit
         settings.logLevel = logLevel
         settings.logTarget = logTarget
+        settings.logFormat = logFormat
         settings.maxConnections = maxConnections
         settings.maxConnectionsPerUser = maxConnectionsPerUser
         settings.tlsCert = tlsCert
@@ -117,6 +121,7 @@ struct Brokerd: AsyncParsableCommand {
         }
         let level = settings.logLevel.flatMap(Logger.Level.init(rawValue:)) ?? .info
         let target = settings.logTarget ?? "auto"
+        let format = settings.logFormat.flatMap(LogFormat.init(rawValue:)) ?? .text
         // libsystemd drops journal entries silently when journald is not running: then stderr, said once.
         let journal = Systemd.journalIsRunning && (target == "journal" || (target == "auto" && Systemd.stderrIsJournal))
         if target == "journal" && !journal {
@@ -128,7 +133,7 @@ struct Brokerd: AsyncParsableCommand {
                 handler.logLevel = level
                 return handler
             }
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = BrokerLogHandler(label: label, format: format)
             handler.logLevel = level
             return handler
         }

@@ -4,6 +4,7 @@ import BrokerServer
 import Foundation
 import Logging
 import NIOCore
+import Synchronization
 import Testing
 import WireProtocol
 
@@ -14,7 +15,7 @@ import Glibc
 /// Runs `body` against a real broker on an ephemeral loopback port, shutting it down whether `body` succeeds or not.
 /// `adjust` sets anything else of the server's configuration (TLS, limits).
 func withBroker(users: UserStore = UserStore(), heartbeat: UInt16 = 0, maxFrameSize: UInt32 = 1 << 20, dataDirectory: String? = nil,
-                segmentSize: Int = 64 << 20, memoryLimit: Int = 0, inMemory: Bool = false,
+                segmentSize: Int = 64 << 20, memoryLimit: Int = 0, inMemory: Bool = false, logger: Logger? = nil,
                 adjust: (inout ServerConfiguration) -> Void = { _ in },
                 _ body: (BrokerServer, ClientConfiguration) async throws -> Void) async throws {
     // Each broker gets its own data directory (parallel-safe), removed afterwards unless the caller owns it.
@@ -31,7 +32,7 @@ func withBroker(users: UserStore = UserStore(), heartbeat: UInt16 = 0, maxFrameS
     configuration.handshakeTimeoutSeconds = 5
     adjust(&configuration)
     let server = try await BrokerServer.start(configuration: configuration, users: users,
-                                              logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+                                              logger: logger ?? Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
     var client = ClientConfiguration(port: server.port, clientName: "tests", connectTimeout: .seconds(5), requestTimeout: .seconds(5))
     client.logger = quietLogger
     do {
@@ -200,4 +201,29 @@ func wireBytes(_ messages: ClientMessage...) -> [UInt8] {
     var buffer = ByteBuffer()
     for message in messages { message.encode(into: &buffer) }
     return Array(buffer.readableBytesView)
+}
+
+/// Log lines a broker wrote, in logfmt (``BrokerLogHandler``), for tests of what operators see.
+final class CapturedLog: Sendable {
+    private let lines = Mutex<[String]>([])
+
+    func append(_ line: String) { lines.withLock { $0.append(line) } }
+
+    var logger: Logger {
+        var logger = Logger(label: "brokerd") { label in
+            var handler = BrokerLogHandler(label: label, format: .logfmt) { [self] line in self.append(line) }
+            handler.logLevel = .debug
+            return handler
+        }
+        logger.logLevel = .debug
+        return logger
+    }
+
+    /// The lines whose message is `message` (`msg=` in logfmt).
+    func lines(_ message: String) -> [String] {
+        let key = "msg=" + BrokerLogHandler.logfmtValue(message) + " "
+        return lines.withLock { $0.filter { $0.contains(key) } }
+    }
+
+    var all: [String] { lines.withLock { $0 } }
 }
