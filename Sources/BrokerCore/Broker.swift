@@ -13,7 +13,7 @@ public final class Broker {
     public let logger: Logger
     public var users: UserStore
     public let startedAt: ContinuousClock.Instant
-    public static let version = "0.1.0"
+    public static let version = brokerdVersion
 
     var exchanges: [String: Exchange] = [:]
     var queues: [String: Queue] = [:]

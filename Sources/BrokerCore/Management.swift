@@ -11,7 +11,7 @@ extension Broker {
     public static let managementMethods = [
         "list.queues", "list.exchanges", "list.bindings", "list.connections", "list.consumers",
         "queue.peek", "queue.move", "user.list", "user.add", "user.delete", "user.passwd",
-        "user.set_permissions", "user.clear_permissions", "user.set_limits",
+        "user.set_permissions", "user.clear_permissions", "user.set_limits", "connection.close",
     ]
 
     /// Runs one management method on behalf of `session` (whose user is an administrator).
@@ -69,6 +69,7 @@ extension Broker {
         case "user.set_permissions": return try setPermissions(args, by: session)
         case "user.clear_permissions": return try setPermissions(args, clear: true, by: session)
         case "user.set_limits": return try setLimits(args, by: session)
+        case "connection.close": return try closeConnection(args, by: session)
         default:
             throw BrokerError(.unknownFrame, "unknown management method '\(request.method)'; known: \(Self.managementMethods.joined(separator: ", "))")
         }
@@ -310,6 +311,21 @@ extension Broker {
         let closing = sessions.values.filter { $0.user.name == name }
         for other in closing { other.transport?.closeConnection(code: .connectionForced, reason: "user '\(name)' was deleted") }
         return ["closed_connections": .int(Int64(closing.count))]
+    }
+
+    /// An operator closes a connection (`rabbitmqctl close_connection`): the client gets `close` 320 with the
+    /// reason, its unacknowledged messages go back to their queues, as for any close.
+    private func closeConnection(_ args: ManagementArguments, by session: Session) throws(BrokerError) -> FieldTable {
+        let id = try args.int("id", default: -1, range: -1...Int(Int64.max))
+        guard id >= 0 else { throw BrokerError(.invalidArgument, "connection.close needs the argument 'id' (from list.connections)") }
+        let reason = try args.table["reason"] == nil ? "closed by an operator" : args.string("reason")
+        guard reason.utf8.count <= 1000 else { throw BrokerError(.invalidArgument, "connection.close: 'reason' must be at most 1000 bytes") }
+        guard let target = sessions[UInt64(id)] else { throw BrokerError(.notFound, "no connection \(id)") }
+        guard target !== session else {
+            throw BrokerError(.preconditionFailed, "connection \(id) is the one asking; close it from the client instead")
+        }
+        target.transport?.closeConnection(code: .connectionForced, reason: "closed by \(session.user.name): \(reason)")
+        return [:]
     }
 
     private func changePassword(_ args: ManagementArguments, by session: Session) throws(BrokerError) -> FieldTable {

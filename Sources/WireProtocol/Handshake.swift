@@ -153,3 +153,7 @@ public struct ErrorFrame: Hashable, Sendable {
                    text: try buffer.readLongString("text"))
     }
 }
+
+/// The release of brokerd (server, client library and tools share it): what `brokerd --version` and
+/// `brokerctl --version` print, and what the server names itself in `helloOk`.
+public let brokerdVersion = "0.1.0"

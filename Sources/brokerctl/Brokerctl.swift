@@ -12,8 +12,8 @@ struct Brokerctl: AsyncParsableCommand {
         abstract: "Inspect and manage a running brokerd.",
         discussion: """
             Connects to brokerd over its protocol as an administrator (the default user guest/guest works from \
-            loopback only). Connection flags can also come from BROKERCTL_HOST, BROKERCTL_PORT, BROKERCTL_USER and \
-            BROKERCTL_PASSWORD.
+            loopback only). Connection flags go before or after the subcommand (brokerctl --port 5681 status); \
+            they can also come from BROKERCTL_HOST, BROKERCTL_PORT, BROKERCTL_USER and BROKERCTL_PASSWORD.
 
             Exit codes:
               0   success
@@ -25,10 +25,17 @@ struct Brokerctl: AsyncParsableCommand {
 
             Shell completions: brokerctl --generate-completion-script bash|zsh|fish
             """,
+        version: "brokerctl \(brokerdVersion)",
         subcommands: [
             Status.self, List.self, Declare.self, Delete.self, Bind.self, Unbind.self, Purge.self,
-            Publish.self, Get.self, Peek.self, Move.self, Users.self, Watch.self,
+            Publish.self, Get.self, Peek.self, Move.self, Users.self, Watch.self, CloseCommand.self,
         ])
+
+    /// Parses with the connection flags moved after the subcommand, so `brokerctl --port 5681 status` works as
+    /// rabbitmqctl and kubectl users type it (swift-argument-parser reads a subcommand's options only after its name).
+    static func main() async {
+        await main(ConnectionOptions.hoisted(Array(CommandLine.arguments.dropFirst())))
+    }
 }
 
 /// Connection options shared by every subcommand.
@@ -59,6 +66,38 @@ struct ConnectionOptions: ParsableArguments {
 
     @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-cert.")
     var tlsKey: String?
+
+    /// Connection flags that take a value, and those that do not.
+    static let valued: Set<String> = ["--host", "--port", "--user", "--password", "--tls-ca", "--tls-server-name", "--tls-cert", "--tls-key"]
+    static let flags: Set<String> = ["--tls"]
+
+    /// `arguments` with the connection flags found before the subcommand moved to its end (before a `--`, if any).
+    /// Anything else before the subcommand (`--help`, `--version`, an unknown flag) stays where it is.
+    static func hoisted(_ arguments: [String]) -> [String] {
+        var moved: [String] = []
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            let name = argument.split(separator: "=", maxSplits: 1).first.map(String.init) ?? argument
+            if flags.contains(argument) || (valued.contains(name) && argument.contains("=")) {
+                moved.append(argument)
+                index += 1
+            } else if valued.contains(argument) && index + 1 < arguments.count {
+                moved += [argument, arguments[index + 1]]
+                index += 2
+            } else {
+                break
+            }
+        }
+        guard !moved.isEmpty else { return arguments }
+        var rest = Array(arguments[index...])
+        if let separator = rest.firstIndex(of: "--") {
+            rest.insert(contentsOf: moved, at: separator)
+        } else {
+            rest += moved
+        }
+        return rest
+    }
 
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535, got \(port)") }
@@ -105,6 +144,8 @@ struct Failure: Error, CustomStringConvertible {
     var description: String {
         switch error.code {
         case .accessRefused: "brokerctl: access refused by \(address): \(error.message)"
+        case .connectionForced:
+            "brokerctl: brokerd at \(address) closed the connection: \(error.message)"
         case .connectionClosed, .timeout, .heartbeatTimeout:
             error.message.lowercased().contains("connection refused")
                 ? "brokerctl: cannot reach brokerd at \(address): connection refused. Is it running, and on this port?"
@@ -118,7 +159,7 @@ struct Failure: Error, CustomStringConvertible {
     var exitCode: Int32 {
         switch error.code {
         case .accessRefused: 77  // EX_NOPERM
-        case .connectionClosed, .timeout, .heartbeatTimeout: 69  // EX_UNAVAILABLE
+        case .connectionClosed, .connectionForced, .timeout, .heartbeatTimeout: 69  // EX_UNAVAILABLE: gone, or going
         case .notFound, .invalidArgument, .preconditionFailed, .resourceLocked, .resourceError, .noRoute, .unknownFrame: 65  // EX_DATAERR
         default: 70  // EX_SOFTWARE
         }

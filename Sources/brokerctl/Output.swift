@@ -56,19 +56,39 @@ struct Renderer {
         return out.map { $0.replacingOccurrences(of: "\\s+$", with: "", options: .regularExpression) }.joined(separator: "\n")
     }
 
-    /// A value as a table cell.
+    /// A value as a table cell: one line, so control characters (a body's trailing newline) are escaped.
     static func text(_ value: FieldValue) -> String {
         switch value {
-        case .string(let s): s
+        case .string(let s): oneLine(s)
         case .int(let i): String(i)
         case .bool(let b): String(b)
         case .double(let d): String(format: "%.1f", d)
-        case .bytes(let b): String(decoding: b, as: UTF8.self)
+        case .bytes(let b): oneLine(String(decoding: b, as: UTF8.self))
         case .table(let t) where t.isEmpty: ""
         case .array(let a) where a.isEmpty: ""
         case .array(let a): a.map(text).joined(separator: ", ")
         default: json(jsonObject(value), compact: true)
         }
+    }
+
+    /// `text` with newlines, tabs and other control characters written as escapes (`\n`, `\t`, `\u{1B}`).
+    static func oneLine(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 || scalar.value == 0x7F {
+                    out += "\\u{\(String(scalar.value, radix: 16, uppercase: true))}"
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return out
     }
 
     /// A value as a JSON-serialisable object. Bytes are text when they are UTF-8, else base64 in an object.

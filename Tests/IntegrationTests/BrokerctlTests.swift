@@ -228,4 +228,59 @@ struct BrokerctlTests {
         let (completion, script, _) = try DaemonTests.run("brokerctl", ["--generate-completion-script", "bash"])
         #expect(completion == 0 && script.contains("brokerctl"))
     }
+
+    @Test("connection flags before the subcommand, --version, close connection with a reason, a peeked body ending in a newline")
+    func operatorConveniences() async throws {
+        try await DaemonTests.withDaemon { _, port, _ in
+            let (before, beforeOut, beforeErr) = try DaemonTests.run("brokerctl", ["--port", "\(port)", "status"])
+            #expect(before == 0 && beforeOut.contains("version"), "\(beforeErr)")
+            let (equals, _, equalsErr) = try DaemonTests.run("brokerctl", ["--port=\(port)", "--user", "guest", "list", "queues"])
+            #expect(equals == 0, "\(equalsErr)")
+
+            // An operator closes a client's connection; the client learns why.
+            var client = withoutRecovery(ClientConfiguration(port: port, clientName: "victim", connectTimeout: .seconds(5)))
+            client.logger = quietLogger
+            let victim = try await BrokerConnection.connect(client)
+            let row = try #require(try rows(port, ["list", "connections"]).first { $0["name"] as? String == "victim" })
+            let id = try #require(row["id"] as? Int)
+            let (closed, closedOut, closedErr) = try ctl(port, ["close", "connection", "\(id)", "--reason", "maintenance window"])
+            #expect(closed == 0 && closedOut.contains("closed connection \(id)"), "\(closedErr)")
+            let error = await victim.terminalError()
+            #expect(error?.code == .connectionForced && error?.message.contains("maintenance window") == true, "\(String(describing: error))")
+            let (unknown, _, unknownErr) = try ctl(port, ["close", "connection", "999999"])
+            #expect(unknown == 65 && unknownErr.contains("no connection 999999"), "\(unknownErr)")
+
+            // A body ending in a newline stays on its row of the table.
+            #expect(try ctl(port, ["declare", "queue", "lines"]).0 == 0)
+            #expect(try ctl(port, ["publish", "--routing-key", "lines"], input: "line one\n").0 == 0)
+            let (peeked, table, peekErr) = try ctl(port, ["peek", "lines", "--columns", "routing_key,body"])
+            #expect(peeked == 0, "\(peekErr)")
+            let tableLines = table.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.isEmpty }
+            #expect(tableLines.count == 2, "header and one row: \(table)")
+            #expect(tableLines.last?.contains("line one\\n") == true, "\(table)")
+        }
+        let (version, versionOut, _) = try DaemonTests.run("brokerctl", ["--version"])
+        #expect(version == 0 && versionOut.trimmingCharacters(in: .whitespacesAndNewlines) == "brokerctl \(brokerdVersion)")
+    }
+
+    @Test("watch exits 69 with one line when the broker goes away")
+    func watchNoticesTheBrokerLeaving() async throws {
+        let dataDirectory = DaemonTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dataDirectory) }
+        let (daemon, port, _) = try DaemonTests.startDaemon(dataDirectory: dataDirectory)
+        defer { DaemonTests.stop(daemon) }
+        let watching = Task { try await DaemonTests.runOffPool("brokerctl", ["watch", "--interval", "0.2", "--port", "\(port)"]) }
+        var admin = ClientConfiguration(port: port, clientName: "tests", connectTimeout: .seconds(5))
+        admin.logger = quietLogger
+        let connected = try await withConnection(admin) { connection in
+            try await eventually(timeout: .seconds(30)) {
+                try await connection.list("connections").contains { $0["name"]?.stringValue == "brokerctl" }
+            }
+        }
+        #expect(connected, "watch never connected")
+        DaemonTests.stop(daemon)
+        let (status, _, err) = try await watching.value
+        #expect(status == 69, "\(err)")
+        #expect(err.split(separator: "\n").count == 1 && err.hasPrefix("brokerctl: "), "\(err)")
+    }
 }
