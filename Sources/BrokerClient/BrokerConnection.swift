@@ -261,7 +261,7 @@ public final class BrokerConnection: Sendable, Service {
 
     /// All rows of a paged listing method. A broker that answers without `total` (before paging) answered every row
     /// at once.
-    func allRows(_ method: String) async throws -> [FieldTable] {
+    public func allRows(_ method: String) async throws -> [FieldTable] {
         var all: [FieldTable] = []
         while true {
             let answer = try await manage(method, ["offset": .int(Int64(all.count)), "limit": .int(Int64(Self.listingPageSize))])

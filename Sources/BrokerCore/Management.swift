@@ -11,7 +11,7 @@ extension Broker {
     public static let managementMethods = [
         "list.queues", "list.exchanges", "list.bindings", "list.connections", "list.consumers",
         "queue.peek", "queue.move", "user.list", "user.add", "user.delete", "user.passwd",
-        "user.set_permissions", "user.clear_permissions", "user.set_limits", "connection.close",
+        "user.set_permissions", "user.clear_permissions", "user.set_limits", "user.export", "user.import", "connection.close",
     ]
 
     /// Runs one management method on behalf of `session` (whose user is an administrator).
@@ -34,7 +34,7 @@ extension Broker {
                                                "queue.peek", "user.list"]
 
     private func audit(_ request: Manage, by session: Session, outcome: String) {
-        let object = request.arguments.keys.sorted().filter { $0 != "password" }.map { key in
+        let object = request.arguments.keys.sorted().filter { !$0.hasPrefix("password") }.map { key in
             "\(key)=\(request.arguments[key].map(Self.auditValue) ?? "")"
         }.joined(separator: " ")
         logger.notice("management action", metadata: [
@@ -70,6 +70,8 @@ extension Broker {
         case "user.clear_permissions": return try setPermissions(args, clear: true, by: session)
         case "user.set_limits": return try setLimits(args, by: session)
         case "connection.close": return try closeConnection(args, by: session)
+        case "user.export": return try page(users.users.values.sorted { $0.name < $1.name }, args, exportedUserRow)
+        case "user.import": return try importUser(args, by: session)
         default:
             throw BrokerError(.unknownFrame, "unknown management method '\(request.method)'; known: \(Self.managementMethods.joined(separator: ", "))")
         }
@@ -201,6 +203,17 @@ extension Broker {
         return row
     }
 
+    /// A user as `definitions export` saves it: ``userRow(_:)`` plus the password hash (never the password) and
+    /// whether its permissions were set, so an import restores it exactly.
+    private func exportedUserRow(_ user: User) -> FieldTable {
+        var row = userRow(user)
+        row["password_rounds"] = .int(Int64(user.password.rounds))
+        row["password_salt"] = .bytes(user.password.salt)
+        row["password_hash"] = .bytes(user.password.hash)
+        row["has_permissions"] = .bool(user.permissions != nil)
+        return row
+    }
+
     /// Recomputes every queue's publish and deliver rates; the sweeper calls it about once a second.
     func sampleRates() {
         let time = now()
@@ -313,6 +326,39 @@ extension Broker {
         return ["closed_connections": .int(Int64(closing.count))]
     }
 
+    /// `user.import`: creates or replaces a user from an exported row (``exportedUserRow(_:)``), password hash and
+    /// all; its open connections get the imported user at once, as with any change.
+    private func importUser(_ args: ManagementArguments, by session: Session) throws(BrokerError) -> FieldTable {
+        let name = try args.string("name")
+        try Self.validateUserName(name)
+        let rounds = try args.int("password_rounds", default: 0, range: 0...10_000_000)
+        guard rounds >= 1 else { throw BrokerError(.invalidArgument, "user.import needs 'password_rounds' from 1 to 10000000") }
+        let salt = try args.bytes("password_salt")
+        let hash = try args.bytes("password_hash")
+        guard (8...64).contains(salt.count), hash.count == 32 else {
+            throw BrokerError(.invalidArgument, "user.import: 'password_salt' must be 8 to 64 bytes and 'password_hash' 32 (PBKDF2-SHA256)")
+        }
+        var user = User(name: name, password: PasswordHash(rounds: rounds, salt: salt, hash: hash), isAdmin: try args.bool("admin", default: false),
+                        loopbackOnly: try args.bool("loopback_only", default: false))
+        if try args.bool("has_permissions", default: args.table["configure"] != nil) {
+            let permissions = Permissions(configure: try args.string("configure"), write: try args.string("write"), read: try args.string("read"))
+            try permissions.validate()
+            user.permissions = permissions
+        }
+        func limit(_ key: String) throws(BrokerError) -> Int? {
+            let value = try args.int(key, default: 0, range: 0...1_000_000_000)
+            return value == 0 ? nil : value
+        }
+        let limits = UserLimits(maxQueues: try limit("max_queues"), maxBindings: try limit("max_bindings"), maxConsumers: try limit("max_consumers"))
+        user.limits = limits == UserLimits() ? nil : limits
+        let imported = user
+        let replaced = users.user(named: name) != nil
+        saveUsers(by: session) { $0.add(imported) }
+        for other in sessions.values where other.user.name == name { other.userChanged(imported) }
+        topologyVersion &+= 1
+        return ["replaced": .bool(replaced)]
+    }
+
     /// An operator closes a connection (`rabbitmqctl close_connection`): the client gets `close` 320 with the
     /// reason, its unacknowledged messages go back to their queues, as for any close.
     private func closeConnection(_ args: ManagementArguments, by session: Session) throws(BrokerError) -> FieldTable {
@@ -416,6 +462,12 @@ struct ManagementArguments {
             throw BrokerError(.invalidArgument, "\(method): '\(key)' must be an integer from \(range.lowerBound) to \(range.upperBound)")
         }
         return int
+    }
+
+    func bytes(_ key: String) throws(BrokerError) -> [UInt8] {
+        guard let value = table[key] else { throw BrokerError(.invalidArgument, "\(method) needs the argument '\(key)'") }
+        guard case .bytes(let bytes) = value else { throw BrokerError(.invalidArgument, "\(method): '\(key)' must be bytes") }
+        return bytes
     }
 
     func bool(_ key: String, default defaultValue: Bool) throws(BrokerError) -> Bool {

@@ -28,7 +28,7 @@ struct Brokerctl: AsyncParsableCommand {
         version: "brokerctl \(brokerdVersion)",
         subcommands: [
             Status.self, List.self, Declare.self, Delete.self, Bind.self, Unbind.self, Purge.self,
-            Publish.self, Get.self, Peek.self, Move.self, Users.self, Watch.self, CloseCommand.self,
+            Publish.self, Get.self, Peek.self, Move.self, Users.self, Watch.self, CloseCommand.self, Definitions.self,
         ])
 
     /// Parses with the connection flags moved after the subcommand, so `brokerctl --port 5681 status` works as

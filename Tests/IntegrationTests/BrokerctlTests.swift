@@ -283,4 +283,60 @@ struct BrokerctlTests {
         #expect(status == 69, "\(err)")
         #expect(err.split(separator: "\n").count == 1 && err.hasPrefix("brokerctl: "), "\(err)")
     }
+
+    @Test("definitions export and import move exchanges, queues with arguments, bindings and users (as hashes) to another broker")
+    func definitionsRoundTrip() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("brokerd-defs-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let exported = directory.appendingPathComponent("a.json").path
+        try await DaemonTests.withDaemon { _, source, _ in
+            #expect(try ctl(source, ["declare", "exchange", "events", "--type", "topic", "--durable"]).0 == 0)
+            #expect(try ctl(source, ["declare", "queue", "trips", "--durable", "--argument", "x-max-length=1000",
+                                     "--argument", "x-dead-letter-exchange=events"]).0 == 0)
+            #expect(try ctl(source, ["declare", "queue", "scratch"]).0 == 0)
+            #expect(try ctl(source, ["bind", "events", "trips", "--routing-key", "trip.*"]).0 == 0)
+            #expect(try ctl(source, ["users", "add", "alice", "--new-password", "alice-pw"]).0 == 0)
+            var admin = ClientConfiguration(port: source, clientName: "tests", connectTimeout: .seconds(5))
+            admin.logger = quietLogger
+            try await withConnection(admin) { connection in
+                _ = try await connection.manage("user.set_permissions", ["name": .string("alice"), "configure": .string("alice\\..*"),
+                                                                          "write": .string(".*"), "read": .string(".*")])
+                _ = try await connection.manage("user.set_limits", ["name": .string("alice"), "max_queues": .int(7)])
+            }
+            let (status, out, err) = try ctl(source, ["definitions", "export", exported])
+            #expect(status == 0 && out.contains("1 exchanges, 2 queues, 1 bindings, 2 users"), "\(out) \(err)")
+        }
+        let file = try String(contentsOfFile: exported, encoding: .utf8)
+        #expect(!file.contains("alice-pw"), "a password in the export")
+
+        try await DaemonTests.withDaemon { _, target, _ in
+            let (imported, out, err) = try ctl(target, ["definitions", "import", exported])
+            #expect(imported == 0 && out.contains("imported 1 exchanges, 2 queues, 1 bindings, 2 users"), "\(out) \(err)")
+            // Again: what exists with the same settings is left as it is.
+            #expect(try ctl(target, ["definitions", "import", exported]).0 == 0)
+            // The target now exports the same document.
+            let again = directory.appendingPathComponent("b.json").path
+            #expect(try ctl(target, ["definitions", "export", again]).0 == 0)
+            #expect(try String(contentsOfFile: again, encoding: .utf8) == file)
+            // alice logs in with her old password and her permissions hold.
+            var alice = withoutRecovery(ClientConfiguration(port: target, user: "alice", password: "alice-pw", clientName: "alice",
+                                                            connectTimeout: .seconds(5)))
+            alice.logger = quietLogger
+            try await withConnection(alice) { connection in
+                try await connection.declareQueue("alice.work")
+                await expectBrokerError(.accessRefused) { try await connection.declareQueue("other") }
+            }
+            // A conflicting definition stops the import, naming it.
+            let conflicting = directory.appendingPathComponent("c.json").path
+            try file.replacingOccurrences(of: "\"x-max-length\" : 1000", with: "\"x-max-length\" : 5").write(toFile: conflicting, atomically: true, encoding: .utf8)
+            let (refused, _, refusedErr) = try ctl(target, ["definitions", "import", conflicting])
+            #expect(refused == 65 && refusedErr.contains("import stopped at queue 'trips' (2 definitions applied before it)"), "\(refusedErr)")
+            // Not a definitions file at all.
+            let garbage = directory.appendingPathComponent("d.json").path
+            try "{\"queues\": 3}".write(toFile: garbage, atomically: true, encoding: .utf8)
+            let (bad, _, badErr) = try ctl(target, ["definitions", "import", garbage])
+            #expect(bad == 65 && badErr.contains("is not a brokerd definitions file"), "\(badErr)")
+        }
+    }
 }
