@@ -150,9 +150,11 @@ let package = Package(
             dependencies: ["BrokerCore", "WireProtocol", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: hotPath
         ),
+        // Helpers shared by test targets (a seedable generator); not part of any product.
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: upcoming),
         .testTarget(
             name: "WireProtocolTests",
-            dependencies: ["WireProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["WireProtocol", "TestSupport", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: upcoming
         ),
         .testTarget(
@@ -184,7 +186,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "BrokerServer", "BrokerClient", "BrokerCore", "WireProtocol",
+                "BrokerServer", "BrokerClient", "BrokerCore", "WireProtocol", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -111,6 +111,27 @@ public final class BrokerConnection: Sendable, Service {
         }.get()
     }
 
+    /// What a connection is holding and has seen, for a producer watching back-pressure build up before its
+    /// publish calls start timing out, and for tests that wait on a condition instead of a clock.
+    public struct Statistics: Sendable, Equatable {
+        /// Publishes waiting in the client: the broker blocks publishers, or the connection is recovering.
+        public var heldPublishes: Int
+        /// Publishes written in confirm mode and waiting for their confirm.
+        public var unconfirmedPublishes: Int
+        /// Heartbeat frames received from the broker since the connection opened (all reconnections).
+        public var heartbeatsReceived: Int
+    }
+
+    /// The connection's ``Statistics`` now (zeros once the connection's event loop is gone).
+    public func statistics() async -> Statistics {
+        let driver = self.driver
+        return (try? await loop.submit { () -> Statistics in
+            let machine = driver.value.machine
+            return Statistics(heldPublishes: machine.held.count, unconfirmedPublishes: machine.unconfirmed.count,
+                              heartbeatsReceived: machine.heartbeatsReceived)
+        }.get()) ?? Statistics(heldPublishes: 0, unconfirmedPublishes: 0, heartbeatsReceived: 0)
+    }
+
     // MARK: - Service
 
     /// Runs the connection as a swift-service-lifecycle `Service`: returns when it is closed, throws its terminal

@@ -197,6 +197,8 @@ struct ClientStateMachine {
     private var lastReceived: NIODeadline = .uptimeNanoseconds(0)
     private var lastSent: NIODeadline = .uptimeNanoseconds(0)
     private var heartbeat: TimeAmount?
+    /// Heartbeat frames the broker has sent on this connection (all epochs), for ``BrokerConnection/statistics()``.
+    private(set) var heartbeatsReceived = 0
 
     init(endpointCount: Int, hello: Hello, authenticate: Authenticate, recovery: RecoveryPolicy?, requestTimeout: TimeAmount,
          publishTimeout: TimeAmount, republishUnconfirmed: Bool) {
@@ -349,6 +351,7 @@ struct ClientStateMachine {
             guard case .awaitingAuthOk(_, let helloOk) = phase else { return protocolViolation("authOk") }
             return authenticated(helloOk, ok, now: now)
         case .heartbeat:
+            heartbeatsReceived &+= 1
             return []
         case .close(let close):
             var actions: [Action] = [.send(.closeOk), .closeChannel]

@@ -299,6 +299,30 @@ struct CoreTests {
         #expect(h.broker.queueInfo("ttl")?.ready == 0)
     }
 
+    @Test("a message dead-lettered back into its own queue on expiry goes round once, then is dropped")
+    func deadLetterCycleOnTheManualClock() throws {
+        let h = Harness()
+        final class ManualClock { var nanos: UInt64 = 1_000_000_000 }
+        let clock = ManualClock()
+        h.broker.now = { clock.nanos }
+        let (s, t) = h.connect()
+        try h.send(s, .queueDeclare(QueueDeclare(requestId: 1, name: "loop", arguments: [
+            "x-message-ttl": .int(50), "x-dead-letter-exchange": .string(""), "x-dead-letter-routing-key": .string("loop"),
+        ])))
+        try h.publish(s, key: "loop", "round")
+        clock.nanos += 60_000_000
+        h.broker.sweep()
+        #expect(h.broker.queueInfo("loop")?.ready == 1)  // expired once, dead-lettered back in
+        clock.nanos += 60_000_000
+        h.broker.sweep()
+        #expect(h.broker.queueInfo("loop")?.ready == 0)  // the second death in the same queue breaks the cycle
+        clock.nanos += 60_000_000
+        h.broker.sweep()
+        #expect(h.broker.queueInfo("loop")?.ready == 0)
+        try h.consume(s, queue: "loop", noAck: true)
+        #expect(t.deliveries.isEmpty)
+    }
+
     @Test("the memory counter follows messages in and out of queues and unacked sets")
     func memoryAccounting() throws {
         let h = Harness()

@@ -2,6 +2,7 @@ import BrokerClient
 import Foundation
 import NIOCore
 import Synchronization
+import TestSupport
 import Testing
 import WireProtocol
 
@@ -25,7 +26,11 @@ struct CrashTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("brokerd-crash-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         let ledger = Ledger()
-        var generator = SystemRandomNumberGenerator()
+        // The kill moments come from a seeded generator: a failure prints the seed, and BROKERD_CRASH_SEED=<seed>
+        // replays the same kill points (counted in confirms, so the same on a fast or a loaded machine).
+        let seed = ProcessInfo.processInfo.environment["BROKERD_CRASH_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...UInt64.max)
+        var generator = SplitMix(seed: seed)
+        print("CRASHSEED \(seed)")
         var redeliveredAfterAck = 0
         for cycle in 0..<10 {
             let (process, port, _) = try DaemonTests.startDaemon(dataDirectory: dir)
@@ -37,6 +42,7 @@ struct CrashTests {
             try await publisher.declareQueue("crash", durable: true)
             try await publisher.enableConfirms()
             let ackedBefore = ledger.acked.withLock { $0 }
+            let confirmedBefore = ledger.confirmed.withLock { $0.count }
 
             let publishing = Task {
                 await publishNumbered(publishers: 4, nextNumber: { ledger.next.withLock { $0 += 1; return $0 } }) { n in
@@ -68,10 +74,15 @@ struct CrashTests {
                 } catch {}
                 return afterAck
             }
-            try await Task.sleep(for: .milliseconds(Int.random(in: 150...600, using: &generator)))
+            // Kill once this cycle has seen a random number of confirms: mid-stream, whatever the machine's speed.
+            let killAfter = Int.random(in: 20...400, using: &generator)
+            let reached = try await eventually(timeout: .seconds(60)) {
+                ledger.confirmed.withLock { $0.count } - confirmedBefore >= killAfter || !process.isRunning
+            }
+            #expect(reached, "cycle \(cycle): \(killAfter) confirms never came (seed \(seed))")
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
             process.waitUntilExit()
-            #expect(process.terminationReason == .uncaughtSignal, "cycle \(cycle)")
+            #expect(process.terminationReason == .uncaughtSignal, "cycle \(cycle), seed \(seed)")
             publishing.cancel()
             _ = await publishing.result
             redeliveredAfterAck += await consuming.value
@@ -96,10 +107,11 @@ struct CrashTests {
         let received = ledger.received.withLock { $0 }
         let lost = confirmed.filter { received[$0] == nil }.sorted()
         print("CRASHSTATS confirmed=\(confirmed.count) received=\(received.count) duplicates=\(received.values.filter { $0 > 1 }.count) afterAck=\(redeliveredAfterAck)")
-        #expect(confirmed.count > 100, "only \(confirmed.count) messages were confirmed in 10 cycles")
-        #expect(lost.isEmpty, "\(lost.count) confirmed messages lost, first \(lost.prefix(10))")
+        #expect(confirmed.count > 100, "only \(confirmed.count) messages were confirmed in 10 cycles (seed \(seed))")
+        #expect(lost.isEmpty, "\(lost.count) confirmed messages lost, first \(lost.prefix(10)) (seed \(seed))")
         #expect(ledger.corrupt.withLock { $0 }.isEmpty)
         // Acks in flight at a kill (at most the prefetch window per cycle) may come back; nothing older may.
         #expect(redeliveredAfterAck <= 10 * 50, "\(redeliveredAfterAck) messages acked in an earlier cycle came back")
     }
 }
+

@@ -63,15 +63,24 @@ struct FaultTests {
             let body = ByteBuffer(repeating: 0x42, count: 10_000)
             var flow = publisher.flow.makeAsyncIterator()
             // 200 × 10 KB = 2 MB into a queue with no consumer: the alarm goes off past 1 MB.
+            let written = Mutex(0)
             let producing = Task {
-                for _ in 0..<200 { try await publisher.publish(routingKey: "burst", body: body) }
+                for _ in 0..<200 {
+                    try await publisher.publish(routingKey: "burst", body: body)
+                    written.withLock { $0 += 1 }
+                }
             }
             guard case .blocked(let reason)? = await flow.next() else {
                 Issue.record("no blocked notice")
                 return
             }
             #expect(reason.contains("memory limit"))
-            try await Task.sleep(for: .milliseconds(200))
+            // Once the client holds a publish, everything it wrote has reached the queue: then the broker holds
+            // little more than its limit (the publishes in flight when the notice went out).
+            #expect(try await eventually { await publisher.statistics().heldPublishes == 1 })
+            let sent = written.withLock { $0 }
+            #expect(sent < 200)
+            #expect(try await eventually { try await server.withBroker { $0.queueInfo("burst")?.ready } == sent })
             let held = try await server.withBroker { $0.bufferedBytes }
             #expect(held < 1_500_000, "the broker kept reading: \(held) bytes held")
             // A consumer that never published drains it; publishing resumes and completes.
@@ -154,8 +163,10 @@ struct FaultTests {
             // The consumer, which never published, is still served.
             let consumer = try await consumerConnection.consume(queue: "work", noAck: true)
             for i in 0..<20 { #expect(try await next(consumer).bodyString == "before-\(i)") }
-            try await Task.sleep(for: .milliseconds(300))
+            // The publish waits in the client, which honours the notice; nothing reached the queue.
+            #expect(try await eventually { await publisher.statistics().heldPublishes == 1 })
             #expect(published.withLock { $0 } == false, "a publish completed during the alarm")
+            #expect(try await server.withBroker { $0.queueInfo("work")! } == (0, 0, 1))
 
             _ = try await server.withBroker { $0.diskFreeLimitOverride = 0 }
             #expect(await flow.next() == .unblocked)

@@ -212,8 +212,12 @@ struct ProtocolTests {
             config.heartbeatSeconds = 1
             try await withConnection(config) { c in
                 #expect(c.heartbeatSeconds == 1)
-                try await Task.sleep(for: .milliseconds(3500))
-                #expect(try await c.declareQueue("alive").name == "alive")
+                // The broker sends a heartbeat at most every half interval, so six of them span at least 2.5 s of
+                // the broker's own time: past the two intervals of silence after which it would have closed us.
+                let survived = try await eventually(timeout: .seconds(60)) { await c.statistics().heartbeatsReceived >= 6 }
+                #expect(survived)
+                let declared = try await c.declareQueue("alive")
+                #expect(declared.name == "alive")
             }
         }
     }

@@ -92,23 +92,38 @@ struct SystemdTests {
         let activator = "/usr/bin/systemd-socket-activate"
         try #require(FileManager.default.isExecutableFile(atPath: activator),
                      "systemd-socket-activate (Debian package systemd) is needed; .ci/run installs it")
-        let port = try Self.freePort()
         let dataDirectory = DaemonTests.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dataDirectory) }
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("brokerd-activated-\(UUID().uuidString).txt")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: log) }
-        // --port 1 would fail to bind if brokerd ignored the activated socket.
-        let pid = try Self.spawn(activator, ["-l", "127.0.0.1:\(port)", try DaemonTests.executable("brokerd").path,
+        // systemd-socket-activate binds the port itself, so the test can only pick one that is free now
+        // (freePort) and hand it over: another process may take it in between. Then the activator fails to bind
+        // and exits, and the test tries a fresh port; it never talks to a listener it did not start.
+        var client: BrokerConnection?
+        var port = 0
+        var pid: pid_t = 0
+        for _ in 0..<5 where client == nil {
+            port = try Self.freePort()
+            // --port 1 would fail to bind if brokerd ignored the activated socket.
+            pid = try Self.spawn(activator, ["-l", "127.0.0.1:\(port)", try DaemonTests.executable("brokerd").path,
                                              "--port", "1", "--data-dir", dataDirectory.path, "--log-target", "stderr"],
                                  stderr: log.path)
-        defer { Self.stop(pid) }
-        // systemd-socket-activate listens first and execs brokerd (same PID) on the first connection.
-        var client: BrokerConnection?
-        for _ in 0..<100 where client == nil {
-            client = try? await BrokerConnection.connect(ClientConfiguration(port: port))
-            if client == nil { try await Task.sleep(for: .milliseconds(50)) }
+            // systemd-socket-activate listens first and execs brokerd (same PID) on the first connection.
+            for _ in 0..<200 where client == nil {
+                if Self.exited(pid) {
+                    pid = 0  // reaped: never signal that number again
+                    break
+                }
+                client = try? await BrokerConnection.connect(ClientConfiguration(port: port))
+                if client == nil { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            if client == nil && pid != 0 {
+                Self.stop(pid)
+                pid = 0
+            }
         }
+        defer { if pid != 0 { Self.stop(pid) } }
         let connected = try #require(client, "no broker on the activated socket; log:\n\((try? String(contentsOf: log, encoding: .utf8)) ?? "")")
         let status = try await connected.status()
         #expect(status["socket_activated"] == .bool(true))
@@ -143,6 +158,12 @@ struct SystemdTests {
         let result = posix_spawn(&pid, path, &actions, &attributes, argv, environ)
         guard result == 0 else { throw POSIXError(.init(rawValue: result) ?? .EIO) }
         return pid
+    }
+
+    /// Whether the child `pid` has exited (and is reaped now).
+    static func exited(_ pid: pid_t) -> Bool {
+        var status: Int32 = 0
+        return waitpid(pid, &status, WNOHANG) == pid
     }
 
     /// SIGTERM, then SIGKILL after 5 s, and reap: only the process this test started.

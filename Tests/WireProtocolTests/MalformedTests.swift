@@ -1,4 +1,5 @@
 import NIOCore
+import TestSupport
 import Testing
 import WireProtocol
 
@@ -173,19 +174,6 @@ struct MalformedTests {
         #expect(Self.error { try NameRules.validateName(String(repeating: "a", count: 256), kind: "queue") }?.code == .invalidArgument)
         #expect(Self.error { try NameRules.validateName("a\nb", kind: "queue") }?.code == .invalidArgument)
         #expect(Self.error { try NameRules.validateName("trips.v2:ü", kind: "queue") } == nil)
-    }
-}
-
-/// A small deterministic generator, so a failing case can be replayed.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 
