@@ -123,7 +123,10 @@ struct DaemonTests {
 
         process.terminate()
         process.waitUntilExit()
-        let (down, _, downErr) = try Self.run("brokerctl", ["status", "--port", "\(port)"])
+        #expect(process.terminationStatus == 0)
+        let nothing = try ReservedPort()  // bound, not listening: refused, whatever other tests run meanwhile
+        defer { nothing.release() }
+        let (down, _, downErr) = try Self.run("brokerctl", ["status", "--port", "\(nothing.port)"])
         #expect(down == 69)
         #expect(downErr.contains("cannot reach brokerd"))
         // One readable line, not the client library's log of NIO's nested error as well.
