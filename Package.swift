@@ -30,6 +30,9 @@ let package = Package(
         .executable(name: "brokerd", targets: ["brokerd"]),
         .executable(name: "brokerctl", targets: ["brokerctl"]),
         .executable(name: "brokerbench", targets: ["brokerbench"]),
+        // The ride-hailing services that brokerd is built for (docs/ride-services.md) and their load tool.
+        .executable(name: "ride", targets: ["ride"]),
+        .executable(name: "ridesim", targets: ["ridesim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -43,6 +46,16 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
+        // The ride services only (Sources/Ride*, Sources/*API): `swift run brokerd` builds none of these, and a
+        // package depending on BrokerClient does not fetch them (SwiftPM resolves by target).
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-openapi-runtime.git", from: "1.13.4"),
+        .package(url: "https://github.com/hummingbird-project/swift-openapi-hummingbird.git", from: "2.1.0"),
+        .package(url: "https://github.com/swift-server/swift-openapi-async-http-client.git", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
     ],
     targets: [
         // Frames, codec and errors of the wire protocol. NIOCore only, so it tests without sockets.
@@ -144,6 +157,110 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+        // MARK: The ride services (docs/ride-services.md)
+
+        // REST interfaces generated from each service's openapi.yaml (scripts/generate-ride-apis.sh; committed).
+        .target(
+            name: "TripAPI",
+            dependencies: [.product(name: "OpenAPIRuntime", package: "swift-openapi-runtime")],
+            exclude: ["openapi.yaml", "openapi-generator-config.yaml"]
+        ),
+        .target(
+            name: "PassengerAPI",
+            dependencies: [.product(name: "OpenAPIRuntime", package: "swift-openapi-runtime")],
+            exclude: ["openapi.yaml", "openapi-generator-config.yaml"]
+        ),
+        .target(
+            name: "DriverAPI",
+            dependencies: [.product(name: "OpenAPIRuntime", package: "swift-openapi-runtime")],
+            exclude: ["openapi.yaml", "openapi-generator-config.yaml"]
+        ),
+        .target(
+            name: "NotificationAPI",
+            dependencies: [.product(name: "OpenAPIRuntime", package: "swift-openapi-runtime")],
+            exclude: ["openapi.yaml", "openapi-generator-config.yaml"]
+        ),
+        // Every message type the services exchange, with its name and version, and the broker topology they share.
+        .target(
+            name: "RideContracts",
+            dependencies: ["BrokerClient", "WireProtocol"],
+            swiftSettings: upcoming
+        ),
+        // What every service is made of: its SQLite database, the transactional outbox and its relay, the inbox,
+        // the HTTP server with JSON errors, health and metrics, and the options every service takes.
+        .target(
+            name: "RideKit",
+            dependencies: [
+                "BrokerClient", "WireProtocol", "RideContracts",
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
+                .product(name: "OpenAPIHummingbird", package: "swift-openapi-hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: upcoming
+        ),
+        // The five services, as libraries so that tests can also run them in-process.
+        .target(
+            name: "RideServices",
+            dependencies: [
+                "RideKit", "RideContracts", "BrokerClient", "WireProtocol",
+                "TripAPI", "PassengerAPI", "DriverAPI", "NotificationAPI",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
+                .product(name: "OpenAPIHummingbird", package: "swift-openapi-hummingbird"),
+                .product(name: "OpenAPIAsyncHTTPClient", package: "swift-openapi-async-http-client"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: upcoming
+        ),
+        // One executable, a subcommand per service (ride trip|passenger|driver|dispatcher|notification|all).
+        .executableTarget(
+            name: "ride",
+            dependencies: [
+                "RideServices", "RideKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: upcoming
+        ),
+        // The ride simulator: passengers requesting trips, drivers moving, a burst; reports latencies and depths.
+        .executableTarget(
+            name: "ridesim",
+            dependencies: [
+                "RideContracts", "BrokerClient",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: upcoming
+        ),
+        .testTarget(
+            name: "RideServicesTests",
+            dependencies: [
+                "RideServices", "RideKit", "RideContracts", "BrokerClient", "WireProtocol", "TestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcoming
+        ),
+
         // Micro-benchmarks of the hot path's parts (codec, topic matching, core without sockets). Not tests.
         .executableTarget(
             name: "brokermicro",
