@@ -569,8 +569,11 @@ public final class Broker {
             guard case .table(let t) = $0 else { return false }
             return t["queue"] == .string(queue.name) && t["reason"] == .string(reason)
         }) {
-            // A second death in the same queue for the same reason without a rejection is a cycle: drop it.
-            if reason != "rejected" { return }
+            // A second automatic death in the same queue is a cycle with no consumer in it: drop it. As in
+            // RabbitMQ, a cycle that a rejection is part of goes on (a consumer chose to send the message round:
+            // the retry-later pattern of a work queue dead-lettering into a TTL queue that dead-letters back).
+            let consumerInCycle = deaths.contains { if case .table(let t) = $0 { t["reason"] == .string("rejected") } else { false } }
+            if reason != "rejected" && !consumerInCycle { return }
             if case .table(var entry) = deaths[index] {
                 entry["count"] = .int((entry["count"]?.intValue ?? 1) + 1)
                 entry["time"] = .int(Int64(Date().timeIntervalSince1970))

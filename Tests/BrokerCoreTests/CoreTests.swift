@@ -323,6 +323,43 @@ struct CoreTests {
         #expect(t.deliveries.isEmpty)
     }
 
+    @Test("a retry loop through a TTL queue goes on as long as a consumer rejects: x-death counts the rounds")
+    func retryLoopWithRejections() throws {
+        let h = Harness()
+        final class ManualClock { var nanos: UInt64 = 1_000_000_000 }
+        let clock = ManualClock()
+        h.broker.now = { clock.nanos }
+        let (s, t) = h.connect()
+        try h.send(s, .queueDeclare(QueueDeclare(requestId: 1, name: "work", arguments: [
+            "x-dead-letter-exchange": .string(""), "x-dead-letter-routing-key": .string("retry"),
+        ])))
+        try h.send(s, .queueDeclare(QueueDeclare(requestId: 2, name: "retry", arguments: [
+            "x-message-ttl": .int(50), "x-dead-letter-exchange": .string(""), "x-dead-letter-routing-key": .string("work"),
+        ])))
+        try h.publish(s, key: "work", "job")
+        try h.consume(s, queue: "work")
+        for round in 1...4 {
+            #expect(t.deliveries.count == round)
+            guard let delivery = t.deliveries.last else { return }
+            try h.send(s, .reject(Settle(deliveryTag: delivery.deliveryTag, requeue: false)))
+            #expect(h.broker.queueInfo("retry")?.ready == 1, "round \(round): the rejected message waits in the retry queue")
+            clock.nanos += 60_000_000
+            h.broker.sweep()
+            h.broker.flush()
+        }
+        #expect(t.deliveries.count == 5)
+        let properties = try t.deliveries[4].properties.decode()
+        guard case .array(let deaths)? = properties.headers?["x-death"] else {
+            Issue.record("no x-death header")
+            return
+        }
+        let rejected = deaths.compactMap { value -> Int64? in
+            guard case .table(let entry) = value, entry["queue"] == .string("work"), entry["reason"] == .string("rejected") else { return nil }
+            return entry["count"]?.intValue
+        }
+        #expect(rejected == [4])
+    }
+
     @Test("the memory counter follows messages in and out of queues and unacked sets")
     func memoryAccounting() throws {
         let h = Harness()
