@@ -76,13 +76,25 @@ public struct NotificationService: Service {
         }
         var consumer = requests
         consumer.afterCommit = { hub.flush() }
-        try await runParts([connection, consumer, app], logger: logger)
+        // Listed after the HTTP server, so it is told first at shutdown: open streams end (apps reconnect with
+        // Last-Event-ID to another instance or after the restart) and the server's graceful close does not wait for them.
+        let streamCloser = StreamCloser(hub: hub)
+        try await runParts([connection, consumer, app, streamCloser], logger: logger)
         hub.finishAll()
         await database.close()
     }
 }
 
 import Metrics
+
+/// Ends every open stream when graceful shutdown begins.
+struct StreamCloser: Service {
+    let hub: NotificationHub
+    func run() async throws {
+        try? await gracefulShutdown()  // returns when graceful shutdown begins (or the task is cancelled)
+        hub.finishAll()
+    }
+}
 
 struct StoredNotification: Sendable {
     var seq: Int64
