@@ -17,6 +17,9 @@ public struct RideSettings: Sendable {
     public var retryDelayMs: Int64 = 2000
     /// The dispatcher's attempts before a trip is `no_driver`.
     public var dispatchAttempts = 3
+    /// How long the dispatcher keeps a driver it assigned out of further choices (the driver service marks them
+    /// busy when its copy of `trip.dispatched` arrives; this covers the gap).
+    public var assignmentHold: Duration = .seconds(30)
     /// The trip service's bound on its call to the passenger service.
     public var passengerTimeout: Duration = .seconds(2)
     /// The trip service's passenger service.

@@ -53,8 +53,10 @@ public struct DispatcherService: Service {
         let settings = self.settings
         let app = RideHTTP.application(service: "dispatcher", host: settings.httpHost, port: settings.httpPort, logger: logger,
                                        onListening: { await settings.reportListening($0) }) { _ in }
-        let worker = DispatchWorker(connection: connection, database: database, rpc: rpc, relay: relay,
+        var worker = DispatchWorker(connection: connection, database: database, rpc: rpc, relay: relay,
                                     maxAttempts: max(1, settings.dispatchAttempts), logger: logger)
+        worker.busyWindowMs = Int64(settings.assignmentHold.components.seconds) * 1000
+            + settings.assignmentHold.components.attoseconds / 1_000_000_000_000_000
         var parts: [any Service] = [connection]
         if settings.relayEnabled { parts.append(relay) }
         parts += [worker, app]
@@ -73,7 +75,7 @@ struct DispatchWorker: Service {
     var prefetch: UInt16 = 32
     /// A driver assigned within this window is not offered another trip (the driver service marks them busy
     /// asynchronously, when its copy of `trip.dispatched` arrives).
-    var busyWindowMs: Int64 = 60_000
+    var busyWindowMs: Int64 = 30_000
     var searchRadiusKm = 5.0
 
     enum Decision: Sendable { case alreadyDecided, dispatched(String), noDriver, retry }

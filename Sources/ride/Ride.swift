@@ -32,6 +32,7 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Write the HTTP port to this file once listening.") var portFile: String?
     @Option(help: "The dispatcher's wait before it looks for a driver again, in ms (the retry queue's TTL).") var retryDelayMs: Int64 = 2000
     @Option(help: "The dispatcher's attempts before a trip is no_driver.") var dispatchAttempts = 3
+    @Option(help: "How long the dispatcher keeps an assigned driver out of further choices, in seconds.") var assignmentHoldSeconds = 30
     @Option(help: "The trip service's passenger service.") var passengerUrl = "http://127.0.0.1:8081"
     @Option(help: "The trip service's bound on the passenger call, in ms.") var passengerTimeoutMs = 2000
     @Option(help: "trace, debug, info, notice, warning, error or critical.") var logLevel = "info"
@@ -42,6 +43,7 @@ struct CommonOptions: ParsableArguments {
         if let port, !(0...65535).contains(port) { throw ValidationError("--port must be 0...65535, not \(port)") }
         guard retryDelayMs >= 1 else { throw ValidationError("--retry-delay-ms must be at least 1") }
         guard dispatchAttempts >= 1 else { throw ValidationError("--dispatch-attempts must be at least 1") }
+        guard assignmentHoldSeconds >= 0 else { throw ValidationError("--assignment-hold-seconds must not be negative") }
         guard passengerTimeoutMs >= 1 else { throw ValidationError("--passenger-timeout-ms must be at least 1") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be trace, debug, info, notice, warning, error or critical, not '\(logLevel)'")
@@ -61,6 +63,7 @@ struct CommonOptions: ParsableArguments {
         settings.portFile = portFile
         settings.retryDelayMs = retryDelayMs
         settings.dispatchAttempts = dispatchAttempts
+        settings.assignmentHold = .seconds(assignmentHoldSeconds)
         settings.passengerURL = passengerUrl
         settings.passengerTimeout = .milliseconds(passengerTimeoutMs)
         settings.relayEnabled = !noRelay
