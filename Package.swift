@@ -230,6 +230,7 @@ let package = Package(
             name: "ride",
             dependencies: [
                 "RideServices", "RideKit",
+                .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

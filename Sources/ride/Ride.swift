@@ -16,62 +16,81 @@ struct Ride: AsyncParsableCommand {
             Each service keeps its data in an SQLite database under --data-dir and reaches the broker at \
             --broker-host:--broker-port (default 127.0.0.1:5680, user guest). `ride all` runs the five services in \
             one process on ports 8080 (trip), 8081 (passenger), 8082 (driver), 8083 (notification) and 8084 \
-            (dispatcher). SIGTERM or SIGINT shuts a service down gracefully.
+            (dispatcher), or from --base-port on. SIGTERM or SIGINT shuts a service down gracefully.
             """,
         subcommands: [Trip.self, Passenger.self, Driver.self, Dispatcher.self, Notification.self, All.self])
 }
 
 struct CommonOptions: ParsableArguments {
-    @Option(help: "The broker's host.") var brokerHost = "127.0.0.1"
-    @Option(help: "The broker's port.") var brokerPort = 5680
-    @Option(help: "The broker user.") var brokerUser = "guest"
-    @Option(help: "The broker password (default: $RIDE_BROKER_PASSWORD, else guest).") var brokerPassword: String?
-    @Option(help: "The address the HTTP server listens on.") var host = "127.0.0.1"
-    @Option(help: "The HTTP port (0 picks a free one; the default is the service's documented port).") var port: Int?
-    @Option(help: "Where the service keeps its SQLite database.") var dataDir = "./ride-data"
+    static let defaultPassengerURL = "http://127.0.0.1:8081"
+
+    @Option(help: "A TOML settings file (docs/ride-services.md): these options' names in snake_case, per service in [trip] etc.")
+    var config: String?
+    @Option(help: "The broker's host (default 127.0.0.1).") var brokerHost: String?
+    @Option(help: "The broker's port (default 5680).") var brokerPort: Int?
+    @Option(help: "The broker user (default guest).") var brokerUser: String?
+    @Option(help: "The broker password (default guest).") var brokerPassword: String?
+    @Option(help: "The address the HTTP server listens on (default 127.0.0.1).") var host: String?
+    @Option(help: "The HTTP port (0 picks a free one; default: the service's documented port).") var port: Int?
+    @Option(help: "Where the service keeps its SQLite database (default ./ride-data).") var dataDir: String?
     @Option(help: "Write the HTTP port to this file once listening.") var portFile: String?
-    @Option(help: "The dispatcher's wait before it looks for a driver again, in ms (the retry queue's TTL).") var retryDelayMs: Int64 = 2000
-    @Option(help: "The dispatcher's attempts before a trip is no_driver.") var dispatchAttempts = 3
-    @Option(help: "How long the dispatcher keeps an assigned driver out of further choices, in seconds.") var assignmentHoldSeconds = 30
-    @Option(help: "The trip service's passenger service.") var passengerUrl = "http://127.0.0.1:8081"
-    @Option(help: "The trip service's bound on the passenger call, in ms.") var passengerTimeoutMs = 2000
-    @Option(help: "trace, debug, info, notice, warning, error or critical.") var logLevel = "info"
+    @Option(help: "The dispatcher's wait before it looks for a driver again, in ms (the retry queue's TTL; default 2000).")
+    var retryDelayMs: Int?
+    @Option(help: "The dispatcher's attempts before a trip is no_driver (default 3).") var dispatchAttempts: Int?
+    @Option(help: "How long the dispatcher keeps an assigned driver out of further choices, in seconds (default 30).")
+    var assignmentHoldSeconds: Int?
+    @Option(help: "The trip service's passenger service (default \(CommonOptions.defaultPassengerURL)).") var passengerUrl: String?
+    @Option(help: "The trip service's bound on the passenger call, in ms (default 2000).") var passengerTimeoutMs: Int?
+    @Option(help: "trace, debug, info, notice, warning, error or critical (default info).") var logLevel: String?
     @Flag(help: .hidden) var noRelay = false
 
-    func validate() throws {
-        guard (1...65535).contains(brokerPort) else { throw ValidationError("--broker-port must be 1...65535, not \(brokerPort)") }
-        if let port, !(0...65535).contains(port) { throw ValidationError("--port must be 0...65535, not \(port)") }
-        guard retryDelayMs >= 1 else { throw ValidationError("--retry-delay-ms must be at least 1") }
-        guard dispatchAttempts >= 1 else { throw ValidationError("--dispatch-attempts must be at least 1") }
-        guard assignmentHoldSeconds >= 0 else { throw ValidationError("--assignment-hold-seconds must not be negative") }
-        guard passengerTimeoutMs >= 1 else { throw ValidationError("--passenger-timeout-ms must be at least 1") }
-        guard Logger.Level(rawValue: logLevel) != nil else {
-            throw ValidationError("--log-level must be trace, debug, info, notice, warning, error or critical, not '\(logLevel)'")
-        }
-        guard URL(string: passengerUrl)?.host != nil else { throw ValidationError("--passenger-url '\(passengerUrl)' is not an http URL") }
+    func file() throws -> RideConfigFile {
+        guard let config = config ?? ProcessInfo.processInfo.environment["RIDE_CONFIG"] else { return RideConfigFile() }
+        return try RideConfigFile.load(path: config)
     }
 
-    func settings(for service: RideServiceName) -> RideSettings {
+    /// The log level from the flag, else the file's top level, else info.
+    func level(_ file: RideConfigFile) throws -> Logger.Level {
+        let text = logLevel ?? file.string("log_level", for: "") ?? "info"
+        guard let level = Logger.Level(rawValue: text) else {
+            throw ValidationError("the log level must be trace, debug, info, notice, warning, error or critical, not '\(text)'")
+        }
+        return level
+    }
+
+    /// A service's settings: each from its flag, else the file (the service's table, then the top level), else the
+    /// default; every value range-checked with a message naming the setting.
+    func settings(for service: RideServiceName, file: RideConfigFile) throws -> RideSettings {
+        let name = service.rawValue
+        func int(_ flag: Int?, _ key: String, _ fallback: Int, _ range: ClosedRange<Int>) throws -> Int {
+            let value = try flag ?? file.int(key, for: name) ?? fallback
+            guard range.contains(value) else {
+                throw ValidationError("\(key.replacingOccurrences(of: "_", with: "-")) must be \(range.lowerBound)...\(range.upperBound), not \(value)")
+            }
+            return value
+        }
         var settings = RideSettings()
-        settings.brokerHost = brokerHost
-        settings.brokerPort = brokerPort
-        settings.brokerUser = brokerUser
-        settings.brokerPassword = brokerPassword ?? ProcessInfo.processInfo.environment["RIDE_BROKER_PASSWORD"] ?? "guest"
-        settings.httpHost = host
-        settings.httpPort = port ?? service.defaultPort
-        settings.dataDirectory = dataDir
+        settings.brokerHost = brokerHost ?? file.string("broker_host", for: name) ?? "127.0.0.1"
+        settings.brokerPort = try int(brokerPort, "broker_port", 5680, 1...65535)
+        settings.brokerUser = brokerUser ?? file.string("broker_user", for: name) ?? "guest"
+        settings.brokerPassword = brokerPassword ?? file.string("broker_password", for: name) ?? "guest"
+        settings.httpHost = host ?? file.string("host", for: name) ?? "127.0.0.1"
+        settings.httpPort = try int(port, "port", service.defaultPort, 0...65535)
+        settings.dataDirectory = dataDir ?? file.string("data_dir", for: name) ?? "./ride-data"
         settings.portFile = portFile
-        settings.retryDelayMs = retryDelayMs
-        settings.dispatchAttempts = dispatchAttempts
-        settings.assignmentHold = .seconds(assignmentHoldSeconds)
-        settings.passengerURL = passengerUrl
-        settings.passengerTimeout = .milliseconds(passengerTimeoutMs)
+        settings.retryDelayMs = Int64(try int(retryDelayMs, "retry_delay_ms", 2000, 1...86_400_000))
+        settings.dispatchAttempts = try int(dispatchAttempts, "dispatch_attempts", 3, 1...1000)
+        settings.assignmentHold = .seconds(try int(assignmentHoldSeconds, "assignment_hold_seconds", 30, 0...86_400))
+        settings.passengerURL = passengerUrl ?? file.string("passenger_url", for: name) ?? Self.defaultPassengerURL
+        guard URL(string: settings.passengerURL)?.host != nil else {
+            throw ValidationError("passenger-url '\(settings.passengerURL)' is not an http URL")
+        }
+        settings.passengerTimeout = .milliseconds(try int(passengerTimeoutMs, "passenger_timeout_ms", 2000, 1...600_000))
         settings.relayEnabled = !noRelay
         return settings
     }
 
-    func bootstrapLogging() {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
+    func bootstrapLogging(_ level: Logger.Level) {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
@@ -100,8 +119,10 @@ protocol SingleService: AsyncParsableCommand {
 
 extension SingleService {
     func run() async throws {
-        options.bootstrapLogging()
-        try await serve([(Self.service, options.settings(for: Self.service))])
+        let file = try options.file()
+        let settings = try options.settings(for: Self.service, file: file)
+        options.bootstrapLogging(try options.level(file))
+        try await serve([(Self.service, settings)])
     }
 }
 
@@ -139,16 +160,27 @@ struct Notification: SingleService {
 
 struct All: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "All five services in one process, on their documented ports (--port is ignored).")
+        abstract: "All five services in one process: trip on --base-port, then passenger, driver, notification, dispatcher.")
     @OptionGroup var options: CommonOptions
+    @Option(help: "The trip service's port; the others follow it (passenger +1, driver +2, notification +3, dispatcher +4).")
+    var basePort = 8080
+
+    func validate() throws {
+        guard (1...65531).contains(basePort) else { throw ValidationError("--base-port must be 1...65531, not \(basePort)") }
+    }
 
     func run() async throws {
-        options.bootstrapLogging()
-        try await serve(RideServiceName.allCases.map { name in
-            var settings = options.settings(for: name)
-            settings.httpPort = name.defaultPort
+        let file = try options.file()
+        let services = try RideServiceName.allCases.map { name in
+            var settings = try options.settings(for: name, file: file)
+            settings.httpPort = basePort + name.defaultPort - RideServiceName.trip.defaultPort
             settings.portFile = nil
+            if name == .trip && options.passengerUrl == nil && file.string("passenger_url", for: "trip") == nil {
+                settings.passengerURL = "http://127.0.0.1:\(basePort + 1)"
+            }
             return (name, settings)
-        })
+        }
+        options.bootstrapLogging(try options.level(file))
+        try await serve(services)
     }
 }

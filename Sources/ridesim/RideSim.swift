@@ -172,7 +172,7 @@ final class Simulation: Sendable {
         mover.cancel()
         for stream in streams { stream.cancel() }
         try await checkOutcomes()
-        report()
+        try report()
     }
 
     // MARK: Parts
@@ -333,7 +333,7 @@ final class Simulation: Sendable {
         state.withLock { $0.violations = violations }
     }
 
-    private func report() {
+    private func report() throws {
         let state = state.withLock { $0 }
         func ms(_ histogram: Histogram<UInt64>, _ percentile: Double) -> String {
             histogram.totalCount == 0 ? "-" : String(format: "%.1f", Double(histogram.valueAtPercentile(percentile)) / 1000)
@@ -358,7 +358,7 @@ final class Simulation: Sendable {
                 text += "\(index),\(second.phase),\(second.accepted),\(second.failed),\(ms(second.postLatency, 50)),\(ms(second.postLatency, 99)),"
                 text += "\(second.notified),\(ms(second.notifyLatency, 50)),\(ms(second.notifyLatency, 99)),\(second.queueDepth),\(second.retryDepth)\n"
             }
-            FileManager.default.createFile(atPath: csv, contents: Data(text.utf8))
+            try Data(text.utf8).write(to: URL(fileURLWithPath: csv))
             print("ridesim: time series written to \(csv)")
         }
     }

@@ -33,11 +33,14 @@ final class Child: Sendable {
     let name: String
     let logURL: URL
 
-    init(name: String, executable: String, arguments: [String]) throws {
+    init(name: String, executable: String, arguments: [String], environment: [String: String] = [:]) throws {
         self.name = name
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         logURL = FileManager.default.temporaryDirectory.appendingPathComponent("ride-test-\(name)-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         process.standardError = try FileHandle(forWritingTo: logURL)
@@ -48,6 +51,12 @@ final class Child: Sendable {
 
     var log: String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
     var isRunning: Bool { process.isRunning }
+
+    /// Waits (without blocking a thread) for a child that is expected to exit by itself; its exit status.
+    func exitStatus(timeout: Duration = .seconds(30)) async throws -> Int32 {
+        try await waitUntil("\(name) exits") { !process.isRunning }
+        return process.terminationStatus
+    }
 
     /// SIGTERM (graceful) or SIGKILL, then wait for the exit; returns the exit status (nil if it had exited).
     @discardableResult
@@ -115,7 +124,7 @@ final class BrokerProcess: Sendable {
         }
     }
 
-    func stop() { child.withLock { $0.stop() } }
+    func stop() { _ = child.withLock { $0.stop() } }
     var log: String { child.withLock { $0.log } }
 }
 
