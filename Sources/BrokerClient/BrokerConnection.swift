@@ -33,13 +33,17 @@ public final class BrokerConnection: Sendable, Service {
     public let flow: AsyncStream<FlowEvent>
     /// Disconnected, reconnecting, recovered, failed, closed: the connection's life, for a service to log or act on.
     public let events: AsyncStream<ConnectionEvent>
+    /// The broker's advice, each also logged as a warning: a message version this connection publishes is
+    /// deprecated by its exchange's contract (once per exchange, type and version; docs/contracts.md). Brokers
+    /// that speak protocol 1.0 only send none.
+    public let notices: AsyncStream<Notice>
 
     private let loop: any EventLoop
     private let driver: NIOLoopBound<ConnectionDriver>
 
     private init(configuration: ClientConfiguration, loop: any EventLoop, driver: NIOLoopBound<ConnectionDriver>, helloOk: HelloOk,
                  authOk: AuthOk, returns: AsyncStream<ReturnedMessage>, errors: AsyncStream<BrokerError>, flow: AsyncStream<FlowEvent>,
-                 events: AsyncStream<ConnectionEvent>) {
+                 events: AsyncStream<ConnectionEvent>, notices: AsyncStream<Notice>) {
         self.configuration = configuration
         self.loop = loop
         self.driver = driver
@@ -50,6 +54,7 @@ public final class BrokerConnection: Sendable, Service {
         self.heartbeatSeconds = authOk.heartbeatSeconds
         self.returns = returns
         self.errors = errors
+        self.notices = notices
         self.flow = flow
         self.events = events
     }
@@ -77,15 +82,17 @@ public final class BrokerConnection: Sendable, Service {
         let (errors, errorsContinuation) = AsyncStream<BrokerError>.makeStream(bufferingPolicy: .bufferingNewest(256))
         let (flow, flowContinuation) = AsyncStream<FlowEvent>.makeStream(bufferingPolicy: .bufferingNewest(64))
         let (events, eventsContinuation) = AsyncStream<ConnectionEvent>.makeStream(bufferingPolicy: .bufferingNewest(256))
+        let (notices, noticesContinuation) = AsyncStream<Notice>.makeStream(bufferingPolicy: .bufferingNewest(256))
         let driver = try await loop.submit {
             let driver = ConnectionDriver(loop: loop, configuration: configuration, returns: returnsContinuation,
-                                          errors: errorsContinuation, flow: flowContinuation, events: eventsContinuation)
+                                          errors: errorsContinuation, flow: flowContinuation, events: eventsContinuation,
+                                          notices: noticesContinuation)
             driver.start()
             return NIOLoopBound(driver, eventLoop: loop)
         }.get()
         let (helloOk, authOk) = try await loop.flatSubmit { driver.value.opened.futureResult }.get()
         let connection = BrokerConnection(configuration: configuration, loop: loop, driver: driver, helloOk: helloOk, authOk: authOk,
-                                          returns: returns, errors: errors, flow: flow, events: events)
+                                          returns: returns, errors: errors, flow: flow, events: events, notices: notices)
         try await loop.submit { driver.value.connection = connection }.get()
         return connection
     }

@@ -150,6 +150,8 @@ struct ClientStateMachine {
         /// An error frame no request waits for (a publish without confirms, a settle).
         case asyncError(BrokerError)
         case flow(FlowEvent)
+        /// The broker's advice (protocol 1.1), such as a deprecated message version.
+        case notice(Notice)
         case event(ConnectionEvent)
     }
 
@@ -390,6 +392,8 @@ struct ClientStateMachine {
             return settleConfirms(confirm, error: nil)
         case .confirmNack(let confirm):
             return settleConfirms(confirm, error: BrokerError(confirm.code, "publish refused by the broker: \(confirm.text)"))
+        case .notice(let notice):
+            return [.notice(notice)]
         case .connectionBlocked(let reason):
             blocked = true
             return [.flow(.blocked(reason: reason))]

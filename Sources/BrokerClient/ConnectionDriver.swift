@@ -40,13 +40,15 @@ final class ConnectionDriver {
     let errors: AsyncStream<BrokerError>.Continuation
     let flow: AsyncStream<FlowEvent>.Continuation
     let events: AsyncStream<ConnectionEvent>.Continuation
+    let notices: AsyncStream<Notice>.Continuation
 
     private let metrics: ClientMetrics
 
     init(loop: any EventLoop, configuration: ClientConfiguration, returns: AsyncStream<ReturnedMessage>.Continuation,
          errors: AsyncStream<BrokerError>.Continuation, flow: AsyncStream<FlowEvent>.Continuation,
-         events: AsyncStream<ConnectionEvent>.Continuation) {
+         events: AsyncStream<ConnectionEvent>.Continuation, notices: AsyncStream<Notice>.Continuation) {
         self.loop = loop
+        self.notices = notices
         self.configuration = configuration
         self.returns = returns
         self.errors = errors
@@ -151,6 +153,12 @@ final class ConnectionDriver {
         case .flow(let event):
             if case .unblocked = event { releaseWritabilityWaiters() }
             flow.yield(event)
+        case .notice(let notice):
+            logger.warning("\(notice.text)", metadata: [
+                "notice": "\(notice.kind)", "exchange": "\(notice.exchange)", "message_type": "\(notice.messageType)",
+                "version": "\(notice.version)", "sunset": "\(notice.sunset)", "replacement": "\(notice.replacement)",
+            ])
+            notices.yield(notice)
         case .event(let event):
             log(event)
             events.yield(event)
@@ -195,6 +203,7 @@ final class ConnectionDriver {
         errors.finish()
         flow.finish()
         events.finish()
+        notices.finish()
         connection = nil
         terminated.succeed()
         let drained = drainWaiters

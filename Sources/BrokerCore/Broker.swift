@@ -52,6 +52,10 @@ public final class Broker {
     var lastRateSample: UInt64 = 0
     /// Whether users were changed through management: then the saved user list is complete, default user included.
     var usersCustomized = false
+    /// Who publishes which version of which contracted type (``Census``).
+    var census = Census()
+    /// Wall-clock milliseconds since the Unix epoch, for the census's "last seen". Tests replace it.
+    public var wallClock: () -> UInt64 = { UInt64(max(0, Date().timeIntervalSince1970 * 1000)) }
     /// What the server reports in `status` beyond the broker's own figures (listeners, fsync policy, limits).
     public var serverInfo: FieldTable = [:]
     /// Free bytes on the data directory's file system at the last check, for `status`.
@@ -85,9 +89,11 @@ public final class Broker {
     // MARK: - Sessions
 
     /// Registers an authenticated connection.
-    public func openSession(user: User, clientName: String, peer: String, transport: any SessionTransport) -> Session {
+    public func openSession(user: User, clientName: String, peer: String, transport: any SessionTransport,
+                            protocolVersion: ProtocolVersion = .v1_0) -> Session {
         nextSessionId += 1
-        let session = Session(id: nextSessionId, user: user, clientName: clientName, peer: peer, broker: self, transport: transport)
+        let session = Session(id: nextSessionId, user: user, clientName: clientName, peer: peer, broker: self, transport: transport,
+                              protocolVersion: protocolVersion)
         sessions[session.id] = session
         if let alarm {
             session.write(.connectionBlocked(reason: alarm))
@@ -100,6 +106,7 @@ public final class Broker {
     public func closeSession(_ session: Session) {
         guard sessions.removeValue(forKey: session.id) != nil else { return }
         session.close()
+        census.disconnected(session.id)
         for queue in queues.values where queue.exclusiveOwner == session.id {
             removeQueue(queue, reason: "exclusive queue's connection closed")
         }
@@ -257,6 +264,7 @@ public final class Broker {
     }
 
     private func removeExchange(_ exchange: Exchange, by session: Session? = nil) {
+        if exchange.contract != nil { census.remove(exchange: exchange.name) }
         // One pass over each bound queue's list, not one search per binding.
         for queue in exchange.boundQueues {
             queue.bindings.removeAll { $0.exchange === exchange }
@@ -492,14 +500,19 @@ public final class Broker {
         var names: [UInt8]
         var version: UInt64
         var queues: [Queue]
+        /// The exchange's contract: nil (the common case) costs one check per publish.
+        var contract: ContractState?
     }
 
     /// Routes a publish. Permission to write to the exchange is checked when the route is computed: a cache hit
     /// means the same exchange under the same topology (a permission change bumps the topology version).
-    func route(_ publish: PublishView, cache: inout RouteCache?, permissions: PermissionChecker? = nil) -> RouteOutcome {
+    func route(_ publish: PublishView, cache: inout RouteCache?, permissions: PermissionChecker? = nil,
+               publisher: Session? = nil) -> RouteOutcome {
         let destinations: [Queue]
+        let contract: ContractState?
         if let cached = cache, cached.version == topologyVersion, publish.envelope.namesEqual(cached.names) {
             destinations = cached.queues
+            contract = cached.contract
         } else {
             let exchangeName: String
             let routingKey: String
@@ -519,8 +532,12 @@ public final class Broker {
                 exchange.route(routingKey) { if !$0.isDeleted { found.append($0) } }  // a deleted queue's bindings may still be leaving
             }
             destinations = found
-            cache = RouteCache(names: publish.envelope.nameBytes, version: topologyVersion, queues: found)
+            contract = exchange.contract
+            cache = RouteCache(names: publish.envelope.nameBytes, version: topologyVersion, queues: found, contract: contract)
         }
+        // A contract is checked before routing: a refused message reaches no queue (docs/contracts.md). Messages
+        // republished by the broker itself (dead letters) pass no publisher and were checked when first published.
+        if let contract, publisher != nil, let refusal = checkContract(contract, publish, by: publisher) { return .failed(refusal) }
         guard !destinations.isEmpty else { return .unroutable }
         var message = QueuedMessage(envelope: publish.envelope)
         var refusedBy: Queue?

@@ -2,7 +2,7 @@ public import BrokerStorage
 import Foundation
 import Logging
 import NIOCore
-import WireProtocol
+public import WireProtocol
 
 /// One change to the durable definitions, as the journal records it (``DefinitionsJournal``). Applying the
 /// records after the snapshot they follow, in order, gives the definitions as they stood.
@@ -18,6 +18,9 @@ public struct DefinitionChange: Codable, Sendable, Equatable {
         case removeBinding(Definitions.BindingDefinition)
         /// The whole user list (changes are rare and the list is small).
         case users([User], complete: Bool)
+        /// An exchange's message contract, replaced whole.
+        case putContract(ExchangeContract)
+        case removeContract(String)
     }
 
     /// Numbers every change; a snapshot records the last one it includes.
@@ -42,6 +45,7 @@ extension Definitions {
         case .removeExchange(let name):
             exchanges.removeAll { $0.name == name }
             bindings.removeAll { $0.exchange == name }
+            contracts?.removeAll { $0.exchange == name }
         case .putQueue(let q):
             queues.removeAll { $0.name == q.name }
             queues.append(q)
@@ -56,6 +60,10 @@ extension Definitions {
         case .users(let list, let complete):
             users = list
             usersComplete = complete ? true : nil
+        case .putContract(let contract):
+            contracts = (contracts ?? []).filter { $0.exchange != contract.exchange } + [contract]
+        case .removeContract(let name):
+            contracts?.removeAll { $0.exchange == name }
         }
     }
 

@@ -8,6 +8,8 @@ public final class Exchange {
     public let autoDelete: Bool
     /// The default exchange and `amq.*` exchanges cannot be deleted or redeclared differently.
     public let builtIn: Bool
+    /// The message contract (docs/contracts.md), or nil: then any message is routed without a look at its type.
+    var contract: ContractState?
 
     /// Every binding, by (queue, key), with the user that made it: existence checks in O(1), listings, the count,
     /// per-user limits.

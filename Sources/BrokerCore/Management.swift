@@ -12,6 +12,7 @@ extension Broker {
         "list.queues", "list.exchanges", "list.bindings", "list.connections", "list.consumers",
         "queue.peek", "queue.move", "user.list", "user.add", "user.delete", "user.passwd",
         "user.set_permissions", "user.clear_permissions", "user.set_limits", "user.export", "user.import", "connection.close",
+        "contract.apply", "contract.show", "contract.delete", "contract.census",
     ]
 
     /// Runs one management method on behalf of `session` (whose user is an administrator).
@@ -31,7 +32,7 @@ extension Broker {
 
     /// Management methods that change nothing, and are not audited.
     static let readOnlyMethods: Set<String> = ["list.queues", "list.exchanges", "list.bindings", "list.connections", "list.consumers",
-                                               "queue.peek", "user.list"]
+                                               "queue.peek", "user.list", "contract.show", "contract.census"]
 
     private func audit(_ request: Manage, by session: Session, outcome: String) {
         let object = request.arguments.keys.sorted().filter { !$0.hasPrefix("password") }.map { key in
@@ -72,6 +73,10 @@ extension Broker {
         case "connection.close": return try closeConnection(args, by: session)
         case "user.export": return try page(users.users.values.sorted { $0.name < $1.name }, args, exportedUserRow)
         case "user.import": return try importUser(args, by: session)
+        case "contract.apply": return try applyContract(args, by: session)
+        case "contract.show": return try showContract(args)
+        case "contract.delete": return try deleteContract(args, by: session)
+        case "contract.census": return try contractCensus(args)
         default:
             throw BrokerError(.unknownFrame, "unknown management method '\(request.method)'; known: \(Self.managementMethods.joined(separator: ", "))")
         }
@@ -88,7 +93,7 @@ extension Broker {
     /// One page of a listing (docs/protocol.md §11): `offset` (default 0) and `limit` (1 … 10,000; without it,
     /// every row, if there are at most 5,000). Items are sorted by the caller; only the page's rows are built.
     /// The answer carries `total`, the number of rows of the whole listing, so a client knows when it has all.
-    private func page<Item>(_ items: [Item], _ args: ManagementArguments, _ row: (Item) -> FieldTable) throws(BrokerError) -> FieldTable {
+    func page<Item>(_ items: [Item], _ args: ManagementArguments, _ row: (Item) -> FieldTable) throws(BrokerError) -> FieldTable {
         let offset = try args.int("offset", default: 0, range: 0...Int(Int32.max))
         let limit = try args.int("limit", default: 0, range: 0...Self.listingPageLimit)
         if limit == 0 && args.table["limit"] != nil {

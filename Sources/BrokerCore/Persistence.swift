@@ -1,7 +1,7 @@
 public import BrokerStorage
 import Foundation
 public import NIOCore
-import WireProtocol
+public import WireProtocol
 import Logging
 
 /// The durable definitions, saved atomically to `metadata.json` after every change to a durable exchange, queue,
@@ -52,6 +52,8 @@ public struct Definitions: Codable, Sendable, Equatable {
     public var queues: [QueueDefinition] = []
     public var bindings: [BindingDefinition] = []
     public var users: [User] = []
+    /// Message contracts of durable exchanges (absent in data directories of older versions).
+    public var contracts: [ExchangeContract]?
     public var nextQueueId: UInt32 = 1
     /// Whether `users` is the complete list (users were managed): then the default user exists only if listed.
     public var usersComplete: Bool?
@@ -81,7 +83,7 @@ public struct Definitions: Codable, Sendable, Equatable {
     }
 
     /// How many definitions it holds (exchanges, queues, bindings): the size the journal is compacted against.
-    var count: Int { exchanges.count + queues.count + bindings.count }
+    var count: Int { exchanges.count + queues.count + bindings.count + (contracts?.count ?? 0) }
 }
 
 /// What the broker needs to persist: where metadata goes, the log, and the loop to hear back on.
@@ -120,6 +122,15 @@ extension Broker {
         for e in definitions.exchanges {
             guard let kind = ExchangeKind(name: e.type), exchanges[e.name] == nil else { continue }
             exchanges[e.name] = Exchange(name: e.name, kind: kind, durable: true, autoDelete: e.autoDelete)
+        }
+        for contract in definitions.contracts ?? [] {
+            // A contract the current rules refuse (written by hand) is dropped, not fatal: the exchange stays open.
+            do {
+                try contract.validate()
+                exchanges[contract.exchange]?.contract = ContractState(contract)
+            } catch {
+                logger.warning("recovery: the contract of exchange '\(contract.exchange)' is invalid (\(error.message)); ignored")
+            }
         }
         var byId: [UInt32: Queue] = [:]
         for q in definitions.queues {
@@ -183,7 +194,9 @@ extension Broker {
         d.usersComplete = usersCustomized ? true : nil
         for exchange in exchanges.values where exchange.durable && !exchange.builtIn {
             d.exchanges.append(.init(name: exchange.name, type: exchange.kind.description, autoDelete: exchange.autoDelete))
+            if let contract = exchange.contract?.contract { d.contracts = (d.contracts ?? []) + [contract] }
         }
+        d.contracts?.sort { $0.exchange < $1.exchange }
         for queue in queues.values {
             guard let id = queue.durableId else { continue }
             d.queues.append(.init(name: queue.name, id: id, autoDelete: queue.autoDelete,

@@ -59,8 +59,15 @@ public final class Session {
     public private(set) var publishedCount: UInt64 = 0
     public private(set) var deliveredCount: UInt64 = 0
 
-    init(id: UInt64, user: User, clientName: String, peer: String, broker: Broker, transport: any SessionTransport) {
+    /// The protocol version negotiated (1.1 adds `notice` frames).
+    public let protocolVersion: ProtocolVersion
+    /// The deprecation notices sent, by exchange, type and major (once each per connection).
+    var noticesSent: Set<String> = []
+
+    init(id: UInt64, user: User, clientName: String, peer: String, broker: Broker, transport: any SessionTransport,
+         protocolVersion: ProtocolVersion = .v1_0) {
         self.id = id
+        self.protocolVersion = protocolVersion
         self.user = user
         self.clientName = clientName
         self.peer = peer
@@ -282,7 +289,7 @@ public final class Session {
         }
         publishedCount &+= 1
         if confirmMode { publishSequence &+= 1 }
-        switch broker.route(publish, cache: &routeCache, permissions: permissions) {
+        switch broker.route(publish, cache: &routeCache, permissions: permissions, publisher: self) {
         case .routed(let logged):
             confirmSucceeded(logged: logged)
         case .unroutable:

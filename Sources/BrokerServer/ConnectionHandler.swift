@@ -331,7 +331,8 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     }
 
     private func authenticated(as user: User) {
-        guard case .authenticating = machine.state else { return }
+        guard case .authenticating(let tuning) = machine.state else { return }
+        let version = tuning.version
         let limit = configuration.maxConnectionsPerUser
         if limit > 0 && registry.connections(of: user.name) >= limit {
             logger.warning("connection refused: per-user limit reached", metadata: ["user": "\(user.name)", "max_connections_per_user": "\(limit)"])
@@ -340,7 +341,7 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
         }
         userName = user.name
         registry.opened(self, user: user.name)
-        let session = broker.openSession(user: user, clientName: clientName, peer: peer, transport: self)
+        let session = broker.openSession(user: user, clientName: clientName, peer: peer, transport: self, protocolVersion: version)
         self.session = session
         logger[metadataKey: "connection"] = "\(session.id)"
         logger[metadataKey: "user"] = "\(user.name)"

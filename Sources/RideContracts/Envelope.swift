@@ -21,7 +21,7 @@ public enum RideEnvelope {
         let properties = MessageProperties(
             messageId: messageId, contentType: "application/json", type: M.type, typeVersion: M.version.major,
             timestamp: timestampMs ?? Int64(Date().timeIntervalSince1970 * 1000), persistent: true,
-            headers: [versionHeader: .string(M.version.description)])
+            headers: [versionHeader: .string(M.version.description)], typeMinorVersion: M.version.minor)
         return (ByteBuffer(bytes: body), properties)
     }
 

@@ -1,4 +1,6 @@
 public import Foundation
+/// `ContractVersion` (major.minor) is brokerd's own (WireProtocol), the one its contracts use.
+public import WireProtocol
 
 /// A point on the map, in degrees (WGS 84).
 public struct GeoPoint: Codable, Sendable, Hashable {
@@ -22,25 +24,9 @@ public struct GeoPoint: Codable, Sendable, Hashable {
     public var isValid: Bool { lat.isFinite && lon.isFinite && (-90...90).contains(lat) && (-180...180).contains(lon) }
 }
 
-/// A message type's version: the major number changes when old consumers could not read it, the minor when a
-/// field is added that old consumers may ignore. The major travels in the message's `typeVersion` property, the
-/// whole version in its `version` header.
-public struct ContractVersion: Sendable, Hashable, Comparable, CustomStringConvertible {
-    public var major: UInt16
-    public var minor: UInt16
-    public init(_ major: UInt16, _ minor: UInt16) {
-        self.major = major
-        self.minor = minor
-    }
-    public init?(_ text: String) {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 2, let major = UInt16(parts[0]), let minor = UInt16(parts[1]) else { return nil }
-        self.init(major, minor)
-    }
-    public var description: String { "\(major).\(minor)" }
-    public static func < (a: ContractVersion, b: ContractVersion) -> Bool { (a.major, a.minor) < (b.major, b.minor) }
-}
-
+/// A message type's version (``ContractVersion``): the major number changes when old consumers could not read it,
+/// the minor when a field is added that old consumers may ignore. The major travels in the message's `typeVersion`
+/// property, the minor in `typeMinorVersion`, the whole version also in its `version` header (for AMQP-era tools).
 /// A message the ride services exchange: its type name and version are declared once, here.
 public protocol RideMessage: Codable, Sendable {
     /// The `type` property of every message of this kind (`trip.requested`).

@@ -188,7 +188,7 @@ public final class OutboxRelay: Service, Sendable {
             properties = MessageProperties(
                 messageId: try row.text("message_id"), contentType: "application/json", type: try row.text("type"),
                 typeVersion: version.major, timestamp: try row.integer("created_ms"), persistent: true,
-                headers: [RideEnvelope.versionHeader: .string(version.description)])
+                headers: [RideEnvelope.versionHeader: .string(version.description)], typeMinorVersion: version.minor)
         }
     }
 }

@@ -26,6 +26,9 @@ public struct BrokerError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let heartbeatTimeout = Code(rawValue: 408)
         /// A frame is larger than the negotiated maximum.
         public static let frameTooLarge = Code(rawValue: 413)
+        /// A message its exchange's contract does not allow: no type, an undeclared type or major version, or a
+        /// retired one (docs/contracts.md).
+        public static let contractViolation = Code(rawValue: 422)
         /// A request did not complete in time (client side only).
         public static let timeout = Code(rawValue: 504)
         /// Something went wrong inside the broker; the request was not applied.
@@ -59,6 +62,7 @@ public struct BrokerError: Error, Hashable, Sendable, CustomStringConvertible {
             case 406: "PRECONDITION_FAILED"
             case 408: "HEARTBEAT_TIMEOUT"
             case 413: "FRAME_TOO_LARGE"
+            case 422: "CONTRACT_VIOLATION"
             case 500: "INTERNAL_ERROR"
             case 501: "FRAME_ERROR"
             case 502: "INVALID_ARGUMENT"

@@ -115,7 +115,7 @@ public enum ClientMessage: Hashable, Sendable {
         case .status: message = .status(requestId: try payload.readInt("request id"))
         case .manage: message = .manage(try .decode(from: &payload))
         case .helloOk, .authOk, .ok, .queueDeclareOk, .countOk, .consumeOk, .deliver, .getOk, .getEmpty, .returned,
-            .confirmAck, .confirmNack, .consumerCancelled, .connectionBlocked, .connectionUnblocked, .statusOk, .manageOk, .error:
+            .confirmAck, .confirmNack, .consumerCancelled, .connectionBlocked, .connectionUnblocked, .statusOk, .manageOk, .notice, .error:
             throw BrokerError(.unknownFrame, "frame type 0x\(String(frame.type, radix: 16)) is sent only by the server")
         }
         try payload.requireFullyConsumed(type)

@@ -36,6 +36,8 @@ public struct FieldTableDecoder: Sendable {
         }
 
         func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
+            // The encoder writes an empty array as empty bytes (it cannot tell `[]` of bytes from `[]` of anything).
+            if case .bytes(let bytes) = value, bytes.isEmpty { return Unkeyed(values: [], codingPath: codingPath) }
             guard case .array(let values) = value else { throw mismatch([FieldValue].self, value, codingPath) }
             return Unkeyed(values: values, codingPath: codingPath)
         }
@@ -93,7 +95,8 @@ public struct FieldTableDecoder: Sendable {
         mutating func decodeNil() throws -> Bool { false }
 
         mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
-            try FieldTableDecoder().decode(type, from: next(), path: codingPath)
+            let index = IndexKey(currentIndex)
+            return try FieldTableDecoder().decode(type, from: next(), path: codingPath + [index])
         }
 
         mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
@@ -140,6 +143,15 @@ public struct FieldTableDecoder: Sendable {
         }
         func decode<T: Decodable>(_ type: T.Type) throws -> T { try FieldTableDecoder().decode(type, from: value, path: codingPath) }
     }
+}
+
+/// An array element's place in a coding path (`types[0]`), so errors say which element is wrong.
+private struct IndexKey: CodingKey {
+    var intValue: Int?
+    var stringValue: String { "\(intValue ?? 0)" }
+    init(_ index: Int) { intValue = index }
+    init?(intValue: Int) { self.intValue = intValue }
+    init?(stringValue: String) { nil }
 }
 
 private func mismatch(_ type: Any.Type, _ value: FieldValue, _ path: [any CodingKey]) -> DecodingError {

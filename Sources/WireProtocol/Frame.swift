@@ -14,8 +14,10 @@ public struct ProtocolVersion: RawRepresentable, Hashable, Comparable, Sendable,
     public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
 
     public static let v1_0 = ProtocolVersion(major: 1, minor: 0)
+    /// Adds the `notice` frame and the `typeMinorVersion` property (docs/protocol.md §5, §10).
+    public static let v1_1 = ProtocolVersion(major: 1, minor: 1)
     /// The versions this build speaks, oldest first.
-    public static let supported: [ProtocolVersion] = [.v1_0]
+    public static let supported: [ProtocolVersion] = [.v1_0, .v1_1]
 
     /// The highest version both sides speak, or nil.
     public static func negotiate(offered: [ProtocolVersion], supported: [ProtocolVersion] = supported) -> ProtocolVersion? {
@@ -64,6 +66,8 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case consumerCancelled = 0xA6
     case connectionBlocked = 0xA7
     case connectionUnblocked = 0xA8
+    /// Protocol 1.1: advice to the client (a deprecated message version); never sent on a 1.0 connection.
+    case notice = 0xA9
     case statusOk = 0xB0
     case manageOk = 0xB1
     case error = 0xF0

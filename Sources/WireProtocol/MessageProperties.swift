@@ -18,11 +18,13 @@ public struct MessageProperties: Hashable, Sendable {
     public var persistent: Bool
     public var priority: UInt8?
     public var headers: FieldTable?
+    /// The minor version of ``type`` (protocol 1.1; ``typeVersion`` is the major). Absent means 0.
+    public var typeMinorVersion: UInt16?
 
     public init(
         messageId: String? = nil, correlationId: String? = nil, replyTo: String? = nil, contentType: String? = nil,
         type: String? = nil, typeVersion: UInt16? = nil, timestamp: Int64? = nil, expiration: UInt32? = nil,
-        persistent: Bool = false, priority: UInt8? = nil, headers: FieldTable? = nil
+        persistent: Bool = false, priority: UInt8? = nil, headers: FieldTable? = nil, typeMinorVersion: UInt16? = nil
     ) {
         self.messageId = messageId
         self.correlationId = correlationId
@@ -35,6 +37,7 @@ public struct MessageProperties: Hashable, Sendable {
         self.persistent = persistent
         self.priority = priority
         self.headers = headers
+        self.typeMinorVersion = typeMinorVersion
     }
 
     /// Presence bits, in the order their fields are written.
@@ -50,8 +53,10 @@ public struct MessageProperties: Hashable, Sendable {
         public static let persistent: UInt16 = 1 << 8
         public static let priority: UInt16 = 1 << 9
         public static let headers: UInt16 = 1 << 10
-        /// Every bit version 1.0 defines; fields of higher bits follow these and are skipped by length.
-        public static let known: UInt16 = (1 << 11) - 1
+        /// Protocol 1.1.
+        public static let typeMinorVersion: UInt16 = 1 << 11
+        /// Every bit version 1.1 defines; fields of higher bits follow these and are skipped by length.
+        public static let known: UInt16 = (1 << 12) - 1
     }
 
     /// Checks the limits encoding must respect: strings of at most 255 bytes, an encoded block of at most 65,535.
@@ -98,6 +103,7 @@ public struct RawProperties: Hashable, Sendable {
         if properties.persistent { flags |= MessageProperties.Bit.persistent }
         if properties.priority != nil { flags |= MessageProperties.Bit.priority }
         if properties.headers != nil { flags |= MessageProperties.Bit.headers }
+        if properties.typeMinorVersion != nil { flags |= MessageProperties.Bit.typeMinorVersion }
         guard flags != 0 else {
             self.bytes = buffer
             return
@@ -113,6 +119,7 @@ public struct RawProperties: Hashable, Sendable {
         if let v = properties.expiration { buffer.writeInteger(v) }
         if let v = properties.priority { buffer.writeInteger(v) }
         if let v = properties.headers { buffer.writeFieldTable(v) }
+        if let v = properties.typeMinorVersion { buffer.writeInteger(v) }
         self.bytes = buffer
     }
 
@@ -151,8 +158,31 @@ public struct RawProperties: Hashable, Sendable {
         properties.persistent = flags & Bit.persistent != 0
         if flags & Bit.priority != 0 { properties.priority = try buffer.readInt("priority") }
         if flags & Bit.headers != 0 { properties.headers = try buffer.readFieldTable("headers") }
+        if flags & Bit.typeMinorVersion != 0 { properties.typeMinorVersion = try buffer.readInt("type minor version") }
         if flags & ~Bit.known == 0 { try buffer.requireFullyConsumed("properties") }
         return properties
+    }
+
+    /// The message type and its version, without building anything else: what a contract checks per message.
+    /// nil type when the block has no type; the version's major and minor are nil when absent.
+    public func typeAndVersion() throws(BrokerError) -> (type: String?, major: UInt16?, minor: UInt16?) {
+        var buffer = self.bytes
+        guard buffer.readableBytes > 0 else { return (nil, nil, nil) }
+        let flags = try buffer.readInt("property flags", as: UInt16.self)
+        typealias Bit = MessageProperties.Bit
+        guard flags & (Bit.type | Bit.typeVersion | Bit.typeMinorVersion) != 0 else { return (nil, nil, nil) }
+        for bit in [Bit.messageId, Bit.correlationId, Bit.replyTo, Bit.contentType] where flags & bit != 0 {
+            let length = try buffer.readInt("property length", as: UInt8.self)
+            guard buffer.readSlice(length: Int(length)) != nil else { throw BrokerError(.frameError, "truncated properties") }
+        }
+        let type = flags & Bit.type != 0 ? try buffer.readShortString("type") : nil
+        let major: UInt16? = flags & Bit.typeVersion != 0 ? try buffer.readInt("type version") : nil
+        guard flags & Bit.typeMinorVersion != 0 else { return (type, major, nil) }
+        if flags & Bit.timestamp != 0 { _ = try buffer.readInt("timestamp", as: Int64.self) }
+        if flags & Bit.expiration != 0 { _ = try buffer.readInt("expiration", as: UInt32.self) }
+        if flags & Bit.priority != 0 { _ = try buffer.readInt("priority", as: UInt8.self) }
+        if flags & Bit.headers != 0 { _ = try buffer.readFieldTable("headers") }
+        return (type, major, try buffer.readInt("type minor version"))
     }
 
     /// Checks the structure of a received block without building strings or tables: the broker forwards
@@ -198,6 +228,7 @@ extension MessageProperties {
         if persistent { table["persistent"] = .bool(true) }
         if let v = priority { table["priority"] = .int(Int64(v)) }
         if let v = headers { table["headers"] = .table(v) }
+        if let v = typeMinorVersion { table["type_minor_version"] = .int(Int64(v)) }
         return table
     }
 }

@@ -27,6 +27,8 @@ public enum ServerMessage: Hashable, Sendable {
     case statusOk(requestId: UInt32, status: FieldTable)
     /// The result of a `manage` request.
     case manageOk(requestId: UInt32, result: FieldTable)
+    /// Protocol 1.1: advice, such as a deprecated message version (sent only on 1.1 connections).
+    case notice(Notice)
     case error(ErrorFrame)
 
     public var frameType: FrameType {
@@ -51,6 +53,7 @@ public enum ServerMessage: Hashable, Sendable {
         case .connectionUnblocked: .connectionUnblocked
         case .statusOk: .statusOk
         case .manageOk: .manageOk
+        case .notice: .notice
         case .error: .error
         }
     }
@@ -80,6 +83,7 @@ public enum ServerMessage: Hashable, Sendable {
         case .manageOk(let requestId, let result):
             buffer.writeInteger(requestId)
             buffer.writeFieldTable(result)
+        case .notice(let m): m.encode(into: &buffer)
         case .error(let m): m.encode(into: &buffer)
         }
         buffer.endFrame(at: start)
@@ -113,6 +117,7 @@ public enum ServerMessage: Hashable, Sendable {
         case .connectionUnblocked: message = .connectionUnblocked
         case .statusOk: message = .statusOk(requestId: try payload.readInt("request id"), status: try payload.readFieldTable("status"))
         case .manageOk: message = .manageOk(requestId: try payload.readInt("request id"), result: try payload.readFieldTable("result"))
+        case .notice: message = .notice(try .decode(from: &payload))
         case .error: message = .error(try .decode(from: &payload))
         case .hello, .authenticate, .exchangeDeclare, .exchangeDelete, .queueDeclare, .queueDelete, .queuePurge, .queueBind,
             .queueUnbind, .publish, .confirmSelect, .consume, .cancel, .ack, .nack, .reject, .get, .status, .manage:

@@ -28,7 +28,7 @@ struct Brokerctl: AsyncParsableCommand {
         version: "brokerctl \(brokerdVersion)",
         subcommands: [
             Status.self, List.self, Declare.self, Delete.self, Bind.self, Unbind.self, Purge.self,
-            Publish.self, Get.self, Peek.self, Move.self, Users.self, Watch.self, CloseCommand.self, Definitions.self,
+            Publish.self, Get.self, Peek.self, Move.self, Users.self, Watch.self, CloseCommand.self, Definitions.self, ContractCommand.self,
         ])
 
     /// Parses with the connection flags moved after the subcommand, so `brokerctl --port 5681 status` works as
@@ -187,6 +187,16 @@ struct OutputOptions: ParsableArguments {
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case table, json
+}
+
+/// Reads an input file (`-`: standard input); a file that cannot be read exits 66 (EX_NOINPUT) saying why.
+func readInput(_ file: String) throws -> Data {
+    do {
+        return file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : try Data(contentsOf: URL(fileURLWithPath: file))
+    } catch {
+        FileHandle.standardError.write(Data("brokerctl: cannot read \(file): \(error.localizedDescription)\n".utf8))
+        throw ExitCode(66)  // EX_NOINPUT
+    }
 }
 
 /// Parses `key=value` arguments into a table: integers and true/false become typed values, the rest strings.

@@ -215,13 +215,7 @@ extension Brokerctl.Definitions {
         @OptionGroup var connection: ConnectionOptions
 
         func run() async throws {
-            let data: Data
-            do {
-                data = file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : try Data(contentsOf: URL(fileURLWithPath: file))
-            } catch {
-                FileHandle.standardError.write(Data("brokerctl: cannot read \(file): \(error.localizedDescription)\n".utf8))
-                throw ExitCode(66)  // EX_NOINPUT
-            }
+            let data = try readInput(file)
             let document: DefinitionsDocument
             do {
                 document = try JSONDecoder().decode(DefinitionsDocument.self, from: data)

@@ -14,12 +14,19 @@ struct StateMachineTests {
     /// Asks for frames larger than the server's 1 MiB, so the smaller (the server's) is in force.
     static let auth = Authenticate(user: "guest", password: "guest", maxFrameSize: 4 << 20, heartbeatSeconds: 10)
 
+    @Test("a client offering only 1.0 gets 1.0 (protocol 1.1 is a compatible minor: old clients connect unchanged)")
+    func oldClient() {
+        var m = Self.machine()
+        #expect(m.received(.hello(Hello(versions: [.v1_0], clientName: "old"))) == .send(.helloOk(HelloOk(
+            version: .v1_0, maxFrameSize: 1 << 20, heartbeatSeconds: 30, serverName: "brokerd test", mechanisms: ["PLAIN"]))))
+    }
+
     @Test("hello, authenticate, success, then frames are forwarded")
     func happyPath() {
         var m = Self.machine()
         #expect(m.received(.hello(Hello(clientName: "t"))) == .send(.helloOk(HelloOk(
-            version: .v1_0, maxFrameSize: 1 << 20, heartbeatSeconds: 30, serverName: "brokerd test", mechanisms: ["PLAIN"]))))
-        let tuning = Tuning(version: .v1_0, maxFrameSize: 1 << 20, heartbeatSeconds: 10)
+            version: .v1_1, maxFrameSize: 1 << 20, heartbeatSeconds: 30, serverName: "brokerd test", mechanisms: ["PLAIN"]))))
+        let tuning = Tuning(version: .v1_1, maxFrameSize: 1 << 20, heartbeatSeconds: 10)
         #expect(m.received(.authenticate(Self.auth)) == .verify(Self.auth, tuning))
         // While the password is checked nothing is decoded: pipelined frames wait for the open connection's path.
         #expect(!m.decodesFrames && m.acceptsFrames)
@@ -93,7 +100,7 @@ struct StateMachineTests {
             var m = Self.machine()
             _ = m.received(.hello(Hello(clientName: "t")))
             let auth = Authenticate(user: "u", password: "p", maxFrameSize: accepted)
-            #expect(m.received(.authenticate(auth)) == .verify(auth, Tuning(version: .v1_0, maxFrameSize: 1 << 20, heartbeatSeconds: 30)))
+            #expect(m.received(.authenticate(auth)) == .verify(auth, Tuning(version: .v1_1, maxFrameSize: 1 << 20, heartbeatSeconds: 30)))
         }
 
         var n = Self.machine()

@@ -339,4 +339,77 @@ struct BrokerctlTests {
             #expect(bad == 65 && badErr.contains("is not a brokerd definitions file"), "\(badErr)")
         }
     }
+
+    @Test("contract apply, show, census and delete; a bad file and a retire in use exit non-zero with the reason")
+    func contracts() async throws {
+        try await DaemonTests.withDaemon { _, port, _ in
+            #expect(try ctl(port, ["declare", "exchange", "ride.trips", "--type", "topic", "--durable"]).0 == 0)
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("contract-\(UUID().uuidString).json").path
+            defer { try? FileManager.default.removeItem(atPath: file) }
+            try """
+                {"exchange": "ride.trips", "types": [
+                  {"name": "trip.requested", "versions": [
+                    {"version": "1.0", "status": "deprecated", "sunset": "2027-06-30", "replacement": "trip.requested 2.0"},
+                    {"version": "2.0"}]}]}
+                """.write(toFile: file, atomically: true, encoding: .utf8)
+            var (status, out, err) = try ctl(port, ["contract", "apply", file])
+            #expect(status == 0, "\(err)")
+            #expect(out.contains("exchange 'ride.trips': contract applied (1 types, 2 versions)"), "\(out)")
+            let shown = try rows(port, ["contract", "show"])
+            #expect(shown.map { $0["version"] as? String } == ["1.0", "2.0"])
+            #expect(shown.first?["status"] as? String == "deprecated" && shown.first?["sunset"] as? String == "2027-06-30")
+            (status, out, err) = try ctl(port, ["contract", "show", "ride.trips", "--format", "json"])
+            #expect(status == 0 && out.contains("\"replacement\" : \"trip.requested 2.0\""), "\(out) \(err)")
+            // The shown contract is a file apply reads back.
+            try out.write(toFile: file, atomically: true, encoding: .utf8)
+            #expect(try ctl(port, ["contract", "apply", file]).0 == 0)
+
+            // A publisher of 1.0 shows up in the census by name; retiring 1.0 under it needs --force.
+            var config = ClientConfiguration(port: port, clientName: "trip-legacy")
+            config.recovery = nil
+            config.logger = quietLogger
+            try await withConnection(config) { trip in
+                try await trip.enableConfirms()
+                try await trip.publish(exchange: "ride.trips", routingKey: "trip.requested", body: "{}",
+                                       properties: MessageProperties(type: "trip.requested", typeVersion: 1))
+                let census = try rows(port, ["contract", "census"])
+                #expect(census.first?["client"] as? String == "trip-legacy" && census.first?["version"] as? String == "1.0", "\(census)")
+                (status, out, err) = try ctl(port, ["contract", "census"])
+                #expect(status == 0 && out.contains("trip-legacy") && out.contains("T"), "a table with UTC times: \(out)")
+
+                try out.write(toFile: file, atomically: true, encoding: .utf8)
+                try """
+                    {"exchange": "ride.trips", "types": [{"name": "trip.requested", "versions": [{"version": "2.0"}]}]}
+                    """.write(toFile: file, atomically: true, encoding: .utf8)
+                (status, out, err) = try ctl(port, ["contract", "apply", file])
+                #expect(status != 0)
+                #expect(err.contains("'trip-legacy'") && err.contains("force"), "\(err)")
+                (status, out, err) = try ctl(port, ["contract", "apply", file, "--force"])
+                #expect(status == 0, "\(err)")
+                #expect(out.contains("now refused: 'trip-legacy'"), "\(out)")
+            }
+
+            // Bad files: each names the problem and changes nothing.
+            for (text, message) in [
+                ("{\"exchange\": \"ride.trips\"}", "missing 'types'"),
+                ("{\"exchange\": \"ride.trips\", \"types\": [{\"name\": \"t\", \"versions\": [{\"version\": \"x.y\"}]}]}", "'x.y' is not a version"),
+                ("{\"exchange\": \"ride.trips\", \"types\": []}", "lists no message types"),
+                ("not json", "is not a contract"),
+            ] {
+                try text.write(toFile: file, atomically: true, encoding: .utf8)
+                (status, out, err) = try ctl(port, ["contract", "apply", file])
+                #expect(status == 65, "\(text): \(status) \(err)")
+                #expect(err.contains(message), "\(text): \(err)")
+            }
+            #expect(try rows(port, ["contract", "show"]).map { $0["version"] as? String } == ["2.0"])
+            (status, _, err) = try ctl(port, ["contract", "apply", "/nonexistent/contract.json"])
+            #expect(status == 66 && err.contains("cannot read /nonexistent/contract.json"), "\(err)")
+            (status, _, err) = try ctl(port, ["contract", "show", "nowhere"])
+            #expect(status != 0 && err.contains("no exchange 'nowhere'"), "\(err)")
+
+            #expect(try ctl(port, ["contract", "delete", "ride.trips"]).0 == 0)
+            (status, _, err) = try ctl(port, ["contract", "show", "ride.trips"])
+            #expect(status != 0 && err.contains("has no contract"), "\(err)")
+        }
+    }
 }

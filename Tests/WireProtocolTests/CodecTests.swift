@@ -40,9 +40,9 @@ struct CodecTests {
 
     @Test("unknown property bits are skipped by length")
     func unknownPropertyBitsSkipped() throws {
-        // A newer peer sets bit 11 and appends its field after the known ones.
+        // A newer peer sets bit 12 and appends its field after the known ones.
         var block = ByteBuffer()
-        block.writeInteger(MessageProperties.Bit.messageId | (1 << 11))
+        block.writeInteger(MessageProperties.Bit.messageId | (1 << 12))
         block.writeInteger(UInt8(2))
         block.writeString("id")
         block.writeBytes([1, 2, 3])  // the unknown field
@@ -55,9 +55,11 @@ struct CodecTests {
 
     @Test("version negotiation picks the highest common version")
     func versionNegotiation() {
-        let v1_1 = ProtocolVersion(major: 1, minor: 1)
-        #expect(ProtocolVersion.negotiate(offered: [.v1_0, v1_1], supported: [.v1_0, v1_1]) == v1_1)
-        #expect(ProtocolVersion.negotiate(offered: [v1_1, .v1_0]) == .v1_0)
+        let v1_2 = ProtocolVersion(major: 1, minor: 2)
+        #expect(ProtocolVersion.negotiate(offered: [.v1_0, .v1_1]) == .v1_1)
+        #expect(ProtocolVersion.negotiate(offered: [v1_2, .v1_0]) == .v1_0)
+        #expect(ProtocolVersion.negotiate(offered: [.v1_0]) == .v1_0, "a 1.0 client still connects")
+        #expect(ProtocolVersion.negotiate(offered: [.v1_0, v1_2], supported: [.v1_0, v1_2]) == v1_2)
         #expect(ProtocolVersion.negotiate(offered: [ProtocolVersion(major: 2, minor: 0)]) == nil)
     }
 }

@@ -59,6 +59,8 @@ enum Samples {
         .consumerCancelled(ConsumerCancelled(consumerTag: 13, code: .notFound, reason: "queue deleted")),
         .connectionBlocked(reason: "free disk below the limit"),
         .connectionUnblocked,
+        .notice(Notice(kind: "deprecated", exchange: "ride.trips", messageType: "trip.requested", version: "1.0",
+                       sunset: "2027-06-30", replacement: "trip.requested 2.0", text: "trip.requested 1.0 is deprecated")),
         .statusOk(requestId: 14, status: ["version": .string("0.1.0"), "queues": .int(3)]),
         .manageOk(requestId: 15, result: ["rows": .array([.table(["name": .string("q"), "messages_ready": .int(1)])])]),
         .error(ErrorFrame(requestId: 15, code: .preconditionFailed, text: "inequivalent arg")),

@@ -1,0 +1,92 @@
+public import WireProtocol
+
+// MARK: - Message contracts (docs/contracts.md)
+
+/// One type and major version of a contract, as `contract.show` lists it.
+public struct ContractVersionRow: ManagementRow {
+    public static let listMethod = "contract.show"
+    public var exchange: String
+    public var type: String
+    /// `major.minor`.
+    public var version: String
+    /// `current`, `deprecated` or `retired`.
+    public var status: String
+    public var sunset: String?
+    public var replacement: String?
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case exchange, type, version, status, sunset, replacement }
+    public static var columns: [String] { CodingKeys.allCases.map(\.rawValue) }
+}
+
+/// Who published which version of a contracted type, from which connection (`contract.census`).
+public struct CensusRow: ManagementRow {
+    public static let listMethod = "contract.census"
+    public var exchange: String
+    public var type: String
+    /// `major.minor` as published.
+    public var version: String
+    /// `publisher`.
+    public var role: String
+    /// The connection's client name.
+    public var client: String
+    public var connection: Int64
+    public var user: String
+    public var peer: String
+    /// Messages of this version from this connection.
+    public var messages: Int64
+    /// Milliseconds since the Unix epoch.
+    public var firstSeen: Int64
+    public var lastSeen: Int64
+    /// Whether the connection is still open (entries of closed connections stay, as history).
+    public var connected: Bool
+    /// The version's status in the contract now: `current`, `deprecated`, `retired` or `undeclared`.
+    public var status: String
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case exchange, type, version, role, client, connection, user, peer, messages, connected, status
+        case firstSeen = "first_seen", lastSeen = "last_seen"
+    }
+    public static var columns: [String] { CodingKeys.allCases.map(\.rawValue) }
+}
+
+extension BrokerConnection {
+    /// Gives an exchange a contract, replacing any it had (admin only). Retiring or dropping a major version a
+    /// connected client still publishes is refused (406, naming the clients) unless `force`; forced, the answer
+    /// lists the clients that will now be refused.
+    @discardableResult
+    public func applyContract(_ contract: ExchangeContract, force: Bool = false) async throws -> [CensusRow] {
+        try contract.validate()
+        let result = try await manage("contract.apply", ["contract": .table(try FieldTableEncoder().encode(contract)), "force": .bool(force)])
+        guard case .array(let broken)? = result["broken"] else { return [] }
+        return try broken.map { value in
+            guard case .table(let row) = value else { throw BrokerError(.frameError, "contract.apply: a broken row is not a table") }
+            return try FieldTableDecoder().decode(CensusRow.self, from: row)
+        }
+    }
+
+    /// The contract of `exchange` (404 if it has none).
+    public func contract(of exchange: String) async throws -> ExchangeContract {
+        let result = try await manage("contract.show", ["exchange": .string(exchange)])
+        guard case .table(let table)? = result["contract"] else {
+            throw BrokerError(.frameError, "contract.show answered without the contract")
+        }
+        return try FieldTableDecoder().decode(ExchangeContract.self, from: table)
+    }
+
+    /// Every contract's types and versions, one row each.
+    public func listContracts() async throws -> [ContractVersionRow] {
+        try await list(ContractVersionRow.self)
+    }
+
+    /// Removes an exchange's contract: it accepts any message again.
+    public func deleteContract(of exchange: String) async throws {
+        _ = try await manage("contract.delete", ["exchange": .string(exchange)])
+    }
+
+    /// The version census, for one exchange or all.
+    public func contractCensus(exchange: String? = nil) async throws -> [CensusRow] {
+        guard let exchange else { return try await list(CensusRow.self) }
+        let rows = try await rows("contract.census", ["exchange": .string(exchange)])
+        return try rows.map { try FieldTableDecoder().decode(CensusRow.self, from: $0) }
+    }
+}

@@ -1,0 +1,174 @@
+/// A message contract: the message types an exchange accepts, each with its versions and their status
+/// (docs/contracts.md). The broker refuses what the contract does not allow, counts who publishes which version
+/// (the census), and tells publishers of a deprecated version to upgrade (``Notice``).
+///
+/// The same value travels in the `contract.apply` management method (as JSON text), is stored with the durable
+/// definitions, and is what `brokerctl contract apply FILE` reads.
+public struct ExchangeContract: Codable, Hashable, Sendable {
+    /// The exchange it governs.
+    public var exchange: String
+    /// The accepted types, by name (one entry per name).
+    public var types: [MessageTypeContract]
+
+    public init(exchange: String, types: [MessageTypeContract]) {
+        self.exchange = exchange
+        self.types = types
+    }
+
+    /// Checks names and versions; every problem is an `INVALID_ARGUMENT` naming the type and version.
+    public func validate() throws(BrokerError) {
+        try NameRules.validateName(exchange, kind: "exchange")
+        guard !types.isEmpty else {
+            throw BrokerError(.invalidArgument, "the contract of '\(exchange)' lists no message types; delete the contract instead")
+        }
+        var seen = Set<String>()
+        for type in types {
+            guard !type.name.isEmpty, type.name.utf8.count <= NameRules.maxShortStringBytes else {
+                throw BrokerError(.invalidArgument, "a message type name must be 1 to 255 bytes")
+            }
+            guard seen.insert(type.name).inserted else {
+                throw BrokerError(.invalidArgument, "message type '\(type.name)' is listed twice; list each type once with all its versions")
+            }
+            try type.validate()
+        }
+    }
+
+    /// The type named `name`, if the contract lists it.
+    public func type(_ name: String) -> MessageTypeContract? { types.first { $0.name == name } }
+}
+
+/// One message type of a contract and its versions.
+public struct MessageTypeContract: Codable, Hashable, Sendable {
+    public var name: String
+    /// One entry per major version; its minor is the newest minor declared (older and newer minors of the same
+    /// major are accepted: a minor version is backward compatible by definition).
+    public var versions: [TypeVersionContract]
+
+    public init(name: String, versions: [TypeVersionContract]) {
+        self.name = name
+        self.versions = versions
+    }
+
+    func validate() throws(BrokerError) {
+        guard !versions.isEmpty else {
+            throw BrokerError(.invalidArgument, "message type '\(name)' lists no versions")
+        }
+        var majors = Set<UInt16>()
+        for version in versions {
+            guard majors.insert(version.version.major).inserted else {
+                throw BrokerError(.invalidArgument, "message type '\(name)' lists major version \(version.version.major) twice; give each major once, with its newest minor")
+            }
+            try version.validate(type: name)
+        }
+    }
+
+    /// The entry of `major`, if declared.
+    public func version(major: UInt16) -> TypeVersionContract? { versions.first { $0.version.major == major } }
+
+    /// What a publisher may send, for error texts: `1.2 (deprecated, sunset 2027-03-01), 2.0`.
+    public var allowedDescription: String {
+        let open = versions.filter { $0.status != .retired }.sorted { $0.version < $1.version }
+        guard !open.isEmpty else { return "no version (all retired)" }
+        return open.map { v in
+            switch v.status {
+            case .current, .retired: "\(v.version)"
+            case .deprecated: "\(v.version) (deprecated\(v.sunset.map { ", sunset \($0)" } ?? ""))"
+            }
+        }.joined(separator: ", ")
+    }
+}
+
+/// One major version of a message type.
+public struct TypeVersionContract: Codable, Hashable, Sendable {
+    /// Whether publishers may use a version, and whether they are told to move off it.
+    public enum Status: String, Codable, Hashable, Sendable, CaseIterable {
+        /// Accepted.
+        case current
+        /// Accepted, and each connection that uses it gets a ``Notice`` (once per type and version).
+        case deprecated
+        /// Refused.
+        case retired
+    }
+
+    public var version: ContractVersion
+    public var status: Status
+    /// When a deprecated version will be retired, as a calendar date (`YYYY-MM-DD`).
+    public var sunset: String?
+    /// What to use instead, for example `trip.requested 2.0`.
+    public var replacement: String?
+
+    public init(version: ContractVersion, status: Status = .current, sunset: String? = nil, replacement: String? = nil) {
+        self.version = version
+        self.status = status
+        self.sunset = sunset
+        self.replacement = replacement
+    }
+
+    enum CodingKeys: String, CodingKey { case version, status, sunset, replacement }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        version = try container.decode(ContractVersion.self, forKey: .version)
+        status = try container.decodeIfPresent(Status.self, forKey: .status) ?? .current
+        sunset = try container.decodeIfPresent(String.self, forKey: .sunset)
+        replacement = try container.decodeIfPresent(String.self, forKey: .replacement)
+    }
+
+    func validate(type: String) throws(BrokerError) {
+        if let sunset {
+            guard Self.isDate(sunset) else {
+                throw BrokerError(.invalidArgument, "\(type) \(version): sunset '\(sunset)' is not a date like 2027-03-01")
+            }
+        }
+        if let replacement, replacement.isEmpty || replacement.utf8.count > NameRules.maxShortStringBytes {
+            throw BrokerError(.invalidArgument, "\(type) \(version): replacement must be 1 to 255 bytes")
+        }
+    }
+
+    /// `YYYY-MM-DD` with a plausible month and day.
+    static func isDate(_ text: String) -> Bool {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0].count == 4, parts[1].count == 2, parts[2].count == 2,
+              parts.allSatisfy({ $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }),
+              let month = Int(parts[1]), let day = Int(parts[2]) else { return false }
+        return (1...12).contains(month) && (1...31).contains(day)
+    }
+}
+
+/// A message type's version, `major.minor`. On the wire a message carries its major in the `typeVersion`
+/// property and its minor in `typeMinorVersion` (protocol 1.1; absent means 0).
+public struct ContractVersion: Codable, Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var major: UInt16
+    public var minor: UInt16
+
+    public init(_ major: UInt16, _ minor: UInt16 = 0) {
+        self.major = major
+        self.minor = minor
+    }
+
+    /// Parses `2`, `2.1`; nil for anything else.
+    public init?(_ text: String) {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), let major = UInt16(parts[0]) else { return nil }
+        let minor = parts.count == 2 ? UInt16(parts[1]) : 0
+        guard let minor, parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy(\.isNumber) }) else { return nil }
+        self.init(major, minor)
+    }
+
+    public var description: String { "\(major).\(minor)" }
+    public static func < (a: Self, b: Self) -> Bool { (a.major, a.minor) < (b.major, b.minor) }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        let text = try container.decode(String.self)
+        guard let version = ContractVersion(text) else {
+            throw DecodingError.dataCorruptedError(in: container, debugDescription: "'\(text)' is not a version like 1.0 or 2")
+        }
+        self = version
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+}
