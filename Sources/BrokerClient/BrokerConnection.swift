@@ -340,10 +340,21 @@ public final class BrokerConnection: Sendable, Service {
     /// Starts a consumer. Deliveries arrive through the returned sequence; it ends when the consumer is cancelled
     /// and throws if the broker cancels it (queue deleted) or the connection fails for good. Across a reconnect it
     /// goes on: the consumer is registered again with the same prefetch, and deliveries resume.
-    public func consume(queue: String, prefetch: UInt16 = 100, noAck: Bool = false, exclusive: Bool = false) async throws -> Consumer {
+    ///
+    /// `accepting` names the major versions it understands of the message types it lists (docs/contracts.md,
+    /// "Consumers"): the broker never hands it a message of a listed type outside its range (protocol 1.1; such a
+    /// message goes to another consumer, or is dead-lettered or held by the queue), and counts it in the census.
+    public func consume(queue: String, prefetch: UInt16 = 100, noAck: Bool = false, exclusive: Bool = false,
+                        accepting: [AcceptedVersions] = []) async throws -> Consumer {
         try NameRules.validateName(queue, kind: "queue")
+        var arguments: FieldTable = [:]
+        if !accepting.isEmpty {
+            let text = AcceptedVersions.listDescription(accepting)
+            _ = try AcceptedVersions.parseList(text)  // a bad entry fails here, naming it, not at the broker
+            arguments[AcceptedVersions.argument] = .string(text)
+        }
         let (stream, continuation) = AsyncThrowingStream<Message, any Error>.makeStream()
-        let consume = Consume(requestId: 0, queue: queue, noAck: noAck, exclusive: exclusive, prefetch: prefetch)
+        let consume = Consume(requestId: 0, queue: queue, noAck: noAck, exclusive: exclusive, prefetch: prefetch, arguments: arguments)
         let (answer, id) = try await perform { (driver, promise: EventLoopPromise<(ServerMessage, UInt64)>) in
             let inner = driver.loop.makePromise(of: ServerMessage.self)
             let id = driver.consume(consume, continuation: continuation, promise: inner)

@@ -18,33 +18,38 @@ public struct ContractVersionRow: ManagementRow {
     public static var columns: [String] { CodingKeys.allCases.map(\.rawValue) }
 }
 
-/// Who published which version of a contracted type, from which connection (`contract.census`).
+/// Who published which version of a contracted type, from which connection, and which majors each consumer
+/// accepts (`contract.census`).
 public struct CensusRow: ManagementRow {
     public static let listMethod = "contract.census"
+    /// The exchange published to; for a consumer, the contracted exchanges feeding its queue (comma-separated).
     public var exchange: String
     public var type: String
-    /// `major.minor` as published.
+    /// `major.minor` as published; for a consumer the majors it accepts, `1-2` or `2`.
     public var version: String
-    /// `publisher`.
+    /// `publisher` or `consumer`.
     public var role: String
+    /// A consumer's queue and tag.
+    public var queue: String?
+    public var consumerTag: Int64?
     /// The connection's client name.
     public var client: String
     public var connection: Int64
     public var user: String
     public var peer: String
-    /// Messages of this version from this connection.
+    /// Messages of this version from this connection (a consumer: of this type delivered to it).
     public var messages: Int64
     /// Milliseconds since the Unix epoch.
     public var firstSeen: Int64
     public var lastSeen: Int64
-    /// Whether the connection is still open (entries of closed connections stay, as history).
+    /// Whether the connection (for a consumer: the consumer) is still there; entries of closed ones stay, as history.
     public var connected: Bool
     /// The version's status in the contract now: `current`, `deprecated`, `retired` or `undeclared`.
     public var status: String
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case exchange, type, version, role, client, connection, user, peer, messages, connected, status
-        case firstSeen = "first_seen", lastSeen = "last_seen"
+        case exchange, type, version, role, queue, client, connection, user, peer, messages, connected, status
+        case consumerTag = "consumer_tag", firstSeen = "first_seen", lastSeen = "last_seen"
     }
     public static var columns: [String] { CodingKeys.allCases.map(\.rawValue) }
 }

@@ -24,18 +24,27 @@ extension Broker {
         guard !exchange.builtIn else {
             throw BrokerError(.accessRefused, "the built-in exchange '\(exchange.name)' cannot carry a contract; declare an exchange of your own")
         }
-        // What the new contract closes: a major that was open and is now retired or gone.
+        // What the new contract closes: a major that was open and is now retired or gone (its publishers break),
+        // and consumers of the exchange's queues left accepting no open major of a type (they would get nothing).
         var broken: [(Census.Key, Census.Entry)] = []
+        let queues = exchange.boundQueueNames
         for type in exchange.contract?.contract.types ?? [] {
-            for version in type.versions where version.status != .retired {
-                let after = contract.type(type.name)?.version(major: version.version.major)
-                guard after == nil || after?.status == .retired else { continue }
-                broken += census.liveUsers(exchange: exchange.name, type: type.name, major: version.version.major)
+            let openBefore = Set(type.versions.filter { $0.status != .retired }.map(\.version.major))
+            let openAfter = Set((contract.type(type.name)?.versions ?? []).filter { $0.status != .retired }.map(\.version.major))
+            for major in openBefore.subtracting(openAfter).sorted() {
+                broken += census.livePublishers(exchange: exchange.name, type: type.name, major: major)
+            }
+            if !openBefore.subtracting(openAfter).isEmpty {
+                broken += census.stranded(queues: queues, type: type.name, open: openAfter)
+                    .filter { key, _ in openBefore.contains(where: key.majors.contains) }
             }
         }
         if !broken.isEmpty && !force {
             let who = broken.map { key, entry in
-                "'\(entry.client)' (connection \(key.connection), user \(entry.user)) publishes \(key.type) \(key.version)"
+                let does = key.role == .publisher
+                    ? "publishes \(key.type) \(key.version)"
+                    : "consumes queue '\(key.queue)' accepting only \(key.type)@\(Self.majorsText(key.majors))"
+                return "'\(entry.client)' (connection \(key.connection), user \(entry.user)) \(does)"
             }.joined(separator: "; ")
             throw BrokerError(.preconditionFailed, "retiring these versions would break connected clients: \(who); upgrade them first, or apply with force")
         }
@@ -95,18 +104,47 @@ extension Broker {
     /// `contract.census`: `exchange` S (optional). Rows: who published which version, from which connection.
     func contractCensus(_ args: ManagementArguments) throws(BrokerError) -> FieldTable {
         let exchange = args.table["exchange"] != nil ? try args.string("exchange") : nil
-        return try page(census.rows(exchange: exchange), args) { censusRow($0.0, $0.1) }
+        var queues: Set<String> = []
+        if let exchange {
+            guard let found = exchanges[exchange] else { throw BrokerError(.notFound, "no exchange '\(exchange)'") }
+            queues = found.boundQueueNames
+        }
+        return try page(census.rows(exchange: exchange, queues: queues), args) { censusRow($0.0, $0.1) }
+    }
+
+    /// `1-2`, or `2` for one major.
+    static func majorsText(_ majors: ClosedRange<UInt16>) -> String {
+        majors.lowerBound == majors.upperBound ? "\(majors.lowerBound)" : "\(majors.lowerBound)-\(majors.upperBound)"
     }
 
     private func censusRow(_ key: Census.Key, _ entry: Census.Entry) -> FieldTable {
-        let status = exchanges[key.exchange]?.contract?.contract.type(key.type)?.version(major: key.version.major)?.status
-        return [
-            "exchange": .string(key.exchange), "type": .string(key.type), "version": .string("\(key.version)"),
+        var exchange = key.exchange
+        var version = "\(key.version)"
+        var status: String
+        if key.role == .consumer {
+            // A consumer's row names the contracted exchanges feeding its queue, the majors it accepts, and the
+            // statuses of those majors (`current`, `deprecated`, `retired`, or `undeclared` for none).
+            let feeding = queues[key.queue].map { contractedExchanges(feeding: $0, type: key.type) } ?? []
+            exchange = feeding.map(\.name).joined(separator: ",")
+            version = Self.majorsText(key.majors)
+            let statuses = Set(feeding.flatMap { $0.contract?.contract.type(key.type)?.versions ?? [] }
+                .filter { key.majors.contains($0.version.major) }.map(\.status))
+            status = statuses.isEmpty ? "undeclared" : TypeVersionContract.Status.allCases.filter(statuses.contains).map(\.rawValue).joined(separator: ",")
+        } else {
+            status = exchanges[key.exchange]?.contract?.contract.type(key.type)?.version(major: key.version.major)?.status.rawValue ?? "undeclared"
+        }
+        var row: FieldTable = [
+            "exchange": .string(exchange), "type": .string(key.type), "version": .string(version),
             "role": .string(key.role.rawValue), "client": .string(entry.client), "connection": .int(Int64(clamping: key.connection)),
             "user": .string(entry.user), "peer": .string(entry.peer), "messages": .int(Int64(clamping: entry.count)),
             "first_seen": .int(Int64(clamping: entry.firstSeen)), "last_seen": .int(Int64(clamping: entry.lastSeen)),
-            "connected": .bool(entry.connected), "status": .string(status?.rawValue ?? "undeclared"),
+            "connected": .bool(entry.connected), "status": .string(status),
         ]
+        if key.role == .consumer {
+            row["queue"] = .string(key.queue)
+            row["consumer_tag"] = .int(Int64(key.consumerTag))
+        }
+        return row
     }
 
     /// A decoding error as a person reads it: what is wrong, and where.

@@ -53,18 +53,25 @@ final class ContractState {
     }
 }
 
-/// Who speaks which version of which message type on which exchange: one entry per connection, exchange, type,
-/// version and role, with a message count and when it was first and last seen. Entries of closed connections stay
-/// (marked disconnected) so an operator sees who spoke a version recently; past ``closedLimit`` the oldest go.
+/// Who speaks which version of which message type: one entry per connection, exchange, type, version and role
+/// (publishers), or per consumer, queue and type with the majors it accepts (consumers), with a message count and
+/// when it was first and last seen. Entries of closed connections and cancelled consumers stay (marked not
+/// connected) so an operator sees who spoke a version recently; past ``closedLimit`` the oldest go.
 struct Census {
-    enum Role: String { case publisher }
+    enum Role: String { case publisher, consumer }
 
     struct Key: Hashable {
+        /// The exchange published to; empty for a consumer (its queue's bindings say which exchanges feed it).
         var exchange: String
         var type: String
+        /// The version published; 0.0 for a consumer.
         var version: ContractVersion
         var role: Role
         var connection: UInt64
+        /// A consumer's queue, tag and accepted majors.
+        var queue: String = ""
+        var consumerTag: UInt32 = 0
+        var majors: ClosedRange<UInt16> = 0...0
     }
 
     struct Entry {
@@ -82,19 +89,20 @@ struct Census {
     /// Most entries of closed connections kept.
     static let closedLimit = 10_000
 
-    mutating func record(_ key: Key, session: Session, at time: UInt64) {
+    mutating func record(_ key: Key, session: Session, at time: UInt64, count: UInt64 = 1) {
         if entries[key] != nil {
-            entries[key]!.count &+= 1  // just checked: present
+            entries[key]!.count &+= count  // just checked: present
             entries[key]!.lastSeen = time
         } else {
-            entries[key] = Entry(client: session.clientName, user: session.user.name, peer: session.peer, count: 1,
+            entries[key] = Entry(client: session.clientName, user: session.user.name, peer: session.peer, count: count,
                                  firstSeen: time, lastSeen: time, connected: true)
         }
     }
 
-    /// A connection closed: its entries stay as history.
-    mutating func disconnected(_ connection: UInt64) {
+    /// A connection closed (or, with `consumerTag`, one consumer was cancelled): its entries stay as history.
+    mutating func disconnected(_ connection: UInt64, consumerTag: UInt32? = nil) {
         for (key, entry) in entries where key.connection == connection && entry.connected {
+            if let consumerTag, key.role != .consumer || key.consumerTag != consumerTag { continue }
             entries[key]?.connected = false
             closedCount += 1
         }
@@ -104,22 +112,38 @@ struct Census {
         closedCount = Self.closedLimit
     }
 
-    /// The live users of a type's major on an exchange: what retiring it would break.
-    func liveUsers(exchange: String, type: String, major: UInt16) -> [(Key, Entry)] {
-        entries.filter { $0.key.exchange == exchange && $0.key.type == type && $0.key.version.major == major && $0.value.connected }
-            .sorted { $0.key.connection < $1.key.connection }
+    /// The live publishers of a type's major on an exchange: what retiring it would break.
+    func livePublishers(exchange: String, type: String, major: UInt16) -> [(Key, Entry)] {
+        entries.filter {
+            $0.key.role == .publisher && $0.key.exchange == exchange && $0.key.type == type && $0.key.version.major == major && $0.value.connected
+        }.sorted { $0.key.connection < $1.key.connection }
     }
 
-    /// Every entry, optionally for one exchange, in a stable order.
-    func rows(exchange: String?) -> [(Key, Entry)] {
-        entries.filter { exchange == nil || $0.key.exchange == exchange }.sorted {
-            ($0.key.exchange, $0.key.type, $0.key.version, $0.key.connection) < ($1.key.exchange, $1.key.type, $1.key.version, $1.key.connection)
+    /// The live consumers of a type on these queues whose accepted majors hold none of `open`: after a change that
+    /// leaves only `open` majors publishable, they receive nothing of the type.
+    func stranded(queues: Set<String>, type: String, open: Set<UInt16>) -> [(Key, Entry)] {
+        entries.filter {
+            $0.key.role == .consumer && $0.value.connected && $0.key.type == type && queues.contains($0.key.queue)
+                && !open.contains(where: $0.key.majors.contains)
+        }.sorted { ($0.key.connection, $0.key.consumerTag) < ($1.key.connection, $1.key.consumerTag) }
+    }
+
+    /// Every entry, in a stable order: publishers to `exchange` and consumers of `queues` when filtered.
+    func rows(exchange: String?, queues: Set<String> = []) -> [(Key, Entry)] {
+        entries.filter {
+            exchange == nil || ($0.key.role == .publisher ? $0.key.exchange == exchange : queues.contains($0.key.queue))
+        }.sorted { a, b in
+            let (x, y) = (a.key, b.key)
+            if (x.exchange, x.type, x.role.rawValue, x.version, x.queue) != (y.exchange, y.type, y.role.rawValue, y.version, y.queue) {
+                return (x.exchange, x.type, x.role.rawValue, x.version, x.queue) < (y.exchange, y.type, y.role.rawValue, y.version, y.queue)
+            }
+            return (x.connection, x.consumerTag) < (y.connection, y.consumerTag)
         }
     }
 
-    /// Forgets an exchange (deleted).
+    /// Forgets an exchange's publishers (deleted).
     mutating func remove(exchange: String) {
-        for (key, entry) in entries where key.exchange == exchange {
+        for (key, entry) in entries where key.role == .publisher && key.exchange == exchange {
             if !entry.connected { closedCount -= 1 }
             entries[key] = nil
         }
@@ -153,14 +177,66 @@ extension Broker {
 extension Session {
     /// Tells the client once per exchange, type and major that the version it uses is deprecated (protocol 1.1
     /// clients only: a 1.0 client would not know the frame).
-    func noticeDeprecation(exchange: String, type: String, version: ContractVersion, entry: TypeVersionContract) {
+    func noticeDeprecation(exchange: String, type: String, version: ContractVersion, entry: TypeVersionContract, consumer: Bool = false) {
         guard protocolVersion >= .v1_1 else { return }
         let subject = "\(exchange)\u{0}\(type)\u{0}\(version.major)"
         guard noticesSent.insert(subject).inserted else { return }
-        var text = "\(type) \(version) on exchange '\(exchange)' is deprecated"
+        var text = consumer
+            ? "this consumer accepts only deprecated versions of \(type) on exchange '\(exchange)' (\(version.major).x)"
+            : "\(type) \(version) on exchange '\(exchange)' is deprecated"
         if let sunset = entry.sunset { text += " and will be refused from \(sunset)" }
         if let replacement = entry.replacement { text += "; use \(replacement)" }
         write(.notice(Notice(kind: "deprecated", exchange: exchange, messageType: type, version: "\(version)",
                              sunset: entry.sunset ?? "", replacement: entry.replacement ?? "", text: text)))
+    }
+}
+
+// MARK: - Consumers that accept only some versions
+
+extension Broker {
+    /// The exchanges bound to `queue` whose contracts list `type`.
+    func contractedExchanges(feeding queue: Queue, type: String) -> [Exchange] {
+        var seen = Set<String>()
+        return queue.bindings.compactMap { binding in
+            let exchange = binding.exchange
+            guard exchange.contract?.contract.type(type) != nil, seen.insert(exchange.name).inserted else { return nil }
+            return exchange
+        }
+    }
+
+    /// A consumer with an accepted-versions list subscribed: the queue takes the selective path, the census lists
+    /// it, and it is told if it accepts only deprecated versions of a type an exchange feeding it has a contract for.
+    func selectiveConsumerAdded(_ consumer: Consumer) {
+        guard let accepted = consumer.accepted else { return }
+        consumer.queue.selectiveConsumers += 1
+        let session = consumer.session
+        for range in accepted {
+            census.record(Census.Key(exchange: "", type: range.type, version: ContractVersion(0), role: .consumer, connection: session.id,
+                                     queue: consumer.queue.name, consumerTag: consumer.tag, majors: range.majors),
+                          session: session, at: wallClock(), count: 0)
+            for exchange in contractedExchanges(feeding: consumer.queue, type: range.type) {
+                guard let declared = exchange.contract?.contract.type(range.type) else { continue }
+                let accepted = declared.versions.filter { range.accepts(major: $0.version.major) }
+                guard !accepted.contains(where: { $0.status == .current }),
+                      let deprecated = accepted.first(where: { $0.status == .deprecated }) else { continue }
+                session.noticeDeprecation(exchange: exchange.name, type: range.type, version: deprecated.version, entry: deprecated,
+                                          consumer: true)
+            }
+        }
+    }
+
+    /// The counterpart of ``selectiveConsumerAdded(_:)``: cancelled, or its connection closed.
+    func selectiveConsumerRemoved(_ consumer: Consumer) {
+        guard consumer.accepted != nil else { return }
+        consumer.queue.selectiveConsumers -= 1
+        census.disconnected(consumer.session.id, consumerTag: consumer.tag)
+    }
+
+    /// Counts a delivery of a type the consumer lists.
+    func countConsumed(type: String, version: ContractVersion, by consumer: Consumer) {
+        guard let range = consumer.accepted?.first(where: { $0.type == type }) else { return }
+        census.record(Census.Key(exchange: "", type: type, version: ContractVersion(0), role: .consumer, connection: consumer.session.id,
+                                 queue: consumer.queue.name, consumerTag: consumer.tag, majors: range.majors),
+                      session: consumer.session, at: wallClock())
     }
 }

@@ -31,6 +31,9 @@ public final class Exchange {
 
     public var bindingCount: Int { members.count }
 
+    /// The names of the queues bound to it (for the census and contract changes, not the hot path).
+    var boundQueueNames: Set<String> { Set(members.values.map(\.queue.name)) }
+
     init(name: String, kind: ExchangeKind, durable: Bool, autoDelete: Bool, builtIn: Bool = false) {
         self.name = name
         self.kind = kind

@@ -151,13 +151,107 @@ public final class Queue {
     }
 
     private func place(_ message: QueuedMessage) -> Bool {
-        if messages.isEmpty && takesDirectDelivery, let consumer = nextConsumerWithCredit() {
-            deliver(message, to: consumer)
-            return true
+        if messages.isEmpty && takesDirectDelivery {
+            if selectiveConsumers == 0 {
+                if let consumer = nextConsumerWithCredit() {
+                    deliver(message, to: consumer)
+                    return true
+                }
+            } else {
+                switch choose(for: message) {
+                case .deliver(let consumer, let type, let version):
+                    deliver(message, to: consumer)
+                    if let type { broker.countConsumed(type: type, version: version, by: consumer) }
+                    return true
+                case .incompatible where arguments.incompatiblePolicy == .deadLetter:
+                    broker.deadLetter(message, from: self, reason: "incompatible")
+                    return true
+                case .incompatible:
+                    noteHeld(message)
+                case .wait:
+                    break
+                }
+            }
         }
         if hasLengthLimit && !makeRoom(for: message) { return false }
         append(message)
         return true
+    }
+
+    // MARK: - Consumers that accept only some versions
+
+    /// Consumers with an accepted-versions list (`x-accept-types`). While there are none, delivery takes the plain
+    /// round-robin path and reads no message's properties.
+    var selectiveConsumers = 0
+    /// The head message no consumer accepts, kept (policy `hold`) until one does; logged once per message.
+    private var heldLogged = false
+
+    enum Choice {
+        /// To this consumer; a type and version it lists are counted in the census.
+        case deliver(Consumer, type: String?, version: ContractVersion)
+        /// A consumer that accepts it has no credit now.
+        case wait
+        /// No consumer accepts it.
+        case incompatible
+    }
+
+    /// The next consumer in round-robin order that has credit and accepts the message's type and major.
+    func choose(for message: QueuedMessage) -> Choice {
+        let fields = try? message.envelope.properties.typeAndVersion()
+        let type = fields?.type
+        let major = fields?.major ?? 0
+        let version = ContractVersion(major, fields?.minor ?? 0)
+        let count = consumers.count
+        guard count > 0 else { return .wait }
+        var index = nextConsumer < count ? nextConsumer : 0
+        var someoneAccepts = false
+        for _ in 0..<count {
+            let consumer = consumers[index]
+            index += 1
+            if index == count { index = 0 }
+            guard consumer.accepts(type: type, major: major) else { continue }
+            someoneAccepts = true
+            if consumer.hasCredit {
+                nextConsumer = index
+                return .deliver(consumer, type: type, version: version)
+            }
+        }
+        return someoneAccepts ? .wait : .incompatible
+    }
+
+    /// Delivery with selective consumers: each head message goes to a consumer that accepts it; one that none
+    /// accepts is dead-lettered (reason `incompatible`) or held at the head, by the queue's `x-incompatible`.
+    private func dispatchSelective() {
+        while !messages.isEmpty, consumers.contains(where: \.hasCredit) {
+            guard let message = removeFirst() else { continue }
+            switch choose(for: message) {
+            case .deliver(let consumer, let type, let version):
+                heldLogged = false
+                deliver(message, to: consumer)
+                if let type { broker.countConsumed(type: type, version: version, by: consumer) }
+            case .incompatible where arguments.incompatiblePolicy == .deadLetter:
+                broker.deadLetter(message, from: self, reason: "incompatible")
+            case .incompatible:
+                noteHeld(message)
+                putBackHead(message)
+                return
+            case .wait:
+                putBackHead(message)
+                return
+            }
+        }
+    }
+
+    /// Logs (once per held message) that the queue waits for a consumer that accepts its head.
+    private func noteHeld(_ message: QueuedMessage) {
+        guard !heldLogged else { return }
+        heldLogged = true
+        let fields = try? message.envelope.properties.typeAndVersion()
+        let what = "\(fields?.type ?? "?") \(fields?.major ?? 0).\(fields?.minor ?? 0)"
+        broker.logger.warning("queue holds a message no consumer accepts; it waits for one that does", metadata: [
+            "queue": "\(name)", "message": "\(what)",
+            "consumers": "\(consumers.map { $0.accepted.map(AcceptedVersions.listDescription) ?? "any" }.joined(separator: "; "))",
+        ])
     }
 
     /// Sets when the message expires: the queue's TTL or the message's own expiration, whichever is sooner,
@@ -325,6 +419,7 @@ public final class Queue {
     /// Delivers ready messages while some consumer has credit; expired messages at the head leave first.
     func dispatch() {
         if !messages.isEmpty && (hasQueueTTL || messagesWithOwnExpiry > 0) { expireHead(now: broker.now()) }
+        if selectiveConsumers != 0 { return dispatchSelective() }
         while !messages.isEmpty, let consumer = nextConsumerWithCredit() {
             if let message = removeFirst() { deliver(message, to: consumer) }
         }
@@ -430,14 +525,24 @@ final class Consumer {
     /// 0 = unlimited.
     let prefetch: Int
     var unacked = 0
+    /// The versions it accepts of the types it names (`x-accept-types`); nil accepts everything.
+    let accepted: [AcceptedVersions]?
 
-    init(tag: UInt32, session: Session, queue: Queue, noAck: Bool, exclusive: Bool, prefetch: Int) {
+    init(tag: UInt32, session: Session, queue: Queue, noAck: Bool, exclusive: Bool, prefetch: Int, accepted: [AcceptedVersions]? = nil) {
         self.tag = tag
         self.session = session
         self.queue = queue
         self.noAck = noAck
         self.exclusive = exclusive
         self.prefetch = prefetch
+        self.accepted = accepted
+    }
+
+    /// Whether it may be handed a message of `type` with this major: a type it does not list, or a major in the
+    /// range it gives for the type. A message without a type goes to any consumer.
+    func accepts(type: String?, major: UInt16) -> Bool {
+        guard let accepted, let type, let range = accepted.first(where: { $0.type == type }) else { return true }
+        return range.accepts(major: major)
     }
 
     /// Whether a message may be sent now: within prefetch and the connection is not pushing back.

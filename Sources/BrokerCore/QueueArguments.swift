@@ -28,6 +28,21 @@ public struct QueueArguments: Codable, Sendable, Equatable {
     /// `x-delivery-limit`: a message delivered and returned more than this many times is dead-lettered (or dropped).
     public var deliveryLimit: Int?
 
+    /// What a queue does with a message that none of its consumers accepts (their `x-accept-types` leave out its
+    /// major version): docs/contracts.md, "Consumers".
+    public enum Incompatible: String, Codable, Sendable, CaseIterable {
+        /// Dead-letter it with reason `incompatible` (and go on with the next message).
+        case deadLetter = "dead-letter"
+        /// Keep it at the head, in order, until a consumer that accepts it subscribes.
+        case hold
+    }
+    /// `x-incompatible`; nil for the default: dead-letter when the queue has a dead-letter exchange, else hold
+    /// (a version mismatch never drops a message on its own).
+    public var incompatible: Incompatible?
+
+    /// What the queue does with an incompatible message, defaults applied.
+    var incompatiblePolicy: Incompatible { incompatible ?? (deadLetterExchange == nil ? .hold : .deadLetter) }
+
     public init() {}
 
     /// The largest `x-message-ttl` and `x-expires` (and per-message `expiration`, a UInt32 on the wire):
@@ -38,7 +53,7 @@ public struct QueueArguments: Codable, Sendable, Equatable {
     public static let maximumCount: Int64 = 1 << 53
 
     public static let known = ["x-max-length", "x-max-length-bytes", "x-overflow", "x-message-ttl", "x-expires",
-                               "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-delivery-limit"]
+                               "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-delivery-limit", "x-incompatible"]
 
     /// Parses and checks declare arguments; an unknown argument or a value of the wrong type or range is refused
     /// with `INVALID_ARGUMENT` naming it.
@@ -69,6 +84,12 @@ public struct QueueArguments: Codable, Sendable, Equatable {
                 throw BrokerError(.invalidArgument, "queue argument 'x-overflow' must be one of \(Overflow.allCases.map(\.rawValue).joined(separator: ", ")), got '\(text)'")
             }
             overflow = value
+        }
+        if let text = try string("x-incompatible") {
+            guard let value = Incompatible(rawValue: text) else {
+                throw BrokerError(.invalidArgument, "queue argument 'x-incompatible' must be one of \(Incompatible.allCases.map(\.rawValue).joined(separator: ", ")), got '\(text)'")
+            }
+            incompatible = value
         }
         deadLetterExchange = try string("x-dead-letter-exchange")
         if let name = deadLetterExchange, !name.isEmpty { try NameRules.validateName(name, kind: "dead-letter exchange") }
@@ -118,6 +139,7 @@ public struct QueueArguments: Codable, Sendable, Equatable {
         if let v = deadLetterExchange { table["x-dead-letter-exchange"] = .string(v) }
         if let v = deadLetterRoutingKey { table["x-dead-letter-routing-key"] = .string(v) }
         if let v = deliveryLimit { table["x-delivery-limit"] = .int(Int64(v)) }
+        if let v = incompatible { table["x-incompatible"] = .string(v.rawValue) }
         return table
     }
 }

@@ -385,8 +385,15 @@ public final class Session {
 
     private func consume(_ m: Consume) {
         do throws(BrokerError) {
-            if !m.arguments.isEmpty {
-                throw BrokerError(.invalidArgument, "consume arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
+            var accepted: [AcceptedVersions]?
+            for key in m.arguments.keys.sorted() where key != AcceptedVersions.argument {
+                throw BrokerError(.invalidArgument, "unknown consume argument '\(key)'; known: \(AcceptedVersions.argument)")
+            }
+            if let value = m.arguments[AcceptedVersions.argument] {
+                guard let text = value.stringValue else {
+                    throw BrokerError(.invalidArgument, "consume argument '\(AcceptedVersions.argument)' must be a string like trip.requested@1-2")
+                }
+                accepted = try AcceptedVersions.parseList(text)
             }
             let queue = try broker.accessibleQueue(m.queue, by: self)
             try permissions.check(.read, "queue", queue.name)
@@ -405,12 +412,13 @@ public final class Session {
             nextConsumerTag &+= 1
             while consumers[nextConsumerTag] != nil || nextConsumerTag == 0 { nextConsumerTag &+= 1 }
             let consumer = Consumer(tag: nextConsumerTag, session: self, queue: queue, noAck: m.noAck, exclusive: m.exclusive,
-                                    prefetch: Int(m.prefetch))
+                                    prefetch: Int(m.prefetch), accepted: accepted)
             consumers[consumer.tag] = consumer
             queue.consumers.append(consumer)
             queue.everConsumed = true
-            // ConsumeOk goes first, so the client knows the tag before the first delivery.
+            // ConsumeOk goes first, so the client knows the tag before the first delivery (and a notice).
             write(.consumeOk(ConsumeOk(requestId: m.requestId, consumerTag: consumer.tag)))
+            broker.selectiveConsumerAdded(consumer)
             queue.dispatch()
         } catch {
             write(.error(ErrorFrame(requestId: m.requestId, code: error.code, text: error.message)))
@@ -420,6 +428,7 @@ public final class Session {
     /// Removes a consumer (cancel, or its connection closing). Its unacknowledged deliveries stay with the session.
     func removeConsumer(_ consumer: Consumer) {
         consumers[consumer.tag] = nil
+        broker.selectiveConsumerRemoved(consumer)
         let queue = consumer.queue
         if let index = queue.consumers.firstIndex(where: { $0 === consumer }) {
             queue.consumers.remove(at: index)
@@ -427,12 +436,16 @@ public final class Session {
         }
         if queue.shouldAutoDelete && !queue.isDeleted {
             broker.removeQueue(queue, reason: "auto-delete queue lost its last consumer")
+        } else if consumer.accepted != nil && !queue.isDeleted && queue.readyCount > 0 {
+            // The head may have waited for this consumer: now another takes it, or it is incompatible.
+            queue.dispatch()
         }
     }
 
     /// The broker cancelled a consumer because its queue went away.
     func consumerCancelledByBroker(_ consumer: Consumer, reason: String) {
         consumers[consumer.tag] = nil
+        broker.selectiveConsumerRemoved(consumer)
         write(.consumerCancelled(ConsumerCancelled(consumerTag: consumer.tag, code: .notFound, reason: reason)))
     }
 

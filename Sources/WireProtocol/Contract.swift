@@ -172,3 +172,61 @@ public struct ContractVersion: Codable, Hashable, Comparable, Sendable, CustomSt
         try container.encode(description)
     }
 }
+
+/// What a consumer accepts of one message type: a range of major versions (docs/contracts.md, "Consumers").
+///
+/// A consumer states them when it subscribes, in the consume argument ``argument`` as text:
+/// `trip.requested@1-2, driver.offer@1`. The broker never hands it a message of a listed type with a major outside
+/// its range; types it does not list, and messages without a type, reach it as before.
+public struct AcceptedVersions: Hashable, Sendable, CustomStringConvertible {
+    /// The consume argument that carries the list.
+    public static let argument = "x-accept-types"
+
+    public var type: String
+    public var majors: ClosedRange<UInt16>
+
+    public init(_ type: String, majors: ClosedRange<UInt16>) {
+        self.type = type
+        self.majors = majors
+    }
+
+    public init(_ type: String, major: UInt16) { self.init(type, majors: major...major) }
+
+    /// `trip.requested@1-2`, or `trip.requested@2` for one major.
+    public var description: String {
+        majors.lowerBound == majors.upperBound ? "\(type)@\(majors.lowerBound)" : "\(type)@\(majors.lowerBound)-\(majors.upperBound)"
+    }
+
+    public func accepts(major: UInt16) -> Bool { majors.contains(major) }
+
+    /// Parses `type@M` or `type@M-N` entries separated by commas; each problem is an `INVALID_ARGUMENT` naming the
+    /// entry. A type is listed once.
+    public static func parseList(_ text: String) throws(BrokerError) -> [AcceptedVersions] {
+        var result: [AcceptedVersions] = []
+        for raw in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let entry = String(raw.drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+            guard let at = entry.lastIndex(of: "@") else {
+                throw BrokerError(.invalidArgument, "'\(entry)' in \(argument) is not like trip.requested@1 or trip.requested@1-2")
+            }
+            let type = String(entry[..<at])
+            let range = entry[entry.index(after: at)...].split(separator: "-", omittingEmptySubsequences: false)
+            guard !type.isEmpty, type.utf8.count <= NameRules.maxShortStringBytes, (1...2).contains(range.count),
+                  let low = UInt16(range[0]), let high = UInt16(range[range.count - 1]) else {
+                throw BrokerError(.invalidArgument, "'\(entry)' in \(argument) is not like trip.requested@1 or trip.requested@1-2")
+            }
+            guard low <= high else {
+                throw BrokerError(.invalidArgument, "'\(entry)' in \(argument): the range \(low)-\(high) is empty; write the lower major first")
+            }
+            guard !result.contains(where: { $0.type == type }) else {
+                throw BrokerError(.invalidArgument, "\(argument) lists '\(type)' twice; give one range per type")
+            }
+            result.append(AcceptedVersions(type, majors: low...high))
+        }
+        return result
+    }
+
+    /// The list as the consume argument carries it.
+    public static func listDescription(_ list: [AcceptedVersions]) -> String {
+        list.map(\.description).joined(separator: ",")
+    }
+}

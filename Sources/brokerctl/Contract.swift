@@ -121,17 +121,18 @@ extension Brokerctl.ContractCommand {
 
     struct Census: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Who publishes which version of each contracted type: client, connection, messages, last seen.",
+            abstract: "Who publishes which version of each contracted type, and which majors each consumer accepts.",
             discussion: """
                 Connections that have closed stay listed (connected false) with when they last published, so a \
-                version can be retired once nobody has used it for long enough. Times are UTC.
+                version can be retired once nobody has used it for long enough. A consumer's row gives its queue and \
+                the majors it accepts (version 1-2). Times are UTC.
                 """)
 
         @Option(help: "Only this exchange.") var exchange: String?
         @OptionGroup var output: OutputOptions
         @OptionGroup var connection: ConnectionOptions
 
-        static let defaults = ["exchange", "type", "version", "status", "client", "connection", "connected", "messages", "last_seen"]
+        static let defaults = ["exchange", "type", "role", "version", "status", "queue", "client", "connection", "connected", "messages", "last_seen"]
 
         func validate() throws {
             if let exchange { try usage { try NameRules.validateName(exchange, kind: "exchange") } }

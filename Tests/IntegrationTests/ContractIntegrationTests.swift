@@ -126,4 +126,45 @@ struct ContractIntegrationTests {
             }
         }
     }
+
+    @Test("consumers state the majors they accept through the client: each gets only those, and the census lists them")
+    func acceptingConsumers() async throws {
+        try await withBroker { _, config in
+            try await withConnection(config) { admin in
+                try await admin.declareExchange("ride.trips", type: .topic)
+                try await admin.declareQueue("dispatcher.trips")
+                try await admin.bind(queue: "dispatcher.trips", exchange: "ride.trips", key: "trip.#")
+                try await admin.applyContract(Self.contract)
+                var named = config
+                named.clientName = "dispatcher-v2"
+                try await withConnection(named) { dispatcher in
+                    let v2 = try await dispatcher.consume(queue: "dispatcher.trips", accepting: [AcceptedVersions("trip.requested", major: 2)])
+                    let v1 = try await dispatcher.consume(queue: "dispatcher.trips", accepting: [AcceptedVersions("trip.requested", majors: 1...1)])
+                    try await admin.enableConfirms()
+                    for (major, minor) in [(1, 0), (2, 1), (2, 5), (1, 0), (2, 0)] as [(UInt16, UInt16)] {
+                        try await admin.publish(exchange: "ride.trips", routingKey: "trip.requested", body: "\(major).\(minor)",
+                                                properties: Self.properties("trip.requested", major, minor))
+                    }
+                    var got2: [String] = []
+                    for try await message in v2 {
+                        got2.append(message.bodyString)
+                        try await message.ack()
+                        if got2.count == 3 { break }
+                    }
+                    var got1: [String] = []
+                    for try await message in v1 {
+                        got1.append(message.bodyString)
+                        try await message.ack()
+                        if got1.count == 2 { break }
+                    }
+                    #expect(got2 == ["2.1", "2.5", "2.0"])
+                    #expect(got1 == ["1.0", "1.0"])
+                    let rows = try await admin.contractCensus(exchange: "ride.trips").filter { $0.role == "consumer" }
+                    #expect(rows.map(\.version).sorted() == ["1", "2"])
+                    #expect(rows.allSatisfy { $0.client == "dispatcher-v2" && $0.queue == "dispatcher.trips" && $0.exchange == "ride.trips" })
+                    #expect(rows.first { $0.version == "2" }?.messages == 3)
+                }
+            }
+        }
+    }
 }
