@@ -43,7 +43,7 @@ extension Broker {
             let who = broken.map { key, entry in
                 let does = key.role == .publisher
                     ? "publishes \(key.type) \(key.version)"
-                    : "consumes queue '\(key.queue)' accepting only \(key.type)@\(Self.majorsText(key.majors))"
+                    : "consumes queue '\(key.queue)' accepting only \(key.type)@\(AcceptedVersions.describe(key.majors))"
                 return "'\(entry.client)' (connection \(key.connection), user \(entry.user)) \(does)"
             }.joined(separator: "; ")
             throw BrokerError(.preconditionFailed, "retiring these versions would break connected clients: \(who); upgrade them first, or apply with force")
@@ -112,11 +112,6 @@ extension Broker {
         return try page(census.rows(exchange: exchange, queues: queues), args) { censusRow($0.0, $0.1) }
     }
 
-    /// `1-2`, or `2` for one major.
-    static func majorsText(_ majors: ClosedRange<UInt16>) -> String {
-        majors.lowerBound == majors.upperBound ? "\(majors.lowerBound)" : "\(majors.lowerBound)-\(majors.upperBound)"
-    }
-
     private func censusRow(_ key: Census.Key, _ entry: Census.Entry) -> FieldTable {
         var exchange = key.exchange
         var version = "\(key.version)"
@@ -126,7 +121,7 @@ extension Broker {
             // statuses of those majors (`current`, `deprecated`, `retired`, or `undeclared` for none).
             let feeding = queues[key.queue].map { contractedExchanges(feeding: $0, type: key.type) } ?? []
             exchange = feeding.map(\.name).joined(separator: ",")
-            version = Self.majorsText(key.majors)
+            version = AcceptedVersions.describe(key.majors)
             let statuses = Set(feeding.flatMap { $0.contract?.contract.type(key.type)?.versions ?? [] }
                 .filter { key.majors.contains($0.version.major) }.map(\.status))
             status = statuses.isEmpty ? "undeclared" : TypeVersionContract.Status.allCases.filter(statuses.contains).map(\.rawValue).joined(separator: ",")

@@ -72,6 +72,12 @@ struct Census {
         var queue: String = ""
         var consumerTag: UInt32 = 0
         var majors: ClosedRange<UInt16> = 0...0
+
+        /// A consumer's entry for one type of its accepted-versions list.
+        static func consumer(_ consumer: Consumer, _ range: AcceptedVersions) -> Key {
+            Key(exchange: "", type: range.type, version: ContractVersion(0), role: .consumer, connection: consumer.session.id,
+                queue: consumer.queue.name, consumerTag: consumer.tag, majors: range.majors)
+        }
     }
 
     struct Entry {
@@ -211,9 +217,7 @@ extension Broker {
         consumer.queue.selectiveConsumers += 1
         let session = consumer.session
         for range in accepted {
-            census.record(Census.Key(exchange: "", type: range.type, version: ContractVersion(0), role: .consumer, connection: session.id,
-                                     queue: consumer.queue.name, consumerTag: consumer.tag, majors: range.majors),
-                          session: session, at: wallClock(), count: 0)
+            census.record(.consumer(consumer, range), session: session, at: wallClock(), count: 0)
             for exchange in contractedExchanges(feeding: consumer.queue, type: range.type) {
                 guard let declared = exchange.contract?.contract.type(range.type) else { continue }
                 let accepted = declared.versions.filter { range.accepts(major: $0.version.major) }
@@ -233,10 +237,8 @@ extension Broker {
     }
 
     /// Counts a delivery of a type the consumer lists.
-    func countConsumed(type: String, version: ContractVersion, by consumer: Consumer) {
+    func countConsumed(type: String, by consumer: Consumer) {
         guard let range = consumer.accepted?.first(where: { $0.type == type }) else { return }
-        census.record(Census.Key(exchange: "", type: type, version: ContractVersion(0), role: .consumer, connection: consumer.session.id,
-                                 queue: consumer.queue.name, consumerTag: consumer.tag, majors: range.majors),
-                      session: consumer.session, at: wallClock())
+        census.record(.consumer(consumer, range), session: consumer.session, at: wallClock())
     }
 }

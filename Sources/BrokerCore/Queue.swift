@@ -157,20 +157,8 @@ public final class Queue {
                     deliver(message, to: consumer)
                     return true
                 }
-            } else {
-                switch choose(for: message) {
-                case .deliver(let consumer, let type, let version):
-                    deliver(message, to: consumer)
-                    if let type { broker.countConsumed(type: type, version: version, by: consumer) }
-                    return true
-                case .incompatible where arguments.incompatiblePolicy == .deadLetter:
-                    broker.deadLetter(message, from: self, reason: "incompatible")
-                    return true
-                case .incompatible:
-                    noteHeld(message)
-                case .wait:
-                    break
-                }
+            } else if carryOut(choose(for: message), for: message) {
+                return true
             }
         }
         if hasLengthLimit && !makeRoom(for: message) { return false }
@@ -187,8 +175,8 @@ public final class Queue {
     private var heldLogged = false
 
     enum Choice {
-        /// To this consumer; a type and version it lists are counted in the census.
-        case deliver(Consumer, type: String?, version: ContractVersion)
+        /// To this consumer; a type it lists is counted in the census.
+        case deliver(Consumer, type: String?)
         /// A consumer that accepts it has no credit now.
         case wait
         /// No consumer accepts it.
@@ -200,7 +188,6 @@ public final class Queue {
         let fields = try? message.envelope.properties.typeAndVersion()
         let type = fields?.type
         let major = fields?.major ?? 0
-        let version = ContractVersion(major, fields?.minor ?? 0)
         let count = consumers.count
         guard count > 0 else { return .wait }
         var index = nextConsumer < count ? nextConsumer : 0
@@ -213,7 +200,7 @@ public final class Queue {
             someoneAccepts = true
             if consumer.hasCredit {
                 nextConsumer = index
-                return .deliver(consumer, type: type, version: version)
+                return .deliver(consumer, type: type)
             }
         }
         return someoneAccepts ? .wait : .incompatible
@@ -224,21 +211,30 @@ public final class Queue {
     private func dispatchSelective() {
         while !messages.isEmpty, consumers.contains(where: \.hasCredit) {
             guard let message = removeFirst() else { continue }
-            switch choose(for: message) {
-            case .deliver(let consumer, let type, let version):
-                heldLogged = false
-                deliver(message, to: consumer)
-                if let type { broker.countConsumed(type: type, version: version, by: consumer) }
-            case .incompatible where arguments.incompatiblePolicy == .deadLetter:
-                broker.deadLetter(message, from: self, reason: "incompatible")
-            case .incompatible:
-                noteHeld(message)
-                putBackHead(message)
-                return
-            case .wait:
+            guard carryOut(choose(for: message), for: message) else {
                 putBackHead(message)
                 return
             }
+        }
+    }
+
+    /// Delivers or dead-letters `message` as `choice` says; false when it stays in the queue (held or waiting).
+    private func carryOut(_ choice: Choice, for message: QueuedMessage) -> Bool {
+        switch choice {
+        case .deliver(let consumer, let type):
+            heldLogged = false
+            deliver(message, to: consumer)
+            if let type { broker.countConsumed(type: type, by: consumer) }
+            return true
+        case .incompatible where arguments.incompatiblePolicy == .deadLetter:
+            heldLogged = false
+            broker.deadLetter(message, from: self, reason: "incompatible")
+            return true
+        case .incompatible:
+            noteHeld(message)
+            return false
+        case .wait:
+            return false
         }
     }
 

@@ -193,8 +193,11 @@ public struct AcceptedVersions: Hashable, Sendable, CustomStringConvertible {
     public init(_ type: String, major: UInt16) { self.init(type, majors: major...major) }
 
     /// `trip.requested@1-2`, or `trip.requested@2` for one major.
-    public var description: String {
-        majors.lowerBound == majors.upperBound ? "\(type)@\(majors.lowerBound)" : "\(type)@\(majors.lowerBound)-\(majors.upperBound)"
+    public var description: String { "\(type)@\(Self.describe(majors))" }
+
+    /// A range of majors as the list writes it: `1-2`, or `2` for one major.
+    public static func describe(_ majors: ClosedRange<UInt16>) -> String {
+        majors.lowerBound == majors.upperBound ? "\(majors.lowerBound)" : "\(majors.lowerBound)-\(majors.upperBound)"
     }
 
     public func accepts(major: UInt16) -> Bool { majors.contains(major) }
