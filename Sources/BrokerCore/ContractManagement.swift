@@ -17,6 +17,7 @@ extension Broker {
             throw BrokerError(.invalidArgument, "contract.apply: not a contract (\(Self.describe(error))); docs/contracts.md shows the format")
         }
         try contract.validate()
+        let state = try ContractState(contract)  // schemas compiled before anything changes
         let force = try args.bool("force", default: false)
         guard let exchange = exchanges[contract.exchange] else {
             throw BrokerError(.notFound, "no exchange '\(contract.exchange)'; declare it before giving it a contract")
@@ -48,7 +49,7 @@ extension Broker {
             }.joined(separator: "; ")
             throw BrokerError(.preconditionFailed, "retiring these versions would break connected clients: \(who); upgrade them first, or apply with force")
         }
-        exchange.contract = ContractState(contract)
+        exchange.contract = state
         topologyVersion &+= 1
         if exchange.durable { recordChange(.putContract(contract), by: session) }
         var result: FieldTable = ["exchange": .string(contract.exchange), "types": .int(Int64(contract.types.count))]

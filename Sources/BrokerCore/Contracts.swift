@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 public import WireProtocol
 
 /// An exchange's contract as the publish path reads it: the declared value and an index by type and major.
@@ -7,14 +8,45 @@ public import WireProtocol
 final class ContractState {
     let contract: ExchangeContract
     private let index: [String: [UInt16: TypeVersionContract]]
+    /// The compiled schemas of the types that validate, by type and major.
+    private let schemas: [String: [UInt16: JSONSchema]]
 
-    init(_ contract: ExchangeContract) {
+    /// Indexes `contract` and compiles its schemas (every schema, also of types that do not validate, so a broken
+    /// one is reported when it is applied and not when validation is switched on).
+    init(_ contract: ExchangeContract) throws(BrokerError) {
         self.contract = contract
         var index: [String: [UInt16: TypeVersionContract]] = [:]
+        var schemas: [String: [UInt16: JSONSchema]] = [:]
         for type in contract.types {
-            for version in type.versions { index[type.name, default: [:]][version.version.major] = version }
+            for version in type.versions {
+                index[type.name, default: [:]][version.version.major] = version
+                guard let schema = version.schema else { continue }
+                let compiled: JSONSchema
+                do {
+                    compiled = try JSONSchema(schema)
+                } catch {
+                    throw BrokerError(.invalidArgument, "\(type.name) \(version.version): the \(error.description)")
+                }
+                if type.validatesPayload { schemas[type.name, default: [:]][version.version.major] = compiled }
+            }
         }
         self.index = index
+        self.schemas = schemas
+    }
+
+    /// Checks a body against the schema of `type`'s `major`, if that type validates and the version has one.
+    /// nil when it matches (or nothing is checked), else the refusal naming the type, the version and the rule.
+    func checkBody(_ body: ByteBuffer, type: String, version: ContractVersion) -> BrokerError? {
+        guard let schema = schemas[type]?[version.major] else { return nil }
+        let exchange = contract.exchange
+        let value: JSONValue
+        do {
+            value = try JSONValue.parse(body)
+        } catch {
+            return BrokerError(.contractViolation, "\(type) \(version) on exchange '\(exchange)' must have a JSON body matching its schema; the body is not JSON (\(error))")
+        }
+        guard let failure = schema.check(value) else { return nil }
+        return BrokerError(.contractViolation, "\(type) \(version) on exchange '\(exchange)': the body does not match the schema: \(failure)")
     }
 
     /// What a contract says about one message.
@@ -96,9 +128,10 @@ struct Census {
     static let closedLimit = 10_000
 
     mutating func record(_ key: Key, session: Session, at time: UInt64, count: UInt64 = 1) {
-        if entries[key] != nil {
-            entries[key]!.count &+= count  // just checked: present
-            entries[key]!.lastSeen = time
+        if let index = entries.index(forKey: key) {
+            // One hash per message: the entry is updated in place through its index.
+            entries.values[index].count &+= count
+            entries.values[index].lastSeen = time
         } else {
             entries[key] = Entry(client: session.clientName, user: session.user.name, peer: session.peer, count: count,
                                  firstSeen: time, lastSeen: time, connected: true)
@@ -170,6 +203,7 @@ extension Broker {
         case .refused(let error):
             return error
         case .accepted(let type, let version, let entry):
+            if let error = contract.checkBody(publish.envelope.body, type: type, version: version) { return error }
             guard let session else { return nil }
             let exchange = contract.contract.exchange
             census.record(Census.Key(exchange: exchange, type: type, version: version, role: .publisher, connection: session.id),

@@ -127,7 +127,7 @@ extension Broker {
             // A contract the current rules refuse (written by hand) is dropped, not fatal: the exchange stays open.
             do {
                 try contract.validate()
-                exchanges[contract.exchange]?.contract = ContractState(contract)
+                exchanges[contract.exchange]?.contract = try ContractState(contract)
             } catch {
                 logger.warning("recovery: the contract of exchange '\(contract.exchange)' is invalid (\(error.message)); ignored")
             }

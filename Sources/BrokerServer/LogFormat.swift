@@ -1,5 +1,6 @@
 public import Logging
 import Foundation
+import WireProtocol
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -111,26 +112,10 @@ public struct BrokerLogHandler: LogHandler {
     /// A JSON string literal.
     public static func jsonString(_ value: String) -> String { quoted(value, forJSON: true) }
 
-    /// `value` in double quotes with quotes, backslashes and control characters escaped (JSON's escapes, which
-    /// logfmt readers accept too); for JSON also U+2028 and U+2029, which some JavaScript parsers take as newlines.
+    /// `value` in double quotes with JSON's escapes (which logfmt readers accept too); for JSON also U+2028 and
+    /// U+2029, which some JavaScript parsers take as newlines.
     private static func quoted(_ value: String, forJSON: Bool) -> String {
-        var out = "\""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 || scalar.value == 0x7F || (forJSON && (scalar.value == 0x2028 || scalar.value == 0x2029)) {
-                    out += String(format: "\\u%04x", scalar.value)
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
+        JSONValue.quoted(value, escapingLineSeparators: forJSON)
     }
 
     /// Now, as RFC 3339 UTC with microseconds: `2026-12-03T17:24:46.123456Z`.

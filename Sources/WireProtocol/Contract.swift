@@ -43,10 +43,31 @@ public struct MessageTypeContract: Codable, Hashable, Sendable {
     /// One entry per major version; its minor is the newest minor declared (older and newer minors of the same
     /// major are accepted: a minor version is backward compatible by definition).
     public var versions: [TypeVersionContract]
+    /// Whether the broker checks each message's body against its version's ``TypeVersionContract/schema``
+    /// (JSON key `validate`, default false). Opt-in: parsing every body costs CPU on the publish path
+    /// (docs/contracts.md, "Costs"). Versions without a schema are not checked either way.
+    public var validatesPayload: Bool
 
-    public init(name: String, versions: [TypeVersionContract]) {
+    public init(name: String, versions: [TypeVersionContract], validatesPayload: Bool = false) {
         self.name = name
         self.versions = versions
+        self.validatesPayload = validatesPayload
+    }
+
+    enum CodingKeys: String, CodingKey { case name, versions, validatesPayload = "validate" }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        name = try container.decode(String.self, forKey: .name)
+        versions = try container.decode([TypeVersionContract].self, forKey: .versions)
+        validatesPayload = try container.decodeIfPresent(Bool.self, forKey: .validatesPayload) ?? false
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(name, forKey: .name)
+        try container.encode(versions, forKey: .versions)
+        if validatesPayload { try container.encode(true, forKey: .validatesPayload) }
     }
 
     func validate() throws(BrokerError) {
@@ -96,15 +117,21 @@ public struct TypeVersionContract: Codable, Hashable, Sendable {
     public var sunset: String?
     /// What to use instead, for example `trip.requested 2.0`.
     public var replacement: String?
+    /// The JSON Schema a body of this version matches (docs/contracts.md, "Schemas"); checked only when the
+    /// type ``MessageTypeContract/validatesPayload``. In a JSON file it is the schema itself; in a field table
+    /// (the `contract.apply` method) it is its JSON text, since field tables have no null.
+    public var schema: JSONValue?
 
-    public init(version: ContractVersion, status: Status = .current, sunset: String? = nil, replacement: String? = nil) {
+    public init(version: ContractVersion, status: Status = .current, sunset: String? = nil, replacement: String? = nil,
+                schema: JSONValue? = nil) {
         self.version = version
         self.status = status
         self.sunset = sunset
         self.replacement = replacement
+        self.schema = schema
     }
 
-    enum CodingKeys: String, CodingKey { case version, status, sunset, replacement }
+    enum CodingKeys: String, CodingKey { case version, status, sunset, replacement, schema }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -112,6 +139,32 @@ public struct TypeVersionContract: Codable, Hashable, Sendable {
         status = try container.decodeIfPresent(Status.self, forKey: .status) ?? .current
         sunset = try container.decodeIfPresent(String.self, forKey: .sunset)
         replacement = try container.decodeIfPresent(String.self, forKey: .replacement)
+        if decoder.userInfo[.fieldTable] != nil {
+            if let text = try container.decodeIfPresent(String.self, forKey: .schema) {
+                do {
+                    schema = try JSONValue.parse(text)
+                } catch {
+                    throw DecodingError.dataCorruptedError(forKey: .schema, in: container, debugDescription: "the schema is not JSON: \(error)")
+                }
+            }
+        } else {
+            schema = try container.decodeIfPresent(JSONValue.self, forKey: .schema)
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(version, forKey: .version)
+        try container.encode(status, forKey: .status)
+        try container.encodeIfPresent(sunset, forKey: .sunset)
+        try container.encodeIfPresent(replacement, forKey: .replacement)
+        if let schema {
+            if encoder.userInfo[.fieldTable] != nil {
+                try container.encode(schema.jsonText, forKey: .schema)
+            } else {
+                try container.encode(schema, forKey: .schema)
+            }
+        }
     }
 
     func validate(type: String) throws(BrokerError) {

@@ -28,7 +28,7 @@ public struct FieldTableDecoder: Sendable {
     struct ValueDecoder: Decoder {
         let value: FieldValue
         let codingPath: [any CodingKey]
-        var userInfo: [CodingUserInfoKey: Any] { [:] }
+        var userInfo: [CodingUserInfoKey: Any] { [.fieldTable: true] }
 
         func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
             guard case .table(let table) = value else { throw mismatch(FieldTable.self, value, codingPath) }
@@ -224,7 +224,7 @@ public struct FieldTableEncoder: Sendable {
     struct ValueEncoder: Encoder {
         let node: Node
         let codingPath: [any CodingKey]
-        var userInfo: [CodingUserInfoKey: Any] { [:] }
+        var userInfo: [CodingUserInfoKey: Any] { [.fieldTable: true] }
 
         func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
             if case .table = node.content {} else { node.content = .table([:]) }
@@ -335,4 +335,11 @@ extension FieldValue: Codable {
         case .array(let value): try container.encode(value)
         }
     }
+}
+
+extension CodingUserInfoKey {
+    /// Present (true) in the user info of ``FieldTableEncoder`` and ``FieldTableDecoder``, for types whose field
+    /// table form differs from their JSON form (a contract's schemas travel as JSON text: tables have no null).
+    // The raw value is a non-empty literal, which CodingUserInfoKey's failable init accepts.
+    public static let fieldTable = CodingUserInfoKey(rawValue: "brokerd.fieldTable")!
 }

@@ -171,7 +171,10 @@ public struct RawProperties: Hashable, Sendable {
         let flags = try buffer.readInt("property flags", as: UInt16.self)
         typealias Bit = MessageProperties.Bit
         guard flags & (Bit.type | Bit.typeVersion | Bit.typeMinorVersion) != 0 else { return (nil, nil, nil) }
-        for bit in [Bit.messageId, Bit.correlationId, Bit.replyTo, Bit.contentType] where flags & bit != 0 {
+        // The short strings before the type, skipped by their lengths (no array literal: this runs per message).
+        var skip = flags & (Bit.messageId | Bit.correlationId | Bit.replyTo | Bit.contentType)
+        while skip != 0 {
+            skip &= skip - 1
             let length = try buffer.readInt("property length", as: UInt8.self)
             guard buffer.readSlice(length: Int(length)) != nil else { throw BrokerError(.frameError, "truncated properties") }
         }

@@ -5,6 +5,7 @@ import WireProtocol
 
 // brokermicro: micro-benchmarks of the hot path's parts, without sockets, so a regression shows up in isolation.
 // Run in release: `swift run -c release brokermicro`. Each case runs 5 times; the median ns per operation is printed.
+// `brokermicro contracts` runs only the contract cases.
 
 /// A transport that drops what it is given (the broker's cost without the socket's).
 final class DiscardingTransport: SessionTransport {
@@ -35,6 +36,15 @@ func measure(_ name: String, operations: Int, _ body: () throws -> Void) rethrow
     print("\(padded) \(String(format: "%8.1f", median)) ns/op  \(String(format: "%10.0f", 1e9 / median)) op/s")
 }
 
+/// What the end of a read cycle does: flush the broker's batch and resume a session it paused for writability.
+func flushCycle(_ broker: Broker, _ session: Session, _ transport: DiscardingTransport) {
+    broker.flush()
+    if transport.resumeRequested {
+        transport.resumeRequested = false
+        broker.sessionBecameWritable(session)
+    }
+}
+
 @main
 struct Micro {
     static func main() throws {
@@ -42,6 +52,8 @@ struct Micro {
         let body16 = ByteBuffer(repeating: 0x78, count: 16)
         let body1k = ByteBuffer(repeating: 0x78, count: 1024)
 
+        let only = CommandLine.arguments.dropFirst().first
+        if only == nil {
         // MARK: codec
         measure("encode publish 16 B", operations: n) {
             var buffer = ByteBuffer()
@@ -166,18 +178,75 @@ struct Micro {
                         tag += UInt64(ackEvery)
                         try session.handle(.ack(Settle(deliveryTag: tag, multiple: true)))
                     }
-                    if i % 256 == 0 {
-                        broker.flush()
-                        if transport.resumeRequested {
-                            transport.resumeRequested = false
-                            broker.sessionBecameWritable(session)
-                        }
-                    }
+                    if i % 256 == 0 { flushCycle(broker, session, transport) }
                 }
                 broker.flush()
                 precondition(broker.queueInfo("bench.q0")?.ready == 0, "every message must have been delivered")
                 sink &+= transport.bytes
             }
+        }
+        }
+        if only == nil || only == "contracts" {
+        // MARK: contracts (issue 15): the cost of a contract, and of schema validation, per publish
+        let tripBody = ByteBuffer(string: #"{"tripId":"7f3c2a9e-5b1d-4c8e-9a2f-1e6d3b4c5a7f","passengerId":"p-1042","#
+            + #""pickup":{"latitude":52.5200,"longitude":13.4050},"destination":{"latitude":52.5096,"longitude":13.3760},"#
+            + #""requestedAt":"2026-12-04T10:15:00Z","fareClass":"comfort"}"#)
+        let tripSchema = try JSONValue.parse(#"""
+            {"type": "object", "required": ["tripId", "passengerId", "pickup", "destination", "requestedAt", "fareClass"],
+             "properties": {"tripId": {"type": "string", "minLength": 1}, "passengerId": {"type": "string", "minLength": 1},
+                            "pickup": {"$ref": "#/$defs/location"}, "destination": {"$ref": "#/$defs/location"},
+                            "requestedAt": {"type": "string"}, "fareClass": {"enum": ["standard", "comfort", "xl"]}},
+             "$defs": {"location": {"type": "object", "required": ["latitude", "longitude"],
+                                    "properties": {"latitude": {"type": "number", "minimum": -90, "maximum": 90},
+                                                   "longitude": {"type": "number", "minimum": -180, "maximum": 180}}}}}
+            """#)
+        let compiledTrip = try JSONSchema(tripSchema)
+        let tripBytes = Array(tripBody.readableBytesView)
+        measure("parse trip.requested body (\(tripBody.readableBytes) B)", operations: n / 4) {
+            var count = 0
+            for _ in 0..<(n / 4) {
+                if case .object(let m)? = try? tripBytes.withUnsafeBytes({ try JSONValue.parse($0) }) { count &+= m.count }
+            }
+            sink &+= count
+        }
+        let parsedTrip = try tripBytes.withUnsafeBytes { try JSONValue.parse($0) }
+        measure("check parsed trip.requested against its schema", operations: n / 4) {
+            var count = 0
+            for _ in 0..<(n / 4) where compiledTrip.check(parsedTrip) == nil { count &+= 1 }
+            sink &+= count
+        }
+        for (label, validate, withContract) in [("no contract", false, false), ("contract", false, true),
+                                               ("contract + schema", true, true)] {
+            try measure("core publish trip.requested \(label)", operations: n / 4) {
+                let broker = Broker(users: UserStore(includeDefaultUser: false))
+                let user = User(name: "bench", password: PasswordHash(rounds: 1, salt: [0], hash: [0]), isAdmin: true)
+                let transport = DiscardingTransport()
+                let session = broker.openSession(user: user, clientName: "micro", peer: "local", transport: transport)
+                try session.handle(.exchangeDeclare(ExchangeDeclare(requestId: 1, name: "trips", kind: .direct)))
+                try session.handle(.queueDeclare(QueueDeclare(requestId: 1, name: "dispatch")))
+                try session.handle(.queueBind(QueueBinding(requestId: 1, queue: "dispatch", exchange: "trips", bindingKey: "trip.requested")))
+                if withContract {
+                    let contract = ExchangeContract(exchange: "trips", types: [MessageTypeContract(
+                        name: "trip.requested", versions: [TypeVersionContract(version: ContractVersion(2), schema: tripSchema)],
+                        validatesPayload: validate)])
+                    try session.handle(.manage(Manage(requestId: 2, method: "contract.apply",
+                                                      arguments: ["contract": .table(try FieldTableEncoder().encode(contract))])))
+                }
+                try session.handle(.consume(Consume(requestId: 3, queue: "dispatch", noAck: true, prefetch: 0)))
+                broker.flush()
+                let properties = RawProperties(MessageProperties(type: "trip.requested", typeVersion: 2))
+                let view = PublishView(mandatory: false, envelope: MessageEnvelope(exchange: "trips", routingKey: "trip.requested",
+                                                                                  properties: properties, body: tripBody))
+                for i in 1...(n / 4) {
+                    try session.publish(view)
+                    if i % 256 == 0 { flushCycle(broker, session, transport) }
+                }
+                broker.flush()
+                precondition(broker.queueInfo("dispatch")?.ready == 0, "every message must have been delivered")
+                precondition(transport.bytes > n / 4 * tripBody.readableBytes, "every message must have been accepted")
+                sink &+= transport.bytes
+            }
+        }
         }
         print("(checksum \(sink & 0xFF))")
     }

@@ -23,7 +23,10 @@ struct RPCTests {
                 let replies = try await withThrowingTaskGroup(of: (Int, String).self) { group in
                     for i in 0..<20 {
                         group.addTask {
-                            let reply = try await rpc.call(routingKey: "passenger.profile", body: ByteBuffer(string: "p\(i)"))
+                            // The test is about correlation, not speed: a generous timeout, since on a loaded CI
+                            // machine the default 5 s once ran out (the full suite shares 2 cores).
+                            let reply = try await rpc.call(routingKey: "passenger.profile", body: ByteBuffer(string: "p\(i)"),
+                                                           timeout: .seconds(60))
                             #expect(reply.properties.contentType == "text/plain")
                             return (i, reply.bodyString)
                         }
