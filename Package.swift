@@ -181,9 +181,12 @@ let package = Package(
             exclude: ["openapi.yaml", "openapi-generator-config.yaml"]
         ),
         // Every message type the services exchange, with its name and version, and the broker topology they share.
+        // ride.asyncapi.json is the source of the contracts the services apply; embedded in the code (no bundle to
+        // install next to the binaries).
         .target(
             name: "RideContracts",
-            dependencies: ["BrokerClient", "WireProtocol"],
+            dependencies: ["BrokerClient", "WireProtocol", .product(name: "Logging", package: "swift-log")],
+            resources: [.embedInCode("ride.asyncapi.json")],
             swiftSettings: upcoming
         ),
         // What every service is made of: its SQLite database, the transactional outbox and its relay, the inbox,
@@ -254,7 +257,7 @@ let package = Package(
         .testTarget(
             name: "RideServicesTests",
             dependencies: [
-                "RideServices", "RideKit", "RideContracts", "BrokerClient", "WireProtocol", "TestSupport",
+                "RideServices", "RideKit", "RideContracts", "BrokerClient", "BrokerCore", "WireProtocol", "TestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -83,6 +83,13 @@ extension BrokerConnection {
         try await list(ContractVersionRow.self)
     }
 
+    /// Every exchange's contract, whole (with schemas), ordered by exchange name.
+    public func allContracts() async throws -> [ExchangeContract] {
+        var all: [ExchangeContract] = []
+        for exchange in Set(try await listContracts().map(\.exchange)).sorted() { all.append(try await contract(of: exchange)) }
+        return all
+    }
+
     /// Removes an exchange's contract: it accepts any message again.
     public func deleteContract(of exchange: String) async throws {
         _ = try await manage("contract.delete", ["exchange": .string(exchange)])

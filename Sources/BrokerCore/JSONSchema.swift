@@ -12,7 +12,7 @@ public import WireProtocol
 ///
 /// Verdicts are checked against Python's `jsonschema` (Draft7Validator and Draft202012Validator) by
 /// `scripts/check-json-schema-cases.py`, which CI runs on the cases the unit tests use.
-public struct JSONSchema {
+public struct JSONSchema: Sendable {
     private let root: Node
 
     /// Why a schema cannot be used: the JSON pointer of the offending part and what is wrong.
@@ -42,9 +42,19 @@ public struct JSONSchema {
         "deprecated", "readOnly", "writeOnly", "format", "contentMediaType", "contentEncoding",
     ]
 
+    /// Which JSON Schema a document is read as.
+    public enum Dialect: Sendable {
+        /// What means the same in draft-07 and 2020-12 (contracts' schemas: see the type's documentation).
+        case common
+        /// All of draft-07: also `items` as an array with `additionalItems`, `dependencies`, `$ref` beside
+        /// other keywords (which draft-07 ignores), and unknown keywords ignored as draft-07 says. For checking documents against draft-07 schemas, such as
+        /// AsyncAPI's own.
+        case draft07
+    }
+
     /// Compiles `schema`; every unsupported or malformed keyword is a ``CompileError`` naming where it is.
-    public init(_ schema: JSONValue) throws(CompileError) {
-        var compiler = Compiler(document: schema)
+    public init(_ schema: JSONValue, dialect: Dialect = .common) throws(CompileError) {
+        var compiler = Compiler(document: schema, dialect: dialect)
         root = try compiler.compile(schema, at: "")
         try compiler.resolveReferences()
     }
@@ -74,7 +84,10 @@ public struct JSONSchema {
 
     /// One schema object, its keywords as typed fields. Built once by the compiler and read-only afterwards
     /// (a `$ref` node gets its target once, when every node of the document exists).
-    final class Node {
+    // @unchecked Sendable: a node's fields are written only while ``JSONSchema/init(_:)`` compiles it (on one
+    // thread, before the schema value exists) and read-only afterwards; NSRegularExpression is documented as safe
+    // to use from several threads.
+    final class Node: @unchecked Sendable {
         enum Kind { case always, never, constraints }
         var kind = Kind.constraints
         var types: Set<String>?
@@ -91,6 +104,11 @@ public struct JSONSchema {
         var minLength: Int?
         var pattern: (text: String, regex: NSRegularExpression)?
         var items: Node?
+        /// Draft-07 only: `items` as an array (one schema per position) and what the items past it must match.
+        var tupleItems: [Node]?
+        var additionalItems: Node?
+        /// Draft-07 only: when a member is present, other members it needs, or a schema the object must match.
+        var dependencies: [(member: String, required: [String], schema: Node?)] = []
         var maxItems: Int?
         var minItems: Int?
         var uniqueItems = false
@@ -176,6 +194,15 @@ public struct JSONSchema {
                         if let failure { return failure }
                     }
                 }
+                if let tupleItems {
+                    for (index, element) in elements.enumerated() {
+                        guard let node = index < tupleItems.count ? tupleItems[index] : additionalItems else { break }
+                        path.append(.index(index))
+                        let failure = node.check(element, path: &path)
+                        path.removeLast()
+                        if let failure { return failure }
+                    }
+                }
                 if let contains {
                     var scratch = path
                     guard elements.contains(where: { contains.check($0, path: &scratch) == nil }) else {
@@ -186,6 +213,12 @@ public struct JSONSchema {
                 if let minProperties, members.count < minProperties { return fail("an object with \(members.count) members has fewer than \(minProperties)") }
                 if let maxProperties, members.count > maxProperties { return fail("an object with \(members.count) members has more than \(maxProperties)") }
                 for name in required where members[name] == nil { return fail("the required member '\(name)' is missing") }
+                for dependency in dependencies where members[dependency.member] != nil {
+                    for name in dependency.required where members[name] == nil {
+                        return fail("the member '\(dependency.member)' needs '\(name)' beside it")
+                    }
+                    if let node = dependency.schema, let failure = node.check(value, path: &path) { return failure }
+                }
                 // Unsorted first (the common case: the body matches); when a member fails, again in sorted order,
                 // so the failure reported for a given body is always the same one.
                 if checkMembers(members, names: members.keys, path: &path) != nil {
@@ -289,21 +322,23 @@ public struct JSONSchema {
         static func equal(_ a: JSONValue, _ b: JSONValue) -> Bool { a == b }
 
         /// A member name as a JSON pointer segment (RFC 6901).
-        static func escape(_ name: String) -> String {
-            name.replacingOccurrences(of: "~", with: "~0").replacingOccurrences(of: "/", with: "~1")
-        }
+        static func escape(_ name: String) -> String { JSONValue.pointerSegment(name) }
     }
 
     // MARK: - Compiling
 
     private struct Compiler {
         let document: JSONValue
+        let dialect: Dialect
         /// Every `$ref` node and where it appeared, resolved once the whole document is compiled.
         var references: [(node: Node, pointer: String)] = []
         /// Compiled targets by pointer, so a recursive schema is one cycle of nodes, not an endless tree.
         var compiled: [String: Node] = [:]
 
-        init(document: JSONValue) { self.document = document }
+        init(document: JSONValue, dialect: Dialect) {
+            self.document = document
+            self.dialect = dialect
+        }
 
         func error(_ pointer: String, _ reason: String) -> CompileError { CompileError(pointer: pointer, reason: reason) }
 
@@ -324,7 +359,8 @@ public struct JSONSchema {
         }
 
         mutating func fill(_ node: Node, _ keywords: [String: JSONValue], at pointer: String) throws(CompileError) {
-            for key in keywords.keys.sorted() where !JSONSchema.assertions.contains(key) && !JSONSchema.annotations.contains(key) {
+            // Draft-07 ignores keywords it does not know (as the reference validators do); contracts refuse them.
+            for key in keywords.keys.sorted() where dialect == .common && !JSONSchema.assertions.contains(key) && !JSONSchema.annotations.contains(key) {
                 throw error(pointer, Self.unsupported[key] ?? "the keyword '\(key)' is not supported (docs/contracts.md lists the keywords brokerd checks)")
             }
             func at(_ key: String) -> String { pointer + "/" + Node.escape(key) }
@@ -364,6 +400,12 @@ public struct JSONSchema {
             if let value = keywords["$ref"] {
                 guard let text = value.stringValue, text == "#" || text.hasPrefix("#/") else {
                     throw error(at("$ref"), "only references within the schema are supported, like #/$defs/point")
+                }
+                if dialect == .draft07 {
+                    // Draft-07: "All other properties in a $ref object MUST be ignored."
+                    node.reference = text
+                    references.append((node, pointer))
+                    return
                 }
                 let siblings = keywords.keys.filter { JSONSchema.assertions.contains($0) && $0 != "$ref" }
                 guard siblings.isEmpty else {
@@ -412,10 +454,27 @@ public struct JSONSchema {
                 node.pattern = (text, try regex(text, at("pattern")))
             }
             if let value = keywords["items"] {
-                if case .array = value {
-                    throw error(at("items"), "'items' as an array means different things in draft-07 and 2020-12; give one schema for every item")
+                if case .array(let list) = value {
+                    guard dialect == .draft07 else {
+                        throw error(at("items"), "'items' as an array means different things in draft-07 and 2020-12; give one schema for every item")
+                    }
+                    var tuple: [Node] = []
+                    for (index, element) in list.enumerated() { tuple.append(try compile(element, at: at("items") + "/\(index)")) }
+                    node.tupleItems = tuple
+                    node.additionalItems = try schema("additionalItems")
+                } else {
+                    node.items = try compile(value, at: at("items"))
                 }
-                node.items = try compile(value, at: at("items"))
+            }
+            if let value = keywords["dependencies"] {
+                guard case .object(let members) = value else { throw error(at("dependencies"), "'dependencies' must be an object") }
+                for (name, dependency) in members.sorted(by: { $0.key < $1.key }) {
+                    if case .array(let list) = dependency {
+                        node.dependencies.append((name, list.compactMap(\.stringValue), nil))
+                    } else {
+                        node.dependencies.append((name, [], try compile(dependency, at: at("dependencies") + "/" + Node.escape(name))))
+                    }
+                }
             }
             node.maxItems = try count("maxItems")
             node.minItems = try count("minItems")
@@ -466,7 +525,7 @@ public struct JSONSchema {
                 index += 1
                 let text = node.reference ?? "#"
                 let target = String(text.dropFirst())
-                guard let value = Self.resolve(target, in: document) else {
+                guard let value = document.value(atPointer: target) else {
                     throw error(pointer + "/$ref", "'\(text)' points at nothing in this schema")
                 }
                 node.target = try compile(value, at: target)
@@ -482,27 +541,6 @@ public struct JSONSchema {
                     current = next
                 }
             }
-        }
-
-        /// The value at a JSON pointer (RFC 6901), without the leading `#`.
-        static func resolve(_ pointer: String, in document: JSONValue) -> JSONValue? {
-            guard !pointer.isEmpty else { return document }
-            guard pointer.hasPrefix("/") else { return nil }
-            var current = document
-            for raw in pointer.dropFirst().split(separator: "/", omittingEmptySubsequences: false) {
-                let segment = raw.replacingOccurrences(of: "~1", with: "/").replacingOccurrences(of: "~0", with: "~")
-                switch current {
-                case .object(let members):
-                    guard let next = members[segment] else { return nil }
-                    current = next
-                case .array(let items):
-                    guard let i = Int(segment), items.indices.contains(i) else { return nil }
-                    current = items[i]
-                default:
-                    return nil
-                }
-            }
-            return current
         }
 
         /// Keywords refused with a reason of their own.

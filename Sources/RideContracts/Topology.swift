@@ -1,4 +1,5 @@
 public import BrokerClient
+public import Logging
 public import WireProtocol
 
 /// The exchanges and queues the ride services use, declared once here and by every service at start (declaring
@@ -23,7 +24,15 @@ public enum RideTopology {
 
     /// Declares everything. `retryDelayMs` is the retry queue's TTL: how long the dispatcher waits before it looks
     /// for a driver again (the queue's arguments must agree wherever it is declared: keep it one setting).
-    public static func declare(on connection: BrokerConnection, retryDelayMs: Int64) async throws {
+    ///
+    /// Then it gives the exchanges the contracts of ``RideAsyncAPI`` (with a logged warning, not an error, when the
+    /// broker refuses: a service user without administrator rights, or a contract an operator changed on purpose).
+    public static func declare(on connection: BrokerConnection, retryDelayMs: Int64, logger: Logger) async throws {
+        try await declareTopology(on: connection, retryDelayMs: retryDelayMs)
+        try await RideAsyncAPI.applyContracts(on: connection, logger: logger)
+    }
+
+    static func declareTopology(on connection: BrokerConnection, retryDelayMs: Int64) async throws {
         try await connection.declareExchange(tripsExchange, type: .topic, durable: true)
         try await connection.declareExchange(dispatchExchange, type: .fanout, durable: true)
         // A trip the dispatcher rejects (no driver yet) is dead-lettered through the default exchange into the

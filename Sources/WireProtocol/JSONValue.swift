@@ -394,3 +394,89 @@ extension JSONValue {
         return out + "\""
     }
 }
+
+// MARK: - Field values
+
+extension JSONValue {
+    /// A field value as JSON: integers and doubles as numbers, bytes as UTF-8 text (or an array of byte values).
+    public init(fieldValue: FieldValue) {
+        switch fieldValue {
+        case .bool(let b): self = .bool(b)
+        case .int(let i): self = .number(Double(i))
+        case .double(let d): self = .number(d)
+        case .string(let s): self = .string(s)
+        case .bytes(let b): self = String(validating: b, as: UTF8.self).map(JSONValue.string) ?? .array(b.map { .number(Double($0)) })
+        case .table(let t): self = .object(t.mapValues(JSONValue.init(fieldValue:)))
+        case .array(let a): self = .array(a.map(JSONValue.init(fieldValue:)))
+        }
+    }
+
+    /// The value as a field value (integral numbers as ints); nil for null, which field tables cannot hold.
+    public var fieldValue: FieldValue? {
+        switch self {
+        case .null: return nil
+        case .bool(let b): return .bool(b)
+        case .number(let n): return n.rounded() == n && abs(n) < 9.0e15 ? .int(Int64(n)) : .double(n)
+        case .string(let s): return .string(s)
+        case .array(let items):
+            var out: [FieldValue] = []
+            for item in items {
+                guard let value = item.fieldValue else { return nil }
+                out.append(value)
+            }
+            return .array(out)
+        case .object(let members):
+            var out: FieldTable = [:]
+            for (key, member) in members {
+                guard let value = member.fieldValue else { return nil }
+                out[key] = value
+            }
+            return .table(out)
+        }
+    }
+}
+
+extension JSONValue: ExpressibleByStringLiteral, ExpressibleByBooleanLiteral {
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+}
+
+// MARK: - JSON pointers (RFC 6901)
+
+extension JSONValue {
+    /// `key` as one segment of a JSON pointer: `~` as `~0`, `/` as `~1`.
+    public static func pointerSegment(_ key: String) -> String {
+        guard key.contains(where: { $0 == "~" || $0 == "/" }) else { return key }
+        var out = ""
+        for c in key {
+            switch c {
+            case "~": out += "~0"
+            case "/": out += "~1"
+            default: out.append(c)
+            }
+        }
+        return out
+    }
+
+    /// The value a JSON pointer names (`""` is the whole value, `/a/0/b~1c` a member, an item, a member); nil when
+    /// it names nothing.
+    public func value(atPointer pointer: String) -> JSONValue? {
+        guard !pointer.isEmpty else { return self }
+        guard pointer.hasPrefix("/") else { return nil }
+        var current = self
+        for raw in pointer.dropFirst().split(separator: "/", omittingEmptySubsequences: false) {
+            let segment = String(raw).replacing("~1", with: "/").replacing("~0", with: "~")
+            switch current {
+            case .object(let members):
+                guard let next = members[segment] else { return nil }
+                current = next
+            case .array(let items):
+                guard let i = Int(segment), items.indices.contains(i) else { return nil }
+                current = items[i]
+            default:
+                return nil
+            }
+        }
+        return current
+    }
+}

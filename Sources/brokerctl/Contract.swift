@@ -13,17 +13,18 @@ extension Brokerctl {
                 current, deprecated (publishers are told to upgrade) or retired (refused). docs/contracts.md \
                 describes the file and the rules.
                 """,
-            subcommands: [Apply.self, Show.self, Delete.self, Census.self])
+            subcommands: [Apply.self, Show.self, Delete.self, Census.self, Export.self])
     }
 }
 
 extension Brokerctl.ContractCommand {
     struct Apply: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Give exchanges the contracts in a JSON file (one contract, or an array of them), replacing theirs.",
+            abstract: "Give exchanges the contracts in a file: contracts (JSON, one or an array), or an AsyncAPI 3.0 document.",
             discussion: """
                 Retiring or dropping a version that a connected client still publishes is refused, naming the \
-                clients; --force applies it anyway and lists who will now be refused.
+                clients; --force applies it anyway and lists who will now be refused. An AsyncAPI document (as \
+                `contract export --asyncapi` writes) also declares its exchanges, queues and bindings first.
                 """)
 
         @Argument(help: "The contract file (JSON), or - for standard input.") var file: String
@@ -31,22 +32,54 @@ extension Brokerctl.ContractCommand {
         @OptionGroup var connection: ConnectionOptions
 
         func run() async throws {
-            let contracts = try Self.read(file)
+            let data = try readInput(file)
+            if let document = try Self.asyncAPI(data, file) {
+                try await connection.run { client in
+                    let broken = try await client.apply(document, force: force)
+                    print("applied '\(document.title)' \(document.version): \(document.exchanges.count) exchanges, \(document.queues.count) queues, "
+                          + "\(document.bindings.count) bindings, \(document.contracts.count) contracts")
+                    Self.report(broken)
+                }
+                return
+            }
+            let contracts = try Self.read(data, file)
             try await connection.run { client in
                 for contract in contracts {
                     let broken = try await client.applyContract(contract, force: force)
                     let versions = contract.types.reduce(0) { $0 + $1.versions.count }
                     print("exchange '\(contract.exchange)': contract applied (\(contract.types.count) types, \(versions) versions)")
-                    for row in broken {
-                        print("  now refused: '\(row.client)' (connection \(row.connection), user \(row.user)) publishing \(row.type) \(row.version)")
-                    }
+                    Self.report(broken)
                 }
             }
         }
 
+        static func report(_ broken: [CensusRow]) {
+            for row in broken {
+                print("  now refused: '\(row.client)' (connection \(row.connection), user \(row.user)) publishing \(row.type) \(row.version)")
+            }
+        }
+
+        /// The file as an AsyncAPI document, if it is one (an object with an `asyncapi` member); checked whole
+        /// before anything is sent.
+        static func asyncAPI(_ data: Data, _ file: String) throws -> AsyncAPIDocument? {
+            let json: JSONValue
+            do {
+                json = try data.withUnsafeBytes { try JSONValue.parse($0) }
+            } catch {
+                FileHandle.standardError.write(Data("brokerctl: \(file) is not JSON: \(error)\n".utf8))
+                throw ExitCode(65)  // EX_DATAERR
+            }
+            guard json.objectValue?["asyncapi"] != nil else { return nil }
+            do {
+                return try AsyncAPIDocument(json: json)
+            } catch {
+                FileHandle.standardError.write(Data("brokerctl: \(file): \(error.message)\n".utf8))
+                throw ExitCode(65)
+            }
+        }
+
         /// Reads and checks the file before anything is sent: a bad file changes nothing.
-        static func read(_ file: String) throws -> [ExchangeContract] {
-            let data = try readInput(file)
+        static func read(_ data: Data, _ file: String) throws -> [ExchangeContract] {
             let decoder = JSONDecoder()
             let contracts: [ExchangeContract]
             do {
@@ -155,6 +188,49 @@ extension Brokerctl.ContractCommand {
                 }
             }
             print(renderer.render(rows, columns: columns))
+        }
+    }
+}
+
+extension Brokerctl.ContractCommand {
+    struct Export: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write the contracts as a file apply reads; with --asyncapi, the broker's interfaces as an AsyncAPI 3.0 document.",
+            discussion: """
+                Without --asyncapi: an array of every contract, in the format `contract apply` reads. With it: exchanges \
+                and queues as channels, bindings, and every contracted type's versions as messages with their \
+                schemas (docs/contracts.md, "AsyncAPI"); `contract apply` reads the document back.
+                """)
+
+        @Flag(help: "Write an AsyncAPI 3.0 document.") var asyncapi = false
+        @Option(help: "The document's info.title (with --asyncapi).") var title = "brokerd"
+        @Option(name: .customLong("api-version"), help: "The document's info.version (with --asyncapi).") var apiVersion = "1.0.0"
+        @Option(help: "host:port written as the document's server (with --asyncapi; default: the address connected to).") var server: String?
+        @Option(name: [.short, .long], help: "File to write (default: stdout).") var output: String?
+        @OptionGroup var connection: ConnectionOptions
+
+        func run() async throws {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            var data: Data
+            if asyncapi {
+                let server = self.server ?? "\(connection.host):\(connection.port)"
+                data = try encoder.encode(try await connection.run { try await $0.exportAsyncAPI(title: title, version: apiVersion, server: server) }.json)
+            } else {
+                data = try encoder.encode(try await connection.run { try await $0.allContracts() })
+            }
+            data += Data("\n".utf8)
+            guard let output else {
+                FileHandle.standardOutput.write(data)
+                return
+            }
+            do {
+                try data.write(to: URL(fileURLWithPath: output), options: .atomic)
+            } catch {
+                FileHandle.standardError.write(Data("brokerctl: cannot write \(output): \(error.localizedDescription)\n".utf8))
+                throw ExitCode(73)  // EX_CANTCREAT
+            }
+            FileHandle.standardError.write(Data("wrote \(output)\n".utf8))
         }
     }
 }

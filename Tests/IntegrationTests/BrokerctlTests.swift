@@ -394,7 +394,8 @@ struct BrokerctlTests {
                 ("{\"exchange\": \"ride.trips\"}", "missing 'types'"),
                 ("{\"exchange\": \"ride.trips\", \"types\": [{\"name\": \"t\", \"versions\": [{\"version\": \"x.y\"}]}]}", "'x.y' is not a version"),
                 ("{\"exchange\": \"ride.trips\", \"types\": []}", "lists no message types"),
-                ("not json", "is not a contract"),
+                ("not json", "is not JSON: invalid literal at byte 0"),
+                ("{\"asyncapi\": \"2.6.0\"}", "version 2.6.0; this reads AsyncAPI 3.x documents"),
             ] {
                 try text.write(toFile: file, atomically: true, encoding: .utf8)
                 (status, out, err) = try ctl(port, ["contract", "apply", file])
@@ -406,6 +407,21 @@ struct BrokerctlTests {
             #expect(status == 66 && err.contains("cannot read /nonexistent/contract.json"), "\(err)")
             (status, _, err) = try ctl(port, ["contract", "show", "nowhere"])
             #expect(status != 0 && err.contains("no exchange 'nowhere'"), "\(err)")
+
+            // AsyncAPI: export the broker's interfaces, then apply the document (as a new deployment would).
+            let document = file + ".asyncapi.json"
+            defer { try? FileManager.default.removeItem(atPath: document) }
+            (status, _, err) = try ctl(port, ["contract", "export", "--asyncapi", "--title", "ride", "-o", document])
+            #expect(status == 0, "\(err)")
+            let exported = try JSONValue.parse(try String(contentsOfFile: document, encoding: .utf8))
+            #expect(exported.value(atPointer: "/asyncapi") == "3.0.0")
+            #expect(exported.value(atPointer: "/info/title") == "ride")
+            #expect(exported.value(atPointer: "/channels/exchange.ride.trips/address") == "ride.trips")
+            #expect(exported.value(atPointer: "/components/messages/trip.requested.v2/x-brokerd-version") == "2.0")
+            (status, out, err) = try ctl(port, ["contract", "apply", document])
+            #expect(status == 0 && out.contains("applied 'ride' 1.0.0:") && out.contains("1 contracts"), "\(out) \(err)")
+            (status, out, _) = try ctl(port, ["contract", "export"])
+            #expect(status == 0 && out.contains("\"exchange\" : \"ride.trips\""), "contract export without --asyncapi writes what apply reads: \(out)")
 
             #expect(try ctl(port, ["contract", "delete", "ride.trips"]).0 == 0)
             (status, _, err) = try ctl(port, ["contract", "show", "ride.trips"])

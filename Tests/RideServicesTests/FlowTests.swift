@@ -50,6 +50,15 @@ struct FlowTests {
             #expect(other.json?["available"] as? Bool == true)
             #expect(try await system.notifications(of: far).isEmpty)
 
+            // The trip went out under ride.asyncapi.json's contract, which the services applied: the broker's census
+            // names the trip service as the publisher of trip.requested 1.0, and the dispatcher of trip.dispatched.
+            let census = try await BrokerConnection.withConnection(ClientConfiguration(port: system.broker.port)) {
+                try await $0.contractCensus()
+            }
+            #expect(census.contains { $0.exchange == "ride.trips" && $0.type == "trip.requested" && $0.version == "1.0" && $0.client == "ride-trip" },
+                    "\(census)")
+            #expect(census.contains { $0.exchange == "ride.dispatch" && $0.type == "trip.dispatched" && $0.client == "ride-dispatcher" }, "\(census)")
+
             // An app that was offline gets what it missed when it reconnects, from its last event id.
             passengerStream.close()
             let replay = system.http.events(system.notification.url + "/v1/recipients/\(passenger)/notifications/stream",
