@@ -69,6 +69,24 @@ extension BrokerConnection {
         }
     }
 
+    /// Adds `contract` to what the exchange's contract declares (``ExchangeContract/adding(_:)``: new types and
+    /// majors only; statuses an operator set stay), or gives the exchange `contract` if it has none. Returns
+    /// whether the broker's contract changed. What a service does at every start with the contract it ships: a
+    /// new release brings its new major, and never undoes a deprecation or retirement made since.
+    @discardableResult
+    public func declareContract(_ contract: ExchangeContract) async throws -> Bool {
+        let current: ExchangeContract?
+        do {
+            current = try await self.contract(of: contract.exchange)
+        } catch let error as BrokerError where error.code == .notFound {
+            current = nil
+        }
+        let merged = current?.adding(contract) ?? contract
+        guard merged != current else { return false }
+        try await applyContract(merged)
+        return true
+    }
+
     /// The contract of `exchange` (404 if it has none).
     public func contract(of exchange: String) async throws -> ExchangeContract {
         let result = try await manage("contract.show", ["exchange": .string(exchange)])

@@ -45,6 +45,18 @@ public enum RideEnvelope {
         try decode(type, from: message.properties, body: message.body)
     }
 
+    /// The majors of `trip.requested` a reader of ``decodeTripRequested(from:)`` understands, as it states them
+    /// when it subscribes (the broker then never hands it another major).
+    public static let tripRequestedMajors = AcceptedVersions(TripRequested.type, majors: TripRequested.version.major...TripRequestedV2.version.major)
+
+    /// A `trip.requested` of major 1 or 2, as 2.0.
+    public static func decodeTripRequested(from message: Message) throws -> TripRequestedV2 {
+        if message.properties.typeVersion == TripRequested.version.major {
+            return TripRequestedV2(upgrading: try decode(TripRequested.self, from: message))
+        }
+        return try decode(TripRequestedV2.self, from: message)
+    }
+
     /// How many times the dispatcher's queue has rejected this message before (the broker's `x-death` count for
     /// `queue` with reason `rejected`): the retry attempt, without any state of our own.
     public static func rejections(in properties: MessageProperties, queue: String) -> Int {

@@ -55,6 +55,46 @@ public struct TripRequested: RideMessage, Hashable {
     }
 }
 
+/// `trip.requested` 2.0: the same trip with a new required field, the fare class the passenger booked. A 2.0
+/// consumer reads 1.0 messages too (``init(upgrading:)``: a 1.0 trip is a standard fare); a 1.0 consumer cannot
+/// read 2.0 ones, which is why the major changed (docs/contracts.md, "Rolling out a new major").
+public struct TripRequestedV2: RideMessage, Hashable {
+    public static let type = TripRequested.type
+    public static let version = ContractVersion(2, 0)
+    public enum FareClass: String, Codable, Sendable, CaseIterable {
+        case standard, comfort, xl
+    }
+    public var tripId: String
+    public var passengerId: String
+    public var passengerName: String
+    public var pickup: GeoPoint
+    public var destination: GeoPoint
+    public var requestedAtMs: Int64
+    public var fareClass: FareClass
+    public init(tripId: String, passengerId: String, passengerName: String, pickup: GeoPoint, destination: GeoPoint,
+                requestedAtMs: Int64, fareClass: FareClass) {
+        self.tripId = tripId
+        self.passengerId = passengerId
+        self.passengerName = passengerName
+        self.pickup = pickup
+        self.destination = destination
+        self.requestedAtMs = requestedAtMs
+        self.fareClass = fareClass
+    }
+
+    /// A 1.0 trip as 2.0: 1.0 had one fare class, standard.
+    public init(upgrading v1: TripRequested) {
+        self.init(tripId: v1.tripId, passengerId: v1.passengerId, passengerName: v1.passengerName, pickup: v1.pickup,
+                  destination: v1.destination, requestedAtMs: v1.requestedAtMs, fareClass: .standard)
+    }
+
+    /// The trip as 1.0 (what a trip service still configured for 1.0 publishes).
+    public var v1: TripRequested {
+        TripRequested(tripId: tripId, passengerId: passengerId, passengerName: passengerName, pickup: pickup, destination: destination,
+                      requestedAtMs: requestedAtMs)
+    }
+}
+
 /// `trip.dispatched` 1.0, on the dispatch fanout: a driver was assigned. Trip, passenger and driver services each
 /// get a copy.
 public struct TripDispatched: RideMessage, Hashable {

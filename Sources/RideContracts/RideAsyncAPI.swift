@@ -22,13 +22,15 @@ public enum RideAsyncAPI {
     /// The document read as brokerd declarations.
     public static func document() throws(BrokerError) -> AsyncAPIDocument { try AsyncAPIDocument(json: json) }
 
-    /// Gives the ride exchanges their contracts. A refusal the services can live with (no administrator rights:
-    /// `ACCESS_REFUSED`; a change that would break connected clients: `PRECONDITION_FAILED`) is logged with what
-    /// to do, and the service goes on with whatever contract the broker has; other errors are thrown.
+    /// Gives the ride exchanges their contracts, adding to what the broker has (``BrokerConnection/declareContract(_:)``):
+    /// a service release that brings a new major adds it, and a version an operator deprecated or retired stays
+    /// so. A refusal the services can live with (no administrator rights: `ACCESS_REFUSED`; a change that would
+    /// break connected clients: `PRECONDITION_FAILED`) is logged with what to do, and the service goes on with
+    /// whatever contract the broker has; other errors are thrown.
     public static func applyContracts(on connection: BrokerConnection, logger: Logger) async throws {
         for contract in try document().contracts {
             do {
-                try await connection.applyContract(contract)
+                try await connection.declareContract(contract)
             } catch let error as BrokerError where error.code == .accessRefused || error.code == .preconditionFailed {
                 logger.warning("the contract of exchange '\(contract.exchange)' was not applied: \(error.message); apply Sources/RideContracts/ride.asyncapi.json with brokerctl contract apply as an administrator")
             }

@@ -22,6 +22,9 @@ public struct RideSettings: Sendable {
     public var assignmentHold: Duration = .seconds(30)
     /// The trip service's bound on its call to the passenger service.
     public var passengerTimeout: Duration = .seconds(2)
+    /// The major of `trip.requested` the trip service publishes: 2 (with the fare class), or 1 for a trip service
+    /// that has not been upgraded yet (docs/contracts.md, "Rolling out a new major").
+    public var tripRequestedMajor: UInt16 = 2
     /// The trip service's passenger service.
     public var passengerURL = "http://127.0.0.1:8081"
     /// Where the service writes its HTTP port once it listens (for scripts and tests).

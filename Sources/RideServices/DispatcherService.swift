@@ -81,7 +81,9 @@ struct DispatchWorker: Service {
     enum Decision: Sendable { case alreadyDecided, dispatched(String), noDriver, retry }
 
     func run() async throws {
-        let consumer = try await connection.consume(queue: RideTopology.dispatcherQueue, prefetch: prefetch)
+        // Both majors of trip.requested while 1.0 publishers still run (the broker holds back any other major).
+        let consumer = try await connection.consume(queue: RideTopology.dispatcherQueue, prefetch: prefetch,
+                                                    accepting: [RideEnvelope.tripRequestedMajors])
         let dispatched = Counter(label: "ride_dispatch_total", dimensions: [("outcome", "dispatched")])
         let noDriver = Counter(label: "ride_dispatch_total", dimensions: [("outcome", "no_driver")])
         let retried = Counter(label: "ride_dispatch_total", dimensions: [("outcome", "retry")])
@@ -113,9 +115,9 @@ struct DispatchWorker: Service {
 
     /// Decides one trip; nil when the message was requeued after a failure or parked as poison.
     func handle(_ message: Message) async -> Decision? {
-        let trip: TripRequested
+        let trip: TripRequestedV2
         do {
-            trip = try RideEnvelope.decode(TripRequested.self, from: message)
+            trip = try RideEnvelope.decodeTripRequested(from: message)
         } catch {
             await park(message, error)
             return nil
@@ -158,7 +160,7 @@ struct DispatchWorker: Service {
     }
 
     /// The driver service's answer, or none when it does not answer in time (then this attempt finds no driver).
-    private func nearbyDrivers(_ trip: TripRequested) async -> [DriverNearbyReply.Candidate] {
+    private func nearbyDrivers(_ trip: TripRequestedV2) async -> [DriverNearbyReply.Candidate] {
         do {
             let request = DriverNearbyRequest(pickup: trip.pickup, radiusKm: searchRadiusKm, limit: 10)
             var (body, properties) = try RideEnvelope.encode(request, messageId: RideIds.make("q_"))
@@ -172,7 +174,7 @@ struct DispatchWorker: Service {
         }
     }
 
-    private func decide(_ trip: TripRequested, attempt: Int, candidates: [DriverNearbyReply.Candidate]) async throws -> Decision {
+    private func decide(_ trip: TripRequestedV2, attempt: Int, candidates: [DriverNearbyReply.Candidate]) async throws -> Decision {
         let now = RideIds.nowMs()
         let maxAttempts = self.maxAttempts
         let busyWindowMs = self.busyWindowMs

@@ -52,7 +52,8 @@ public struct TripService: Service {
         let passengers = PassengerAPI.Client(
             serverURL: passengerURL,
             transport: AsyncHTTPClientTransport(configuration: .init(client: http, timeout: .init(settings.passengerTimeout))))
-        let handlers = TripHandlers(database: database, passengers: passengers, relay: relay, timeout: settings.passengerTimeout)
+        let handlers = TripHandlers(database: database, passengers: passengers, relay: relay, timeout: settings.passengerTimeout,
+                                    publishedMajor: settings.tripRequestedMajor)
         let settings = self.settings
         let logger = self.logger
         let app = try RideHTTP.application(service: "trip", host: settings.httpHost, port: settings.httpPort, logger: logger,
@@ -103,6 +104,8 @@ struct TripHandlers: TripAPI.APIProtocol {
     let passengers: PassengerAPI.Client
     let relay: OutboxRelay
     let timeout: Duration
+    /// The major of `trip.requested` this service publishes (``RideSettings/tripRequestedMajor``).
+    var publishedMajor: UInt16 = TripRequestedV2.version.major
 
     func createTrip(_ input: TripAPI.Operations.CreateTrip.Input) async throws -> TripAPI.Operations.CreateTrip.Output {
         guard case .json(let request) = input.body else { throw HTTPProblem(.unsupportedMediaType, code: "unsupported_media_type", "send application/json") }
@@ -134,17 +137,24 @@ struct TripHandlers: TripAPI.APIProtocol {
         }
         let id = RideIds.make("t_")
         let now = RideIds.nowMs()
-        let event = TripRequested(tripId: id, passengerId: passenger.id, passengerName: passenger.name,
-                                  pickup: GeoPoint(lat: request.pickup.lat, lon: request.pickup.lon),
-                                  destination: GeoPoint(lat: request.destination.lat, lon: request.destination.lon), requestedAtMs: now)
+        // The v1 trip API has no fare class: every trip it takes is a standard fare.
+        let event = TripRequestedV2(tripId: id, passengerId: passenger.id, passengerName: passenger.name,
+                                    pickup: GeoPoint(lat: request.pickup.lat, lon: request.pickup.lon),
+                                    destination: GeoPoint(lat: request.destination.lat, lon: request.destination.lon), requestedAtMs: now,
+                                    fareClass: .standard)
         try await database.transaction { tx in
             try await tx.execute("""
                 INSERT INTO trips (id, passenger_id, pickup_lat, pickup_lon, destination_lat, destination_lon, status, created_ms, updated_ms)
                 VALUES (?, ?, ?, ?, ?, ?, 'requested', ?, ?)
                 """, [.text(id), .text(passenger.id), .float(request.pickup.lat), .float(request.pickup.lon),
                       .float(request.destination.lat), .float(request.destination.lon), .integer(Int(now)), .integer(Int(now))])
-            try await Outbox.enqueue(event, exchange: RideTopology.tripsExchange, routingKey: TripRequested.type,
-                                     messageId: "trip.requested/\(id)", in: tx)
+            if publishedMajor == TripRequested.version.major {
+                try await Outbox.enqueue(event.v1, exchange: RideTopology.tripsExchange, routingKey: TripRequested.type,
+                                         messageId: "trip.requested/\(id)", in: tx)
+            } else {
+                try await Outbox.enqueue(event, exchange: RideTopology.tripsExchange, routingKey: TripRequestedV2.type,
+                                         messageId: "trip.requested/\(id)", in: tx)
+            }
         }
         relay.wake()
         let trip = Schemas.Trip(id: id, passengerId: passenger.id, pickup: request.pickup, destination: request.destination,

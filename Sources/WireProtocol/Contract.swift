@@ -35,6 +35,24 @@ public struct ExchangeContract: Codable, Hashable, Sendable {
 
     /// The type named `name`, if the contract lists it.
     public func type(_ name: String) -> MessageTypeContract? { types.first { $0.name == name } }
+
+    /// This contract with what `other` declares that it lacks: types it does not list, and majors of listed types
+    /// it does not declare. Nothing it has changes (a status, sunset or schema an operator set stays) and nothing
+    /// is removed, so adding never breaks a client: what a service does with its own contract at start.
+    public func adding(_ other: ExchangeContract) -> ExchangeContract {
+        var result = self
+        for type in other.types {
+            guard let index = result.types.firstIndex(where: { $0.name == type.name }) else {
+                result.types.append(type)
+                continue
+            }
+            for version in type.versions where result.types[index].version(major: version.version.major) == nil {
+                result.types[index].versions.append(version)
+            }
+            result.types[index].versions.sort { $0.version < $1.version }
+        }
+        return result
+    }
 }
 
 /// One message type of a contract and its versions.

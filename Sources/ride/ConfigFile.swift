@@ -16,7 +16,7 @@ struct RideConfigFile {
     static let keys: [String: Kind] = [
         "broker_host": .string, "broker_port": .integer, "broker_user": .string, "broker_password": .string,
         "host": .string, "port": .integer, "data_dir": .string, "retry_delay_ms": .integer, "dispatch_attempts": .integer,
-        "assignment_hold_seconds": .integer, "passenger_url": .string, "passenger_timeout_ms": .integer, "log_level": .string,
+        "assignment_hold_seconds": .integer, "passenger_url": .string, "passenger_timeout_ms": .integer, "trip_requested_version": .integer, "log_level": .string,
     ]
     static let sections: Set<String> = ["trip", "passenger", "driver", "dispatcher", "notification"]
 

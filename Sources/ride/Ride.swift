@@ -41,6 +41,8 @@ struct CommonOptions: ParsableArguments {
     var assignmentHoldSeconds: Int?
     @Option(help: "The trip service's passenger service (default \(CommonOptions.defaultPassengerURL)).") var passengerUrl: String?
     @Option(help: "The trip service's bound on the passenger call, in ms (default 2000).") var passengerTimeoutMs: Int?
+    @Option(help: "The trip.requested major the trip service publishes: 2, or 1 as a service not yet upgraded (default 2).")
+    var tripRequestedVersion: Int?
     @Option(help: "trace, debug, info, notice, warning, error or critical (default info).") var logLevel: String?
     @Flag(help: .hidden) var noRelay = false
 
@@ -86,6 +88,7 @@ struct CommonOptions: ParsableArguments {
             throw ValidationError("passenger-url '\(settings.passengerURL)' is not an http URL")
         }
         settings.passengerTimeout = .milliseconds(try int(passengerTimeoutMs, "passenger_timeout_ms", 2000, 1...600_000))
+        settings.tripRequestedMajor = UInt16(try int(tripRequestedVersion, "trip_requested_version", 2, 1...2))
         settings.relayEnabled = !noRelay
         return settings
     }

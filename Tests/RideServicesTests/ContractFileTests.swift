@@ -20,6 +20,8 @@ struct ContractFileTests {
         }
         return [
             try sample(TripRequested(tripId: "t1", passengerId: "p1", passengerName: "Ada", pickup: point, destination: point, requestedAtMs: 1_700_000_000_000)),
+            try sample(TripRequestedV2(tripId: "t1", passengerId: "p1", passengerName: "Ada", pickup: point, destination: point,
+                                       requestedAtMs: 1_700_000_000_000, fareClass: .comfort)),
             try sample(TripDispatched(tripId: "t1", passengerId: "p1", driverId: "d1", driverName: "Bo", pickup: point, destination: point,
                                       distanceKm: 1.5, requestedAtMs: 1_700_000_000_000, attempts: 1)),
             try sample(TripNoDriver(tripId: "t1", passengerId: "p1", attempts: 3, requestedAtMs: 1_700_000_000_000)),
@@ -54,6 +56,7 @@ struct ContractFileTests {
         let trips = try #require(contracts.first { $0.exchange == RideTopology.tripsExchange })
         #expect(trips.types.map(\.name) == [TripRequested.type])
         #expect(trips.types.first?.validatesPayload == true)
+        #expect(trips.types.first?.versions.map(\.version) == [TripRequested.version, TripRequestedV2.version])
         let dispatch = try #require(contracts.first { $0.exchange == RideTopology.dispatchExchange })
         #expect(Set(dispatch.types.map(\.name)) == [TripDispatched.type, TripNoDriver.type])
     }

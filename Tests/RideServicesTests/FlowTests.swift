@@ -51,11 +51,11 @@ struct FlowTests {
             #expect(try await system.notifications(of: far).isEmpty)
 
             // The trip went out under ride.asyncapi.json's contract, which the services applied: the broker's census
-            // names the trip service as the publisher of trip.requested 1.0, and the dispatcher of trip.dispatched.
+            // names the trip service as the publisher of trip.requested 2.0, and the dispatcher of trip.dispatched.
             let census = try await BrokerConnection.withConnection(ClientConfiguration(port: system.broker.port)) {
                 try await $0.contractCensus()
             }
-            #expect(census.contains { $0.exchange == "ride.trips" && $0.type == "trip.requested" && $0.version == "1.0" && $0.client == "ride-trip" },
+            #expect(census.contains { $0.exchange == "ride.trips" && $0.type == "trip.requested" && $0.version == "2.0" && $0.client == "ride-trip" },
                     "\(census)")
             #expect(census.contains { $0.exchange == "ride.dispatch" && $0.type == "trip.dispatched" && $0.client == "ride-dispatcher" }, "\(census)")
 
