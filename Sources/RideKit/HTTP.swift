@@ -214,3 +214,60 @@ struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
                 + (ContinuousClock.now - start).components.seconds * 1_000_000_000))
     }
 }
+
+/// Marks the responses of an old API version as deprecated (RFC 9745 `Deprecation`, RFC 8594 `Sunset`) and points
+/// at the same resource in the current version (RFC 8288 `Link` with `rel="successor-version"`): the HTTP side of
+/// telling clients to upgrade, as brokerd's notice frame is the broker's (docs/contracts.md). Every response of
+/// the listed operations gets them, errors included. Added here rather than by each handler, so no handler can
+/// forget, and as written (the runtime would percent-encode generated header values).
+public struct DeprecationMiddleware: ServerMiddleware {
+    /// The operation ids of the deprecated version.
+    public var operations: Set<String>
+    public var deprecatedSince: Date
+    public var sunset: Date
+    /// The path prefix of the deprecated version and of its successor (`/v1/`, `/v2/`).
+    public var from: String
+    public var to: String
+
+    public init(operations: Set<String>, deprecatedSince: Date, sunset: Date, from: String = "/v1/", to: String = "/v2/") {
+        self.operations = operations
+        self.deprecatedSince = deprecatedSince
+        self.sunset = sunset
+        self.from = from
+        self.to = to
+    }
+
+    // Literal names made only of RFC 9110 token characters: the failable initializer cannot fail on them.
+    public static let deprecationField = HTTPField.Name("Deprecation")!
+    public static let sunsetField = HTTPField.Name("Sunset")!
+    public static let linkField = HTTPField.Name("Link")!
+
+    /// `@` and Unix seconds: RFC 9745's structured-field date.
+    public var deprecationValue: String { "@\(Int64(deprecatedSince.timeIntervalSince1970))" }
+
+    /// An IMF-fixdate (RFC 9110), as RFC 8594 asks: `Wed, 30 Jun 2027 00:00:00 GMT`.
+    public var sunsetValue: String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        return formatter.string(from: sunset)
+    }
+
+    public func intercept(_ request: HTTPRequest, body: HTTPBody?, metadata: ServerRequestMetadata, operationID: String,
+                          next: @Sendable (HTTPRequest, HTTPBody?, ServerRequestMetadata) async throws -> (HTTPResponse, HTTPBody?))
+        async throws -> (HTTPResponse, HTTPBody?)
+    {
+        var (response, responseBody) = try await next(request, body, metadata)
+        guard operations.contains(operationID) else { return (response, responseBody) }
+        response.headerFields[Self.deprecationField] = deprecationValue
+        response.headerFields[Self.sunsetField] = sunsetValue
+        if let path = request.path, let range = path.range(of: from), range.lowerBound == path.startIndex {
+            // The successor of the resource asked for; for a POST, of the collection (the new resource's own
+            // successor is its Location with the prefix swapped).
+            let successor = to + path[range.upperBound...].prefix { $0 != "?" }
+            response.headerFields[Self.linkField] = "<\(successor)>; rel=\"successor-version\""
+        }
+        return (response, responseBody)
+    }
+}

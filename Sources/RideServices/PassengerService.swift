@@ -36,7 +36,8 @@ public struct PassengerService: Service {
         let logger = self.logger
         let app = try RideHTTP.application(service: "passenger", host: settings.httpHost, port: settings.httpPort, logger: logger,
                                            onListening: { await settings.reportListening($0) }) { router in
-            try handlers.registerHandlers(on: router, middlewares: [ProblemMiddleware(logger: logger)])
+            // Outermost, so error responses of /v1 carry the headers too.
+            try handlers.registerHandlers(on: router, middlewares: [Self.v1Deprecation, ProblemMiddleware(logger: logger)])
         }
         let outcomes = InboxConsumer(name: "passenger", connection: connection, database: database,
                                      queue: RideTopology.passengerDispatchQueue, logger: logger,
@@ -51,6 +52,12 @@ public struct PassengerService: Service {
         try await runParts(parts, logger: logger)
         await database.close()
     }
+
+    /// `/v1` is deprecated since 2026-12-01 and served until 2027-06-30 (docs/ride-services.md, "API versions").
+    static let v1Deprecation = DeprecationMiddleware(
+        operations: ["createPassenger", "getPassenger"],
+        deprecatedSince: Date(timeIntervalSince1970: 1_796_083_200),  // 2026-12-01T00:00:00Z
+        sunset: Date(timeIntervalSince1970: 1_814_313_600))  // 2027-06-30T00:00:00Z
 
     /// One notification per trip for the passenger: its id is derived from the trip, so it is created once.
     static func notify(_ message: Message, tx: RideDatabase.Transaction) async throws {
@@ -81,33 +88,78 @@ struct PassengerHandlers: PassengerAPI.APIProtocol {
     typealias Schemas = PassengerAPI.Components.Schemas
     let database: RideDatabase
 
-    func createPassenger(_ input: PassengerAPI.Operations.CreatePassenger.Input) async throws -> PassengerAPI.Operations.CreatePassenger.Output {
-        guard case .json(let request) = input.body else { throw HTTPProblem(.unsupportedMediaType, code: "unsupported_media_type", "send application/json") }
-        do {
-            try Check.text(request.name, field: "name", max: 200)
-            if let phone = request.phone, phone.count > 40 {
-                throw HTTPProblem(.badRequest, code: "invalid_field", "'phone' must be at most 40 characters", field: "phone")
-            }
-        } catch {
-            return .badRequest(.init(body: .json(Self.problem(error))))
+    /// A stored passenger, whichever version's representation it is served in.
+    struct Stored {
+        var id: String
+        var name: String
+        var phone: String?
+        var createdMs: Int64
+    }
+
+    /// Checks and stores a new passenger (the fields as both versions name them for errors).
+    func insert(name: String, nameField: String, phone: String?, phoneField: String) async throws -> Stored {
+        try Check.text(name, field: nameField, max: 200)
+        if let phone, phone.count > 40 {
+            throw HTTPProblem(.badRequest, code: "invalid_field", "'\(phoneField)' must be at most 40 characters", field: phoneField)
         }
-        let id = RideIds.make("p_")
-        let now = RideIds.nowMs()
+        let stored = Stored(id: RideIds.make("p_"), name: name, phone: phone, createdMs: RideIds.nowMs())
         try await database.transaction { tx in
             try await tx.execute("INSERT INTO passengers (id, name, phone, created_ms) VALUES (?, ?, ?, ?)",
-                                 [.text(id), .text(request.name), request.phone.map { .text($0) } ?? .null, .integer(Int(now))])
+                                 [.text(stored.id), .text(name), phone.map { .text($0) } ?? .null, .integer(Int(stored.createdMs))])
         }
-        return .created(.init(headers: .init(location: "/v1/passengers/\(id)"),
-                              body: .json(.init(id: id, name: request.name, phone: request.phone, createdAt: date(ms: now)))))
+        return stored
+    }
+
+    func find(_ id: String) async throws -> Stored? {
+        guard let row = try await database.query("SELECT * FROM passengers WHERE id = ?", [.text(id)]).first else { return nil }
+        return Stored(id: try row.text("id"), name: try row.text("name"), phone: row.optionalText("phone"),
+                      createdMs: Int64(try row.integer("created_ms")))
+    }
+
+    static func notFound(_ id: String) -> Schemas.Problem { problem(HTTPProblem(.notFound, code: "not_found", "no passenger '\(id)'")) }
+
+    // MARK: /v1 (deprecated: served with Deprecation and Sunset headers)
+
+    func createPassenger(_ input: PassengerAPI.Operations.CreatePassenger.Input) async throws -> PassengerAPI.Operations.CreatePassenger.Output {
+        guard case .json(let request) = input.body else { throw HTTPProblem(.unsupportedMediaType, code: "unsupported_media_type", "send application/json") }
+        let stored: Stored
+        do {
+            stored = try await insert(name: request.name, nameField: "name", phone: request.phone, phoneField: "phone")
+        } catch let problem as HTTPProblem {
+            return .badRequest(.init(body: .json(Self.problem(problem))))
+        }
+        return .created(.init(headers: .init(location: "/v1/passengers/\(stored.id)"), body: .json(Self.v1(stored))))
     }
 
     func getPassenger(_ input: PassengerAPI.Operations.GetPassenger.Input) async throws -> PassengerAPI.Operations.GetPassenger.Output {
-        let rows = try await database.query("SELECT * FROM passengers WHERE id = ?", [.text(input.path.passengerId)])
-        guard let row = rows.first else {
-            return .notFound(.init(body: .json(Self.problem(HTTPProblem(.notFound, code: "not_found", "no passenger '\(input.path.passengerId)'")))))
+        guard let stored = try await find(input.path.passengerId) else { return .notFound(.init(body: .json(Self.notFound(input.path.passengerId)))) }
+        return .ok(.init(body: .json(Self.v1(stored))))
+    }
+
+    static func v1(_ stored: Stored) -> Schemas.Passenger {
+        Schemas.Passenger(id: stored.id, name: stored.name, phone: stored.phone, createdAt: date(ms: stored.createdMs))
+    }
+
+    // MARK: /v2
+
+    func createPassengerV2(_ input: PassengerAPI.Operations.CreatePassengerV2.Input) async throws -> PassengerAPI.Operations.CreatePassengerV2.Output {
+        guard case .json(let request) = input.body else { throw HTTPProblem(.unsupportedMediaType, code: "unsupported_media_type", "send application/json") }
+        let stored: Stored
+        do {
+            stored = try await insert(name: request.displayName, nameField: "displayName", phone: request.contact?.phone, phoneField: "contact.phone")
+        } catch let problem as HTTPProblem {
+            return .badRequest(.init(body: .json(Self.problem(problem))))
         }
-        return .ok(.init(body: .json(.init(id: try row.text("id"), name: try row.text("name"), phone: row.optionalText("phone"),
-                                           createdAt: date(ms: try row.integer("created_ms"))))))
+        return .created(.init(headers: .init(location: "/v2/passengers/\(stored.id)"), body: .json(Self.v2(stored))))
+    }
+
+    func getPassengerV2(_ input: PassengerAPI.Operations.GetPassengerV2.Input) async throws -> PassengerAPI.Operations.GetPassengerV2.Output {
+        guard let stored = try await find(input.path.passengerId) else { return .notFound(.init(body: .json(Self.notFound(input.path.passengerId)))) }
+        return .ok(.init(body: .json(Self.v2(stored))))
+    }
+
+    static func v2(_ stored: Stored) -> Schemas.PassengerV2 {
+        Schemas.PassengerV2(id: stored.id, displayName: stored.name, contact: .init(phone: stored.phone), createdAt: date(ms: stored.createdMs))
     }
 
     static func problem(_ error: any Error) -> Schemas.Problem {

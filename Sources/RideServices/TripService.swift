@@ -116,10 +116,11 @@ struct TripHandlers: TripAPI.APIProtocol {
         } catch {
             return .badRequest(.init(body: .json(Self.problem(error))))
         }
-        // The synchronous path: without the passenger's answer, nothing is stored.
-        let passenger: PassengerAPI.Components.Schemas.Passenger
+        // The synchronous path: without the passenger's answer, nothing is stored. (The current version of the
+        // passenger API, /v2; /v1 is deprecated.)
+        let passenger: PassengerAPI.Components.Schemas.PassengerV2
         do {
-            switch try await passengers.getPassenger(path: .init(passengerId: request.passengerId)) {
+            switch try await passengers.getPassengerV2(path: .init(passengerId: request.passengerId)) {
             case .ok(let ok):
                 passenger = try ok.body.json
             case .notFound:
@@ -138,7 +139,7 @@ struct TripHandlers: TripAPI.APIProtocol {
         let id = RideIds.make("t_")
         let now = RideIds.nowMs()
         // The v1 trip API has no fare class: every trip it takes is a standard fare.
-        let event = TripRequestedV2(tripId: id, passengerId: passenger.id, passengerName: passenger.name,
+        let event = TripRequestedV2(tripId: id, passengerId: passenger.id, passengerName: passenger.displayName,
                                     pickup: GeoPoint(lat: request.pickup.lat, lon: request.pickup.lon),
                                     destination: GeoPoint(lat: request.destination.lat, lon: request.destination.lon), requestedAtMs: now,
                                     fareClass: .standard)

@@ -119,7 +119,7 @@ final class Simulation: Sendable {
     func run(broker: BrokerConnection) async throws {
         print("ridesim: registering \(options.passengers) passengers and \(options.drivers) drivers")
         let passengerIds = try await register(count: options.passengers) { index in
-            try await self.post(self.options.passengerUrl + "/v1/passengers", ["name": "passenger \(index)"])
+            try await self.post(self.options.passengerUrl + "/v2/passengers", ["displayName": "passenger \(index)"])
         }
         let driverIds = try await register(count: options.drivers) { index in
             var generator = SystemRandomNumberGenerator()

@@ -248,7 +248,7 @@ final class RideSystem: Sendable {
     // MARK: - The public API, as an app would call it
 
     func registerPassenger(_ name: String) async throws -> String {
-        let response = try await http.request(.POST, passenger.url + "/v1/passengers", json: ["name": name])
+        let response = try await http.request(.POST, passenger.url + "/v2/passengers", json: ["displayName": name])
         #expect(response.status == 201, "\(response.text)")
         return try response.string("id")
     }

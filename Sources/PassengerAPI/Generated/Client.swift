@@ -17,7 +17,12 @@ public import struct Foundation.Data
 public import struct Foundation.Date
 import HTTPTypes
 /// Passengers of the ride-hailing app register here; the trip service reads a passenger's profile
-/// (GET /v1/passengers/{passengerId}) before it accepts a trip. docs/ride-services.md describes the system.
+/// (GET /v2/passengers/{passengerId}) before it accepts a trip. docs/ride-services.md describes the system.
+///
+/// Two major versions are served side by side. /v2 is current. /v1 is deprecated: every /v1 response carries
+/// `Deprecation` (RFC 9745, the date it was deprecated), `Sunset` (RFC 8594, the date it stops being served)
+/// and a `Link` to the same resource under /v2 with `rel="successor-version"`. v2 renamed `name` to
+/// `displayName` and moved `phone` into `contact`; both versions read and write the same passengers.
 ///
 public struct Client: APIProtocol {
     /// The underlying HTTP client.
@@ -46,10 +51,11 @@ public struct Client: APIProtocol {
     private var converter: Converter {
         client.converter
     }
-    /// Register a passenger.
+    /// Register a passenger (deprecated; use POST /v2/passengers).
     ///
     /// - Remark: HTTP `POST /v1/passengers`.
     /// - Remark: Generated from `#/paths//v1/passengers/post(createPassenger)`.
+    @available(*, deprecated)
     public func createPassenger(_ input: Operations.CreatePassenger.Input) async throws -> Operations.CreatePassenger.Output {
         try await client.send(
             input: input,
@@ -82,11 +88,28 @@ public struct Client: APIProtocol {
             deserializer: { response, responseBody in
                 switch response.status.code {
                 case 201:
-                    let headers: Operations.CreatePassenger.Output.Created.Headers = .init(location: try converter.getRequiredHeaderFieldAsURI(
-                        in: response.headerFields,
-                        name: "Location",
-                        as: Swift.String.self
-                    ))
+                    let headers: Operations.CreatePassenger.Output.Created.Headers = .init(
+                        location: try converter.getRequiredHeaderFieldAsURI(
+                            in: response.headerFields,
+                            name: "Location",
+                            as: Swift.String.self
+                        ),
+                        deprecation: try converter.getOptionalHeaderFieldAsURI(
+                            in: response.headerFields,
+                            name: "Deprecation",
+                            as: Components.Headers.Deprecation.self
+                        ),
+                        sunset: try converter.getOptionalHeaderFieldAsURI(
+                            in: response.headerFields,
+                            name: "Sunset",
+                            as: Components.Headers.Sunset.self
+                        ),
+                        link: try converter.getOptionalHeaderFieldAsURI(
+                            in: response.headerFields,
+                            name: "Link",
+                            as: Components.Headers.SuccessorLink.self
+                        )
+                    )
                     let contentType = converter.extractContentTypeIfPresent(in: response.headerFields)
                     let body: Operations.CreatePassenger.Output.Created.Body
                     let chosenContentType = try converter.bestContentType(
@@ -145,10 +168,11 @@ public struct Client: APIProtocol {
             }
         )
     }
-    /// A passenger's profile.
+    /// A passenger's profile (deprecated; use GET /v2/passengers/{passengerId}).
     ///
     /// - Remark: HTTP `GET /v1/passengers/{passengerId}`.
     /// - Remark: Generated from `#/paths//v1/passengers/{passengerId}/get(getPassenger)`.
+    @available(*, deprecated)
     public func getPassenger(_ input: Operations.GetPassenger.Input) async throws -> Operations.GetPassenger.Output {
         try await client.send(
             input: input,
@@ -174,6 +198,23 @@ public struct Client: APIProtocol {
             deserializer: { response, responseBody in
                 switch response.status.code {
                 case 200:
+                    let headers: Operations.GetPassenger.Output.Ok.Headers = .init(
+                        deprecation: try converter.getOptionalHeaderFieldAsURI(
+                            in: response.headerFields,
+                            name: "Deprecation",
+                            as: Components.Headers.Deprecation.self
+                        ),
+                        sunset: try converter.getOptionalHeaderFieldAsURI(
+                            in: response.headerFields,
+                            name: "Sunset",
+                            as: Components.Headers.Sunset.self
+                        ),
+                        link: try converter.getOptionalHeaderFieldAsURI(
+                            in: response.headerFields,
+                            name: "Link",
+                            as: Components.Headers.SuccessorLink.self
+                        )
+                    )
                     let contentType = converter.extractContentTypeIfPresent(in: response.headerFields)
                     let body: Operations.GetPassenger.Output.Ok.Body
                     let chosenContentType = try converter.bestContentType(
@@ -186,6 +227,192 @@ public struct Client: APIProtocol {
                     case "application/json":
                         body = try await converter.getResponseBodyAsJSON(
                             Components.Schemas.Passenger.self,
+                            from: responseBody,
+                            transforming: { value in
+                                .json(value)
+                            }
+                        )
+                    default:
+                        preconditionFailure("bestContentType chose an invalid content type.")
+                    }
+                    return .ok(.init(
+                        headers: headers,
+                        body: body
+                    ))
+                case 404:
+                    let contentType = converter.extractContentTypeIfPresent(in: response.headerFields)
+                    let body: Components.Responses.NotFound.Body
+                    let chosenContentType = try converter.bestContentType(
+                        received: contentType,
+                        options: [
+                            "application/json"
+                        ]
+                    )
+                    switch chosenContentType {
+                    case "application/json":
+                        body = try await converter.getResponseBodyAsJSON(
+                            Components.Schemas.Problem.self,
+                            from: responseBody,
+                            transforming: { value in
+                                .json(value)
+                            }
+                        )
+                    default:
+                        preconditionFailure("bestContentType chose an invalid content type.")
+                    }
+                    return .notFound(.init(body: body))
+                default:
+                    return .undocumented(
+                        statusCode: response.status.code,
+                        .init(
+                            headerFields: response.headerFields,
+                            body: responseBody
+                        )
+                    )
+                }
+            }
+        )
+    }
+    /// Register a passenger.
+    ///
+    /// - Remark: HTTP `POST /v2/passengers`.
+    /// - Remark: Generated from `#/paths//v2/passengers/post(createPassengerV2)`.
+    public func createPassengerV2(_ input: Operations.CreatePassengerV2.Input) async throws -> Operations.CreatePassengerV2.Output {
+        try await client.send(
+            input: input,
+            forOperation: Operations.CreatePassengerV2.id,
+            serializer: { input in
+                let path = try converter.renderedPath(
+                    template: "/v2/passengers",
+                    parameters: []
+                )
+                var request: HTTPTypes.HTTPRequest = .init(
+                    soar_path: path,
+                    method: .post
+                )
+                suppressMutabilityWarning(&request)
+                converter.setAcceptHeader(
+                    in: &request.headerFields,
+                    contentTypes: input.headers.accept
+                )
+                let body: OpenAPIRuntime.HTTPBody?
+                switch input.body {
+                case let .json(value):
+                    body = try converter.setRequiredRequestBodyAsJSON(
+                        value,
+                        headerFields: &request.headerFields,
+                        contentType: "application/json; charset=utf-8"
+                    )
+                }
+                return (request, body)
+            },
+            deserializer: { response, responseBody in
+                switch response.status.code {
+                case 201:
+                    let headers: Operations.CreatePassengerV2.Output.Created.Headers = .init(location: try converter.getRequiredHeaderFieldAsURI(
+                        in: response.headerFields,
+                        name: "Location",
+                        as: Swift.String.self
+                    ))
+                    let contentType = converter.extractContentTypeIfPresent(in: response.headerFields)
+                    let body: Operations.CreatePassengerV2.Output.Created.Body
+                    let chosenContentType = try converter.bestContentType(
+                        received: contentType,
+                        options: [
+                            "application/json"
+                        ]
+                    )
+                    switch chosenContentType {
+                    case "application/json":
+                        body = try await converter.getResponseBodyAsJSON(
+                            Components.Schemas.PassengerV2.self,
+                            from: responseBody,
+                            transforming: { value in
+                                .json(value)
+                            }
+                        )
+                    default:
+                        preconditionFailure("bestContentType chose an invalid content type.")
+                    }
+                    return .created(.init(
+                        headers: headers,
+                        body: body
+                    ))
+                case 400:
+                    let contentType = converter.extractContentTypeIfPresent(in: response.headerFields)
+                    let body: Components.Responses.BadRequest.Body
+                    let chosenContentType = try converter.bestContentType(
+                        received: contentType,
+                        options: [
+                            "application/json"
+                        ]
+                    )
+                    switch chosenContentType {
+                    case "application/json":
+                        body = try await converter.getResponseBodyAsJSON(
+                            Components.Schemas.Problem.self,
+                            from: responseBody,
+                            transforming: { value in
+                                .json(value)
+                            }
+                        )
+                    default:
+                        preconditionFailure("bestContentType chose an invalid content type.")
+                    }
+                    return .badRequest(.init(body: body))
+                default:
+                    return .undocumented(
+                        statusCode: response.status.code,
+                        .init(
+                            headerFields: response.headerFields,
+                            body: responseBody
+                        )
+                    )
+                }
+            }
+        )
+    }
+    /// A passenger's profile.
+    ///
+    /// - Remark: HTTP `GET /v2/passengers/{passengerId}`.
+    /// - Remark: Generated from `#/paths//v2/passengers/{passengerId}/get(getPassengerV2)`.
+    public func getPassengerV2(_ input: Operations.GetPassengerV2.Input) async throws -> Operations.GetPassengerV2.Output {
+        try await client.send(
+            input: input,
+            forOperation: Operations.GetPassengerV2.id,
+            serializer: { input in
+                let path = try converter.renderedPath(
+                    template: "/v2/passengers/{}",
+                    parameters: [
+                        input.path.passengerId
+                    ]
+                )
+                var request: HTTPTypes.HTTPRequest = .init(
+                    soar_path: path,
+                    method: .get
+                )
+                suppressMutabilityWarning(&request)
+                converter.setAcceptHeader(
+                    in: &request.headerFields,
+                    contentTypes: input.headers.accept
+                )
+                return (request, nil)
+            },
+            deserializer: { response, responseBody in
+                switch response.status.code {
+                case 200:
+                    let contentType = converter.extractContentTypeIfPresent(in: response.headerFields)
+                    let body: Operations.GetPassengerV2.Output.Ok.Body
+                    let chosenContentType = try converter.bestContentType(
+                        received: contentType,
+                        options: [
+                            "application/json"
+                        ]
+                    )
+                    switch chosenContentType {
+                    case "application/json":
+                        body = try await converter.getResponseBodyAsJSON(
+                            Components.Schemas.PassengerV2.self,
                             from: responseBody,
                             transforming: { value in
                                 .json(value)

@@ -58,14 +58,37 @@ extension APIProtocol {
             method: .get,
             path: server.apiPathComponentsWithServerPrefix("/v1/passengers/{passengerId}")
         )
+        try transport.register(
+            {
+                try await server.createPassengerV2(
+                    request: $0,
+                    body: $1,
+                    metadata: $2
+                )
+            },
+            method: .post,
+            path: server.apiPathComponentsWithServerPrefix("/v2/passengers")
+        )
+        try transport.register(
+            {
+                try await server.getPassengerV2(
+                    request: $0,
+                    body: $1,
+                    metadata: $2
+                )
+            },
+            method: .get,
+            path: server.apiPathComponentsWithServerPrefix("/v2/passengers/{passengerId}")
+        )
     }
 }
 
 fileprivate extension UniversalServer where APIHandler: APIProtocol {
-    /// Register a passenger.
+    /// Register a passenger (deprecated; use POST /v2/passengers).
     ///
     /// - Remark: HTTP `POST /v1/passengers`.
     /// - Remark: Generated from `#/paths//v1/passengers/post(createPassenger)`.
+    @available(*, deprecated)
     func createPassenger(
         request: HTTPTypes.HTTPRequest,
         body: OpenAPIRuntime.HTTPBody?,
@@ -102,6 +125,203 @@ fileprivate extension UniversalServer where APIHandler: APIProtocol {
                     preconditionFailure("bestContentType chose an invalid content type.")
                 }
                 return Operations.CreatePassenger.Input(
+                    headers: headers,
+                    body: body
+                )
+            },
+            serializer: { output, request in
+                switch output {
+                case let .created(value):
+                    suppressUnusedWarning(value)
+                    var response = HTTPTypes.HTTPResponse(soar_statusCode: 201)
+                    suppressMutabilityWarning(&response)
+                    try converter.setHeaderFieldAsURI(
+                        in: &response.headerFields,
+                        name: "Location",
+                        value: value.headers.location
+                    )
+                    try converter.setHeaderFieldAsURI(
+                        in: &response.headerFields,
+                        name: "Deprecation",
+                        value: value.headers.deprecation
+                    )
+                    try converter.setHeaderFieldAsURI(
+                        in: &response.headerFields,
+                        name: "Sunset",
+                        value: value.headers.sunset
+                    )
+                    try converter.setHeaderFieldAsURI(
+                        in: &response.headerFields,
+                        name: "Link",
+                        value: value.headers.link
+                    )
+                    let body: OpenAPIRuntime.HTTPBody
+                    switch value.body {
+                    case let .json(value):
+                        try converter.validateAcceptIfPresent(
+                            "application/json",
+                            in: request.headerFields
+                        )
+                        body = try converter.setResponseBodyAsJSON(
+                            value,
+                            headerFields: &response.headerFields,
+                            contentType: "application/json; charset=utf-8"
+                        )
+                    }
+                    return (response, body)
+                case let .badRequest(value):
+                    suppressUnusedWarning(value)
+                    var response = HTTPTypes.HTTPResponse(soar_statusCode: 400)
+                    suppressMutabilityWarning(&response)
+                    let body: OpenAPIRuntime.HTTPBody
+                    switch value.body {
+                    case let .json(value):
+                        try converter.validateAcceptIfPresent(
+                            "application/json",
+                            in: request.headerFields
+                        )
+                        body = try converter.setResponseBodyAsJSON(
+                            value,
+                            headerFields: &response.headerFields,
+                            contentType: "application/json; charset=utf-8"
+                        )
+                    }
+                    return (response, body)
+                case let .undocumented(statusCode, _):
+                    return (.init(soar_statusCode: statusCode), nil)
+                }
+            }
+        )
+    }
+    /// A passenger's profile (deprecated; use GET /v2/passengers/{passengerId}).
+    ///
+    /// - Remark: HTTP `GET /v1/passengers/{passengerId}`.
+    /// - Remark: Generated from `#/paths//v1/passengers/{passengerId}/get(getPassenger)`.
+    @available(*, deprecated)
+    func getPassenger(
+        request: HTTPTypes.HTTPRequest,
+        body: OpenAPIRuntime.HTTPBody?,
+        metadata: OpenAPIRuntime.ServerRequestMetadata
+    ) async throws -> (HTTPTypes.HTTPResponse, OpenAPIRuntime.HTTPBody?) {
+        try await handle(
+            request: request,
+            requestBody: body,
+            metadata: metadata,
+            forOperation: Operations.GetPassenger.id,
+            using: {
+                APIHandler.getPassenger($0)
+            },
+            deserializer: { request, requestBody, metadata in
+                let path: Operations.GetPassenger.Input.Path = .init(passengerId: try converter.getPathParameterAsURI(
+                    in: metadata.pathParameters,
+                    name: "passengerId",
+                    as: Swift.String.self
+                ))
+                let headers: Operations.GetPassenger.Input.Headers = .init(accept: try converter.extractAcceptHeaderIfPresent(in: request.headerFields))
+                return Operations.GetPassenger.Input(
+                    path: path,
+                    headers: headers
+                )
+            },
+            serializer: { output, request in
+                switch output {
+                case let .ok(value):
+                    suppressUnusedWarning(value)
+                    var response = HTTPTypes.HTTPResponse(soar_statusCode: 200)
+                    suppressMutabilityWarning(&response)
+                    try converter.setHeaderFieldAsURI(
+                        in: &response.headerFields,
+                        name: "Deprecation",
+                        value: value.headers.deprecation
+                    )
+                    try converter.setHeaderFieldAsURI(
+                        in: &response.headerFields,
+                        name: "Sunset",
+                        value: value.headers.sunset
+                    )
+                    try converter.setHeaderFieldAsURI(
+                        in: &response.headerFields,
+                        name: "Link",
+                        value: value.headers.link
+                    )
+                    let body: OpenAPIRuntime.HTTPBody
+                    switch value.body {
+                    case let .json(value):
+                        try converter.validateAcceptIfPresent(
+                            "application/json",
+                            in: request.headerFields
+                        )
+                        body = try converter.setResponseBodyAsJSON(
+                            value,
+                            headerFields: &response.headerFields,
+                            contentType: "application/json; charset=utf-8"
+                        )
+                    }
+                    return (response, body)
+                case let .notFound(value):
+                    suppressUnusedWarning(value)
+                    var response = HTTPTypes.HTTPResponse(soar_statusCode: 404)
+                    suppressMutabilityWarning(&response)
+                    let body: OpenAPIRuntime.HTTPBody
+                    switch value.body {
+                    case let .json(value):
+                        try converter.validateAcceptIfPresent(
+                            "application/json",
+                            in: request.headerFields
+                        )
+                        body = try converter.setResponseBodyAsJSON(
+                            value,
+                            headerFields: &response.headerFields,
+                            contentType: "application/json; charset=utf-8"
+                        )
+                    }
+                    return (response, body)
+                case let .undocumented(statusCode, _):
+                    return (.init(soar_statusCode: statusCode), nil)
+                }
+            }
+        )
+    }
+    /// Register a passenger.
+    ///
+    /// - Remark: HTTP `POST /v2/passengers`.
+    /// - Remark: Generated from `#/paths//v2/passengers/post(createPassengerV2)`.
+    func createPassengerV2(
+        request: HTTPTypes.HTTPRequest,
+        body: OpenAPIRuntime.HTTPBody?,
+        metadata: OpenAPIRuntime.ServerRequestMetadata
+    ) async throws -> (HTTPTypes.HTTPResponse, OpenAPIRuntime.HTTPBody?) {
+        try await handle(
+            request: request,
+            requestBody: body,
+            metadata: metadata,
+            forOperation: Operations.CreatePassengerV2.id,
+            using: {
+                APIHandler.createPassengerV2($0)
+            },
+            deserializer: { request, requestBody, metadata in
+                let headers: Operations.CreatePassengerV2.Input.Headers = .init(accept: try converter.extractAcceptHeaderIfPresent(in: request.headerFields))
+                let contentType = converter.extractContentTypeIfPresent(in: request.headerFields)
+                let body: Operations.CreatePassengerV2.Input.Body
+                let chosenContentType = try converter.bestContentType(
+                    received: contentType,
+                    options: [
+                        "application/json"
+                    ]
+                )
+                switch chosenContentType {
+                case "application/json":
+                    body = try await converter.getRequiredRequestBodyAsJSON(
+                        Components.Schemas.NewPassengerV2.self,
+                        from: requestBody,
+                        transforming: { value in
+                            .json(value)
+                        }
+                    )
+                default:
+                    preconditionFailure("bestContentType chose an invalid content type.")
+                }
+                return Operations.CreatePassengerV2.Input(
                     headers: headers,
                     body: body
                 )
@@ -157,9 +377,9 @@ fileprivate extension UniversalServer where APIHandler: APIProtocol {
     }
     /// A passenger's profile.
     ///
-    /// - Remark: HTTP `GET /v1/passengers/{passengerId}`.
-    /// - Remark: Generated from `#/paths//v1/passengers/{passengerId}/get(getPassenger)`.
-    func getPassenger(
+    /// - Remark: HTTP `GET /v2/passengers/{passengerId}`.
+    /// - Remark: Generated from `#/paths//v2/passengers/{passengerId}/get(getPassengerV2)`.
+    func getPassengerV2(
         request: HTTPTypes.HTTPRequest,
         body: OpenAPIRuntime.HTTPBody?,
         metadata: OpenAPIRuntime.ServerRequestMetadata
@@ -168,18 +388,18 @@ fileprivate extension UniversalServer where APIHandler: APIProtocol {
             request: request,
             requestBody: body,
             metadata: metadata,
-            forOperation: Operations.GetPassenger.id,
+            forOperation: Operations.GetPassengerV2.id,
             using: {
-                APIHandler.getPassenger($0)
+                APIHandler.getPassengerV2($0)
             },
             deserializer: { request, requestBody, metadata in
-                let path: Operations.GetPassenger.Input.Path = .init(passengerId: try converter.getPathParameterAsURI(
+                let path: Operations.GetPassengerV2.Input.Path = .init(passengerId: try converter.getPathParameterAsURI(
                     in: metadata.pathParameters,
                     name: "passengerId",
                     as: Swift.String.self
                 ))
-                let headers: Operations.GetPassenger.Input.Headers = .init(accept: try converter.extractAcceptHeaderIfPresent(in: request.headerFields))
-                return Operations.GetPassenger.Input(
+                let headers: Operations.GetPassengerV2.Input.Headers = .init(accept: try converter.extractAcceptHeaderIfPresent(in: request.headerFields))
+                return Operations.GetPassengerV2.Input(
                     path: path,
                     headers: headers
                 )

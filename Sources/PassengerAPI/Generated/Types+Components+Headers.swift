@@ -17,5 +17,18 @@ public import struct Foundation.Data
 public import struct Foundation.Date
 extension Components {
     /// Types generated from the `#/components/headers` section of the OpenAPI document.
-    public enum Headers {}
+    public enum Headers {
+        /// RFC 9745: when this API version was deprecated, as a structured-field date (@ and Unix seconds).
+        ///
+        /// - Remark: Generated from `#/components/headers/Deprecation`.
+        public typealias Deprecation = Swift.String
+        /// RFC 8594: when this API version stops being served, as an HTTP-date.
+        ///
+        /// - Remark: Generated from `#/components/headers/Sunset`.
+        public typealias Sunset = Swift.String
+        /// RFC 8288: the same resource in the current version, with rel="successor-version".
+        ///
+        /// - Remark: Generated from `#/components/headers/SuccessorLink`.
+        public typealias SuccessorLink = Swift.String
+    }
 }

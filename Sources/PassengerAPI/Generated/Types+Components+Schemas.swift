@@ -76,6 +76,79 @@ extension Components {
                 case createdAt
             }
         }
+        /// - Remark: Generated from `#/components/schemas/NewPassengerV2`.
+        public struct NewPassengerV2: Codable, Hashable, Sendable {
+            /// - Remark: Generated from `#/components/schemas/NewPassengerV2/displayName`.
+            public var displayName: Swift.String
+            /// - Remark: Generated from `#/components/schemas/NewPassengerV2/contact`.
+            public var contact: Components.Schemas.Contact?
+            /// Creates a new `NewPassengerV2`.
+            ///
+            /// - Parameters:
+            ///   - displayName:
+            ///   - contact:
+            public init(
+                displayName: Swift.String,
+                contact: Components.Schemas.Contact? = nil
+            ) {
+                self.displayName = displayName
+                self.contact = contact
+            }
+            public enum CodingKeys: String, CodingKey {
+                case displayName
+                case contact
+            }
+        }
+        /// - Remark: Generated from `#/components/schemas/PassengerV2`.
+        public struct PassengerV2: Codable, Hashable, Sendable {
+            /// - Remark: Generated from `#/components/schemas/PassengerV2/id`.
+            public var id: Swift.String
+            /// - Remark: Generated from `#/components/schemas/PassengerV2/displayName`.
+            public var displayName: Swift.String
+            /// - Remark: Generated from `#/components/schemas/PassengerV2/contact`.
+            public var contact: Components.Schemas.Contact
+            /// - Remark: Generated from `#/components/schemas/PassengerV2/createdAt`.
+            public var createdAt: Foundation.Date
+            /// Creates a new `PassengerV2`.
+            ///
+            /// - Parameters:
+            ///   - id:
+            ///   - displayName:
+            ///   - contact:
+            ///   - createdAt:
+            public init(
+                id: Swift.String,
+                displayName: Swift.String,
+                contact: Components.Schemas.Contact,
+                createdAt: Foundation.Date
+            ) {
+                self.id = id
+                self.displayName = displayName
+                self.contact = contact
+                self.createdAt = createdAt
+            }
+            public enum CodingKeys: String, CodingKey {
+                case id
+                case displayName
+                case contact
+                case createdAt
+            }
+        }
+        /// - Remark: Generated from `#/components/schemas/Contact`.
+        public struct Contact: Codable, Hashable, Sendable {
+            /// - Remark: Generated from `#/components/schemas/Contact/phone`.
+            public var phone: Swift.String?
+            /// Creates a new `Contact`.
+            ///
+            /// - Parameters:
+            ///   - phone:
+            public init(phone: Swift.String? = nil) {
+                self.phone = phone
+            }
+            public enum CodingKeys: String, CodingKey {
+                case phone
+            }
+        }
         /// - Remark: Generated from `#/components/schemas/Problem`.
         public struct Problem: Codable, Hashable, Sendable {
             /// - Remark: Generated from `#/components/schemas/Problem/error`.

@@ -17,7 +17,7 @@ public import struct Foundation.Data
 public import struct Foundation.Date
 /// API operations, with input and output types, generated from `#/paths` in the OpenAPI document.
 public enum Operations {
-    /// Register a passenger.
+    /// Register a passenger (deprecated; use POST /v2/passengers).
     ///
     /// - Remark: HTTP `POST /v1/passengers`.
     /// - Remark: Generated from `#/paths//v1/passengers/post(createPassenger)`.
@@ -61,12 +61,35 @@ public enum Operations {
                 public struct Headers: Sendable, Hashable {
                     /// - Remark: Generated from `#/paths/v1/passengers/POST/responses/201/headers/Location`.
                     public var location: Swift.String
+                    /// RFC 9745: when this API version was deprecated, as a structured-field date (@ and Unix seconds).
+                    ///
+                    /// - Remark: Generated from `#/paths/v1/passengers/POST/responses/201/headers/Deprecation`.
+                    public var deprecation: Components.Headers.Deprecation?
+                    /// RFC 8594: when this API version stops being served, as an HTTP-date.
+                    ///
+                    /// - Remark: Generated from `#/paths/v1/passengers/POST/responses/201/headers/Sunset`.
+                    public var sunset: Components.Headers.Sunset?
+                    /// RFC 8288: the same resource in the current version, with rel="successor-version".
+                    ///
+                    /// - Remark: Generated from `#/paths/v1/passengers/POST/responses/201/headers/Link`.
+                    public var link: Components.Headers.SuccessorLink?
                     /// Creates a new `Headers`.
                     ///
                     /// - Parameters:
                     ///   - location:
-                    public init(location: Swift.String) {
+                    ///   - deprecation: RFC 9745: when this API version was deprecated, as a structured-field date (@ and Unix seconds).
+                    ///   - sunset: RFC 8594: when this API version stops being served, as an HTTP-date.
+                    ///   - link: RFC 8288: the same resource in the current version, with rel="successor-version".
+                    public init(
+                        location: Swift.String,
+                        deprecation: Components.Headers.Deprecation? = nil,
+                        sunset: Components.Headers.Sunset? = nil,
+                        link: Components.Headers.SuccessorLink? = nil
+                    ) {
                         self.location = location
+                        self.deprecation = deprecation
+                        self.sunset = sunset
+                        self.link = link
                     }
                 }
                 /// Received HTTP response headers
@@ -180,7 +203,7 @@ public enum Operations {
             }
         }
     }
-    /// A passenger's profile.
+    /// A passenger's profile (deprecated; use GET /v2/passengers/{passengerId}).
     ///
     /// - Remark: HTTP `GET /v1/passengers/{passengerId}`.
     /// - Remark: Generated from `#/paths//v1/passengers/{passengerId}/get(getPassenger)`.
@@ -227,6 +250,38 @@ public enum Operations {
         }
         @frozen public enum Output: Sendable, Hashable {
             public struct Ok: Sendable, Hashable {
+                /// - Remark: Generated from `#/paths/v1/passengers/{passengerId}/GET/responses/200/headers`.
+                public struct Headers: Sendable, Hashable {
+                    /// RFC 9745: when this API version was deprecated, as a structured-field date (@ and Unix seconds).
+                    ///
+                    /// - Remark: Generated from `#/paths/v1/passengers/{passengerId}/GET/responses/200/headers/Deprecation`.
+                    public var deprecation: Components.Headers.Deprecation?
+                    /// RFC 8594: when this API version stops being served, as an HTTP-date.
+                    ///
+                    /// - Remark: Generated from `#/paths/v1/passengers/{passengerId}/GET/responses/200/headers/Sunset`.
+                    public var sunset: Components.Headers.Sunset?
+                    /// RFC 8288: the same resource in the current version, with rel="successor-version".
+                    ///
+                    /// - Remark: Generated from `#/paths/v1/passengers/{passengerId}/GET/responses/200/headers/Link`.
+                    public var link: Components.Headers.SuccessorLink?
+                    /// Creates a new `Headers`.
+                    ///
+                    /// - Parameters:
+                    ///   - deprecation: RFC 9745: when this API version was deprecated, as a structured-field date (@ and Unix seconds).
+                    ///   - sunset: RFC 8594: when this API version stops being served, as an HTTP-date.
+                    ///   - link: RFC 8288: the same resource in the current version, with rel="successor-version".
+                    public init(
+                        deprecation: Components.Headers.Deprecation? = nil,
+                        sunset: Components.Headers.Sunset? = nil,
+                        link: Components.Headers.SuccessorLink? = nil
+                    ) {
+                        self.deprecation = deprecation
+                        self.sunset = sunset
+                        self.link = link
+                    }
+                }
+                /// Received HTTP response headers
+                public var headers: Operations.GetPassenger.Output.Ok.Headers
                 /// - Remark: Generated from `#/paths/v1/passengers/{passengerId}/GET/responses/200/content`.
                 @frozen public enum Body: Sendable, Hashable {
                     /// - Remark: Generated from `#/paths/v1/passengers/{passengerId}/GET/responses/200/content/application\/json`.
@@ -249,8 +304,13 @@ public enum Operations {
                 /// Creates a new `Ok`.
                 ///
                 /// - Parameters:
+                ///   - headers: Received HTTP response headers
                 ///   - body: Received HTTP response body
-                public init(body: Operations.GetPassenger.Output.Ok.Body) {
+                public init(
+                    headers: Operations.GetPassenger.Output.Ok.Headers = .init(),
+                    body: Operations.GetPassenger.Output.Ok.Body
+                ) {
+                    self.headers = headers
                     self.body = body
                 }
             }
@@ -280,6 +340,320 @@ public enum Operations {
             /// No such object.
             ///
             /// - Remark: Generated from `#/paths//v1/passengers/{passengerId}/get(getPassenger)/responses/404`.
+            ///
+            /// HTTP response code: `404 notFound`.
+            case notFound(Components.Responses.NotFound)
+            /// The associated value of the enum case if `self` is `.notFound`.
+            ///
+            /// - Throws: An error if `self` is not `.notFound`.
+            /// - SeeAlso: `.notFound`.
+            public var notFound: Components.Responses.NotFound {
+                get throws {
+                    switch self {
+                    case let .notFound(response):
+                        return response
+                    default:
+                        try throwUnexpectedResponseStatus(
+                            expectedStatus: "notFound",
+                            response: self
+                        )
+                    }
+                }
+            }
+            /// Undocumented response.
+            ///
+            /// A response with a code that is not documented in the OpenAPI document.
+            case undocumented(statusCode: Swift.Int, OpenAPIRuntime.UndocumentedPayload)
+        }
+        @frozen public enum AcceptableContentType: AcceptableProtocol {
+            case json
+            case other(Swift.String)
+            public init?(rawValue: Swift.String) {
+                switch rawValue.lowercased() {
+                case "application/json":
+                    self = .json
+                default:
+                    self = .other(rawValue)
+                }
+            }
+            public var rawValue: Swift.String {
+                switch self {
+                case let .other(string):
+                    return string
+                case .json:
+                    return "application/json"
+                }
+            }
+            public static var allCases: [Self] {
+                [
+                    .json
+                ]
+            }
+        }
+    }
+    /// Register a passenger.
+    ///
+    /// - Remark: HTTP `POST /v2/passengers`.
+    /// - Remark: Generated from `#/paths//v2/passengers/post(createPassengerV2)`.
+    public enum CreatePassengerV2 {
+        public static let id: Swift.String = "createPassengerV2"
+        public struct Input: Sendable, Hashable {
+            /// - Remark: Generated from `#/paths/v2/passengers/POST/header`.
+            public struct Headers: Sendable, Hashable {
+                public var accept: [OpenAPIRuntime.AcceptHeaderContentType<Operations.CreatePassengerV2.AcceptableContentType>]
+                /// Creates a new `Headers`.
+                ///
+                /// - Parameters:
+                ///   - accept:
+                public init(accept: [OpenAPIRuntime.AcceptHeaderContentType<Operations.CreatePassengerV2.AcceptableContentType>] = .defaultValues()) {
+                    self.accept = accept
+                }
+            }
+            public var headers: Operations.CreatePassengerV2.Input.Headers
+            /// - Remark: Generated from `#/paths/v2/passengers/POST/requestBody`.
+            @frozen public enum Body: Sendable, Hashable {
+                /// - Remark: Generated from `#/paths/v2/passengers/POST/requestBody/content/application\/json`.
+                case json(Components.Schemas.NewPassengerV2)
+            }
+            public var body: Operations.CreatePassengerV2.Input.Body
+            /// Creates a new `Input`.
+            ///
+            /// - Parameters:
+            ///   - headers:
+            ///   - body:
+            public init(
+                headers: Operations.CreatePassengerV2.Input.Headers = .init(),
+                body: Operations.CreatePassengerV2.Input.Body
+            ) {
+                self.headers = headers
+                self.body = body
+            }
+        }
+        @frozen public enum Output: Sendable, Hashable {
+            public struct Created: Sendable, Hashable {
+                /// - Remark: Generated from `#/paths/v2/passengers/POST/responses/201/headers`.
+                public struct Headers: Sendable, Hashable {
+                    /// - Remark: Generated from `#/paths/v2/passengers/POST/responses/201/headers/Location`.
+                    public var location: Swift.String
+                    /// Creates a new `Headers`.
+                    ///
+                    /// - Parameters:
+                    ///   - location:
+                    public init(location: Swift.String) {
+                        self.location = location
+                    }
+                }
+                /// Received HTTP response headers
+                public var headers: Operations.CreatePassengerV2.Output.Created.Headers
+                /// - Remark: Generated from `#/paths/v2/passengers/POST/responses/201/content`.
+                @frozen public enum Body: Sendable, Hashable {
+                    /// - Remark: Generated from `#/paths/v2/passengers/POST/responses/201/content/application\/json`.
+                    case json(Components.Schemas.PassengerV2)
+                    /// The associated value of the enum case if `self` is `.json`.
+                    ///
+                    /// - Throws: An error if `self` is not `.json`.
+                    /// - SeeAlso: `.json`.
+                    public var json: Components.Schemas.PassengerV2 {
+                        get throws {
+                            switch self {
+                            case let .json(body):
+                                return body
+                            }
+                        }
+                    }
+                }
+                /// Received HTTP response body
+                public var body: Operations.CreatePassengerV2.Output.Created.Body
+                /// Creates a new `Created`.
+                ///
+                /// - Parameters:
+                ///   - headers: Received HTTP response headers
+                ///   - body: Received HTTP response body
+                public init(
+                    headers: Operations.CreatePassengerV2.Output.Created.Headers,
+                    body: Operations.CreatePassengerV2.Output.Created.Body
+                ) {
+                    self.headers = headers
+                    self.body = body
+                }
+            }
+            /// Registered.
+            ///
+            /// - Remark: Generated from `#/paths//v2/passengers/post(createPassengerV2)/responses/201`.
+            ///
+            /// HTTP response code: `201 created`.
+            case created(Operations.CreatePassengerV2.Output.Created)
+            /// The associated value of the enum case if `self` is `.created`.
+            ///
+            /// - Throws: An error if `self` is not `.created`.
+            /// - SeeAlso: `.created`.
+            public var created: Operations.CreatePassengerV2.Output.Created {
+                get throws {
+                    switch self {
+                    case let .created(response):
+                        return response
+                    default:
+                        try throwUnexpectedResponseStatus(
+                            expectedStatus: "created",
+                            response: self
+                        )
+                    }
+                }
+            }
+            /// The request is malformed; the error names the field.
+            ///
+            /// - Remark: Generated from `#/paths//v2/passengers/post(createPassengerV2)/responses/400`.
+            ///
+            /// HTTP response code: `400 badRequest`.
+            case badRequest(Components.Responses.BadRequest)
+            /// The associated value of the enum case if `self` is `.badRequest`.
+            ///
+            /// - Throws: An error if `self` is not `.badRequest`.
+            /// - SeeAlso: `.badRequest`.
+            public var badRequest: Components.Responses.BadRequest {
+                get throws {
+                    switch self {
+                    case let .badRequest(response):
+                        return response
+                    default:
+                        try throwUnexpectedResponseStatus(
+                            expectedStatus: "badRequest",
+                            response: self
+                        )
+                    }
+                }
+            }
+            /// Undocumented response.
+            ///
+            /// A response with a code that is not documented in the OpenAPI document.
+            case undocumented(statusCode: Swift.Int, OpenAPIRuntime.UndocumentedPayload)
+        }
+        @frozen public enum AcceptableContentType: AcceptableProtocol {
+            case json
+            case other(Swift.String)
+            public init?(rawValue: Swift.String) {
+                switch rawValue.lowercased() {
+                case "application/json":
+                    self = .json
+                default:
+                    self = .other(rawValue)
+                }
+            }
+            public var rawValue: Swift.String {
+                switch self {
+                case let .other(string):
+                    return string
+                case .json:
+                    return "application/json"
+                }
+            }
+            public static var allCases: [Self] {
+                [
+                    .json
+                ]
+            }
+        }
+    }
+    /// A passenger's profile.
+    ///
+    /// - Remark: HTTP `GET /v2/passengers/{passengerId}`.
+    /// - Remark: Generated from `#/paths//v2/passengers/{passengerId}/get(getPassengerV2)`.
+    public enum GetPassengerV2 {
+        public static let id: Swift.String = "getPassengerV2"
+        public struct Input: Sendable, Hashable {
+            /// - Remark: Generated from `#/paths/v2/passengers/{passengerId}/GET/path`.
+            public struct Path: Sendable, Hashable {
+                /// - Remark: Generated from `#/paths/v2/passengers/{passengerId}/GET/path/passengerId`.
+                public var passengerId: Swift.String
+                /// Creates a new `Path`.
+                ///
+                /// - Parameters:
+                ///   - passengerId:
+                public init(passengerId: Swift.String) {
+                    self.passengerId = passengerId
+                }
+            }
+            public var path: Operations.GetPassengerV2.Input.Path
+            /// - Remark: Generated from `#/paths/v2/passengers/{passengerId}/GET/header`.
+            public struct Headers: Sendable, Hashable {
+                public var accept: [OpenAPIRuntime.AcceptHeaderContentType<Operations.GetPassengerV2.AcceptableContentType>]
+                /// Creates a new `Headers`.
+                ///
+                /// - Parameters:
+                ///   - accept:
+                public init(accept: [OpenAPIRuntime.AcceptHeaderContentType<Operations.GetPassengerV2.AcceptableContentType>] = .defaultValues()) {
+                    self.accept = accept
+                }
+            }
+            public var headers: Operations.GetPassengerV2.Input.Headers
+            /// Creates a new `Input`.
+            ///
+            /// - Parameters:
+            ///   - path:
+            ///   - headers:
+            public init(
+                path: Operations.GetPassengerV2.Input.Path,
+                headers: Operations.GetPassengerV2.Input.Headers = .init()
+            ) {
+                self.path = path
+                self.headers = headers
+            }
+        }
+        @frozen public enum Output: Sendable, Hashable {
+            public struct Ok: Sendable, Hashable {
+                /// - Remark: Generated from `#/paths/v2/passengers/{passengerId}/GET/responses/200/content`.
+                @frozen public enum Body: Sendable, Hashable {
+                    /// - Remark: Generated from `#/paths/v2/passengers/{passengerId}/GET/responses/200/content/application\/json`.
+                    case json(Components.Schemas.PassengerV2)
+                    /// The associated value of the enum case if `self` is `.json`.
+                    ///
+                    /// - Throws: An error if `self` is not `.json`.
+                    /// - SeeAlso: `.json`.
+                    public var json: Components.Schemas.PassengerV2 {
+                        get throws {
+                            switch self {
+                            case let .json(body):
+                                return body
+                            }
+                        }
+                    }
+                }
+                /// Received HTTP response body
+                public var body: Operations.GetPassengerV2.Output.Ok.Body
+                /// Creates a new `Ok`.
+                ///
+                /// - Parameters:
+                ///   - body: Received HTTP response body
+                public init(body: Operations.GetPassengerV2.Output.Ok.Body) {
+                    self.body = body
+                }
+            }
+            /// The profile.
+            ///
+            /// - Remark: Generated from `#/paths//v2/passengers/{passengerId}/get(getPassengerV2)/responses/200`.
+            ///
+            /// HTTP response code: `200 ok`.
+            case ok(Operations.GetPassengerV2.Output.Ok)
+            /// The associated value of the enum case if `self` is `.ok`.
+            ///
+            /// - Throws: An error if `self` is not `.ok`.
+            /// - SeeAlso: `.ok`.
+            public var ok: Operations.GetPassengerV2.Output.Ok {
+                get throws {
+                    switch self {
+                    case let .ok(response):
+                        return response
+                    default:
+                        try throwUnexpectedResponseStatus(
+                            expectedStatus: "ok",
+                            response: self
+                        )
+                    }
+                }
+            }
+            /// No such object.
+            ///
+            /// - Remark: Generated from `#/paths//v2/passengers/{passengerId}/get(getPassengerV2)/responses/404`.
             ///
             /// HTTP response code: `404 notFound`.
             case notFound(Components.Responses.NotFound)

@@ -17,24 +17,37 @@ public import struct Foundation.Data
 public import struct Foundation.Date
 /// A type that performs HTTP operations defined by the OpenAPI document.
 public protocol APIProtocol: Sendable {
-    /// Register a passenger.
+    /// Register a passenger (deprecated; use POST /v2/passengers).
     ///
     /// - Remark: HTTP `POST /v1/passengers`.
     /// - Remark: Generated from `#/paths//v1/passengers/post(createPassenger)`.
+    @available(*, deprecated)
     func createPassenger(_ input: Operations.CreatePassenger.Input) async throws -> Operations.CreatePassenger.Output
-    /// A passenger's profile.
+    /// A passenger's profile (deprecated; use GET /v2/passengers/{passengerId}).
     ///
     /// - Remark: HTTP `GET /v1/passengers/{passengerId}`.
     /// - Remark: Generated from `#/paths//v1/passengers/{passengerId}/get(getPassenger)`.
+    @available(*, deprecated)
     func getPassenger(_ input: Operations.GetPassenger.Input) async throws -> Operations.GetPassenger.Output
+    /// Register a passenger.
+    ///
+    /// - Remark: HTTP `POST /v2/passengers`.
+    /// - Remark: Generated from `#/paths//v2/passengers/post(createPassengerV2)`.
+    func createPassengerV2(_ input: Operations.CreatePassengerV2.Input) async throws -> Operations.CreatePassengerV2.Output
+    /// A passenger's profile.
+    ///
+    /// - Remark: HTTP `GET /v2/passengers/{passengerId}`.
+    /// - Remark: Generated from `#/paths//v2/passengers/{passengerId}/get(getPassengerV2)`.
+    func getPassengerV2(_ input: Operations.GetPassengerV2.Input) async throws -> Operations.GetPassengerV2.Output
 }
 
 /// Convenience overloads for operation inputs.
 extension APIProtocol {
-    /// Register a passenger.
+    /// Register a passenger (deprecated; use POST /v2/passengers).
     ///
     /// - Remark: HTTP `POST /v1/passengers`.
     /// - Remark: Generated from `#/paths//v1/passengers/post(createPassenger)`.
+    @available(*, deprecated)
     public func createPassenger(
         headers: Operations.CreatePassenger.Input.Headers = .init(),
         body: Operations.CreatePassenger.Input.Body
@@ -44,15 +57,42 @@ extension APIProtocol {
             body: body
         ))
     }
-    /// A passenger's profile.
+    /// A passenger's profile (deprecated; use GET /v2/passengers/{passengerId}).
     ///
     /// - Remark: HTTP `GET /v1/passengers/{passengerId}`.
     /// - Remark: Generated from `#/paths//v1/passengers/{passengerId}/get(getPassenger)`.
+    @available(*, deprecated)
     public func getPassenger(
         path: Operations.GetPassenger.Input.Path,
         headers: Operations.GetPassenger.Input.Headers = .init()
     ) async throws -> Operations.GetPassenger.Output {
         try await getPassenger(Operations.GetPassenger.Input(
+            path: path,
+            headers: headers
+        ))
+    }
+    /// Register a passenger.
+    ///
+    /// - Remark: HTTP `POST /v2/passengers`.
+    /// - Remark: Generated from `#/paths//v2/passengers/post(createPassengerV2)`.
+    public func createPassengerV2(
+        headers: Operations.CreatePassengerV2.Input.Headers = .init(),
+        body: Operations.CreatePassengerV2.Input.Body
+    ) async throws -> Operations.CreatePassengerV2.Output {
+        try await createPassengerV2(Operations.CreatePassengerV2.Input(
+            headers: headers,
+            body: body
+        ))
+    }
+    /// A passenger's profile.
+    ///
+    /// - Remark: HTTP `GET /v2/passengers/{passengerId}`.
+    /// - Remark: Generated from `#/paths//v2/passengers/{passengerId}/get(getPassengerV2)`.
+    public func getPassengerV2(
+        path: Operations.GetPassengerV2.Input.Path,
+        headers: Operations.GetPassengerV2.Input.Headers = .init()
+    ) async throws -> Operations.GetPassengerV2.Output {
+        try await getPassengerV2(Operations.GetPassengerV2.Input(
             path: path,
             headers: headers
         ))
