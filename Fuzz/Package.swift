@@ -22,6 +22,11 @@ let package = Package(
             "FuzzSupport",
             .product(name: "BrokerStorage", package: brokerd), .product(name: "WireProtocol", package: brokerd),
         ]),
+        // Message bodies: the JSON parser, writing back, the schema checker, and schemas compiled from anything.
+        .executableTarget(name: "FuzzJSON", dependencies: [
+            "FuzzSupport",
+            .product(name: "BrokerCore", package: brokerd), .product(name: "WireProtocol", package: brokerd),
+        ]),
         // The core driven by arbitrary sequences of operations from several sessions.
         .executableTarget(name: "FuzzCore", dependencies: [
             "FuzzSupport",

@@ -12,7 +12,20 @@ cd "$here"
 # ld.gold fails on these binaries' debug info; lld (in the Swift toolchain) links them.
 swift build --package-path Fuzz -Xswiftc -sanitize="$sanitizers" -Xswiftc -use-ld=lld
 mkdir -p Fuzz/findings
-for harness in FuzzFrames FuzzRecovery FuzzCore; do
+# FuzzJSON starts from the schema-checker cases (each schema and each instance a seed), so it begins with JSON.
+if [ ! -d Fuzz/corpus/FuzzJSON ] || [ -z "$(ls -A Fuzz/corpus/FuzzJSON)" ]; then
+    mkdir -p Fuzz/corpus/FuzzJSON
+    python3 - <<'SEED'
+import json, pathlib
+out = pathlib.Path("Fuzz/corpus/FuzzJSON")
+for file in ("json-schema-cases.json", "json-schema-draft07-cases.json"):
+    for i, case in enumerate(json.loads(pathlib.Path("Tests/Fixtures", file).read_text())):
+        (out / f"{file}-{i}-schema").write_text(json.dumps(case["schema"]))
+        for j, test in enumerate(case["tests"]):
+            (out / f"{file}-{i}-{j}").write_text(json.dumps(test["data"]))
+SEED
+fi
+for harness in FuzzFrames FuzzRecovery FuzzCore FuzzJSON; do
     mkdir -p "Fuzz/corpus/$harness"
     echo "fuzz.sh: $harness for ${seconds}s" >&2
     log="Fuzz/findings/$harness.log"
