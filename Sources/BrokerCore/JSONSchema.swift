@@ -62,7 +62,26 @@ public struct JSONSchema: Sendable {
     /// Checks `instance`; nil when it matches, else the first failure found.
     public func check(_ instance: JSONValue) -> Failure? {
         var path: [PathSegment] = []
-        return root.check(instance, path: &path)
+        let budget = Budget(remaining: Self.stepLimit)
+        let failure = root.check(instance, path: &path, budget: budget)
+        // Once the budget ran out every verdict below is unreliable (an exhausted anyOf branch reads as no match):
+        // the whole check is refused instead.
+        guard budget.remaining >= 0 else {
+            return Failure(path: "", reason: "the body is too complex to check against the schema (more than \(Self.stepLimit) steps)")
+        }
+        return failure
+    }
+
+    /// The most schema-node visits one check makes. A body is attacker-controlled and a schema may branch
+    /// (`anyOf` over recursive `$ref`s re-checks subtrees), so the work per message is bounded: a publish on the
+    /// broker's event loop costs at most a few milliseconds, never a stall. Bodies a real schema describes take
+    /// thousands of steps, not a million.
+    public static let stepLimit = 1_000_000
+
+    /// The steps one check has left; shared by every branch of it (a class, so checks on scratch paths count too).
+    final class Budget {
+        var remaining: Int
+        init(remaining: Int) { self.remaining = remaining }
     }
 
     /// One step into an instance; rendered as a JSON pointer only when a failure is reported.
@@ -136,15 +155,17 @@ public struct JSONSchema: Sendable {
             regex.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)) != nil
         }
 
-        func check(_ value: JSONValue, path: inout [PathSegment]) -> Failure? {
+        func check(_ value: JSONValue, path: inout [PathSegment], budget: Budget) -> Failure? {
             func fail(_ reason: String) -> Failure { Failure(path: PathSegment.pointer(path), reason: reason) }
+            budget.remaining -= 1
+            guard budget.remaining >= 0 else { return fail("the check ran out of steps") }
             switch kind {
             case .always: return nil
             case .never: return fail("no value is allowed here (the schema is false)")
             case .constraints: break
             }
             // A reference stands alone (the compiler refuses siblings).
-            if let target { return target.check(value, path: &path) }
+            if let target { return target.check(value, path: &path, budget: budget) }
 
             if let types, typeMask & Self.typeBit(value) == 0 {
                 let name = value.typeName
@@ -180,8 +201,12 @@ public struct JSONSchema: Sendable {
                 if let minItems, elements.count < minItems { return fail("an array of \(elements.count) has fewer than \(minItems) items") }
                 if let maxItems, elements.count > maxItems { return fail("an array of \(elements.count) has more than \(maxItems) items") }
                 if uniqueItems {
-                    for i in elements.indices {
-                        for j in elements.indices where j > i && Self.equal(elements[i], elements[j]) {
+                    // By hashing, not pairwise: a body of 500,000 items must not cost 10^11 comparisons. JSONValue's
+                    // equality is JSON Schema's (numbers by value, objects by content), and its hash agrees with it.
+                    var first: [JSONValue: Int] = [:]
+                    first.reserveCapacity(elements.count)
+                    for (j, element) in elements.enumerated() {
+                        if let i = first.updateValue(j, forKey: element) {
                             return fail("items \(i) and \(j) are equal, and the items must be unique")
                         }
                     }
@@ -189,7 +214,7 @@ public struct JSONSchema: Sendable {
                 if let items {
                     for (index, element) in elements.enumerated() {
                         path.append(.index(index))
-                        let failure = items.check(element, path: &path)
+                        let failure = items.check(element, path: &path, budget: budget)
                         path.removeLast()
                         if let failure { return failure }
                     }
@@ -198,14 +223,14 @@ public struct JSONSchema: Sendable {
                     for (index, element) in elements.enumerated() {
                         guard let node = index < tupleItems.count ? tupleItems[index] : additionalItems else { break }
                         path.append(.index(index))
-                        let failure = node.check(element, path: &path)
+                        let failure = node.check(element, path: &path, budget: budget)
                         path.removeLast()
                         if let failure { return failure }
                     }
                 }
                 if let contains {
                     var scratch = path
-                    guard elements.contains(where: { contains.check($0, path: &scratch) == nil }) else {
+                    guard elements.contains(where: { contains.check($0, path: &scratch, budget: budget) == nil }) else {
                         return fail("no item matches what the array must contain")
                     }
                 }
@@ -217,20 +242,20 @@ public struct JSONSchema: Sendable {
                     for name in dependency.required where members[name] == nil {
                         return fail("the member '\(dependency.member)' needs '\(name)' beside it")
                     }
-                    if let node = dependency.schema, let failure = node.check(value, path: &path) { return failure }
+                    if let node = dependency.schema, let failure = node.check(value, path: &path, budget: budget) { return failure }
                 }
                 // Unsorted first (the common case: the body matches); when a member fails, again in sorted order,
                 // so the failure reported for a given body is always the same one.
-                if checkMembers(members, names: members.keys, path: &path) != nil {
-                    return checkMembers(members, names: members.keys.sorted(), path: &path)
+                if checkMembers(members, names: members.keys, path: &path, budget: budget) != nil {
+                    return checkMembers(members, names: members.keys.sorted(), path: &path, budget: budget)
                 }
             case .null, .bool:
                 break
             }
-            return checkCombinators(value, path: &path)
+            return checkCombinators(value, path: &path, budget: budget)
         }
 
-        private func checkMembers(_ members: [String: JSONValue], names: some Sequence<String>, path: inout [PathSegment]) -> Failure? {
+        private func checkMembers(_ members: [String: JSONValue], names: some Sequence<String>, path: inout [PathSegment], budget: Budget) -> Failure? {
             let onlyDeclared = patternProperties.isEmpty && additionalProperties == nil && propertyNames == nil
             if onlyDeclared {
                 // Only the declared members have rules: look them up instead of walking the body.
@@ -238,7 +263,7 @@ public struct JSONSchema: Sendable {
                     guard let member = members[name] else { continue }
                     path.append(.member(name))
                     defer { path.removeLast() }
-                    if let failure = node.check(member, path: &path) { return failure }
+                    if let failure = node.check(member, path: &path, budget: budget) { return failure }
                 }
                 return nil
             }
@@ -248,56 +273,56 @@ public struct JSONSchema: Sendable {
                 defer { path.removeLast() }
                 if let propertyNames {
                     var scratch = path
-                    if let failure = propertyNames.check(.string(name), path: &scratch) {
+                    if let failure = propertyNames.check(.string(name), path: &scratch, budget: budget) {
                         return Failure(path: failure.path, reason: "the member name is not allowed: \(failure.reason)")
                     }
                 }
                 var matched = false
                 if let node = properties[name] {
                     matched = true
-                    if let failure = node.check(member, path: &path) { return failure }
+                    if let failure = node.check(member, path: &path, budget: budget) { return failure }
                 }
                 for entry in patternProperties where Self.matches(entry.regex, name) {
                     matched = true
-                    if let failure = entry.node.check(member, path: &path) { return failure }
+                    if let failure = entry.node.check(member, path: &path, budget: budget) { return failure }
                 }
                 if !matched, let additionalProperties {
                     if additionalProperties.kind == .never {
                         return Failure(path: PathSegment.pointer(path.dropLast()), reason: "the member '\(name)' is not allowed")
                     }
-                    if let failure = additionalProperties.check(member, path: &path) { return failure }
+                    if let failure = additionalProperties.check(member, path: &path, budget: budget) { return failure }
                 }
             }
             return nil
         }
 
-        private func checkCombinators(_ value: JSONValue, path: inout [PathSegment]) -> Failure? {
+        private func checkCombinators(_ value: JSONValue, path: inout [PathSegment], budget: Budget) -> Failure? {
             func fail(_ reason: String) -> Failure { Failure(path: PathSegment.pointer(path), reason: reason) }
             for node in allOf {
-                if let failure = node.check(value, path: &path) { return failure }
+                if let failure = node.check(value, path: &path, budget: budget) { return failure }
             }
             if !anyOf.isEmpty {
                 var scratch = path
-                guard anyOf.contains(where: { $0.check(value, path: &scratch) == nil }) else {
+                guard anyOf.contains(where: { $0.check(value, path: &scratch, budget: budget) == nil }) else {
                     return fail("\(value.summary) matches none of the \(anyOf.count) anyOf alternatives")
                 }
             }
             if !oneOf.isEmpty {
                 var scratch = path
-                let matching = oneOf.filter { $0.check(value, path: &scratch) == nil }.count
+                let matching = oneOf.filter { $0.check(value, path: &scratch, budget: budget) == nil }.count
                 guard matching == 1 else {
                     return fail("\(value.summary) matches \(matching) of the oneOf alternatives, not exactly one")
                 }
             }
             if let not {
                 var scratch = path
-                if not.check(value, path: &scratch) == nil { return fail("\(value.summary) matches a schema it must not match") }
+                if not.check(value, path: &scratch, budget: budget) == nil { return fail("\(value.summary) matches a schema it must not match") }
             }
             if let ifNode {
                 var scratch = path
-                if ifNode.check(value, path: &scratch) == nil {
-                    if let thenNode, let failure = thenNode.check(value, path: &path) { return failure }
-                } else if let elseNode, let failure = elseNode.check(value, path: &path) {
+                if ifNode.check(value, path: &scratch, budget: budget) == nil {
+                    if let thenNode, let failure = thenNode.check(value, path: &path, budget: budget) { return failure }
+                } else if let elseNode, let failure = elseNode.check(value, path: &path, budget: budget) {
                     return failure
                 }
             }

@@ -93,6 +93,22 @@ struct JSONSchemaTests {
         }
     }
 
+    @Test("a hostile body costs bounded work: uniqueItems over 200,000 items by hashing, an exponentially branching schema cut off by the step budget", .timeLimit(.minutes(1)))
+    func boundedWork() throws {
+        let unique = try JSONSchema(.object(["uniqueItems": .bool(true)]))
+        var items = (0..<200_000).map { JSONValue.number(Double($0)) }
+        #expect(unique.check(.array(items)) == nil)
+        items.append(.number(5))
+        #expect(unique.check(.array(items))?.reason == "items 5 and 200000 are equal, and the items must be unique")
+
+        // Each level checks its items twice (the first branch fails only after the whole subtree): 2^depth steps.
+        let branching = try JSONSchema(try JSONValue.parse(##"{"anyOf": [{"items": {"$ref": "#"}, "contains": false}, {"items": {"$ref": "#"}}]}"##))
+        func nested(_ depth: Int) -> JSONValue { depth == 0 ? .array([]) : .array([nested(depth - 1)]) }
+        #expect(branching.check(nested(4)) == nil, "a shallow body is checked normally")
+        let failure = try #require(branching.check(nested(60)))
+        #expect(failure.reason.contains("too complex to check against the schema (more than 1000000 steps)"), "\(failure)")
+    }
+
     @Test("the parser reads RFC 8259 JSON: escapes, surrogate pairs, numbers, nesting")
     func parsing() throws {
         let value = try JSONValue.parse(#" {"a": [1, -0.5, 2e3, 1E-2, true, false, null], "s": "tab\t \"q\" \u00e9 \ud83d\ude95 \/", "": {}} "#)
