@@ -44,12 +44,24 @@ extension Broker {
         ])
     }
 
-    private static func auditValue(_ value: FieldValue) -> String {
+    /// A value for the audit line: scalars as they are; a table by its scalar members with nested containers as
+    /// their sizes (`contract={exchange=ride.trips types=[2]}`), so a contract with its schemas is one short line.
+    static func auditValue(_ value: FieldValue) -> String {
         switch value {
         case .string(let s): s
         case .int(let i): "\(i)"
         case .bool(let b): "\(b)"
-        default: "\(value)"
+        case .double(let d): "\(d)"
+        case .bytes(let b): "<\(b.count) bytes>"
+        case .array(let a): "[\(a.count)]"
+        case .table(let t):
+            "{" + t.keys.sorted().filter { !$0.hasPrefix("password") }.map { key in
+                switch t[key] {
+                case .table(let inner)?: "\(key)={\(inner.count)}"
+                case let member?: "\(key)=\(auditValue(member))"
+                case nil: key
+                }
+            }.joined(separator: " ") + "}"
         }
     }
 

@@ -42,14 +42,19 @@ struct LoggingTests {
                 _ = try await admin.manage("user.add", ["name": .string("alice"), "password": .string("s3cret-pass")])
                 await expectBrokerError(.notFound) { _ = try await admin.manage("user.delete", ["name": .string("nobody")]) }
                 _ = try await admin.list("queues")  // read-only: not audited
+                // A contract (with its schema) is one short object, not the whole table.
+                try await admin.declareExchange("ride.trips", type: .topic)
+                try await admin.applyContract(ExchangeContract(exchange: "ride.trips", types: [MessageTypeContract(
+                    name: "trip.requested", versions: [TypeVersionContract(version: ContractVersion(2), schema: .object(["type": "object"]))])]))
             }
             let actions = log.lines("management action")
-            #expect(actions.count == 2, "\(actions)")
+            #expect(actions.count == 3, "\(actions)")
+            #expect(actions.last?.contains(#"object="contract={exchange=ride.trips types=[1]} force=false""#) == true, "\(actions)")
             let added = try #require(actions.first)
             for part in ["by_user=guest", "by_client=tests", "action=user.add", "object=\"name=alice\"", "outcome=done", "peer=127.0.0.1:"] {
                 #expect(added.contains(part), "\(part) missing in \(added)")
             }
-            #expect(actions.last?.contains("outcome=\"refused: 404") == true, "\(actions)")
+            #expect(actions[1].contains("outcome=\"refused: 404"), "\(actions)")
             #expect(!log.all.contains { $0.contains("s3cret-pass") })
         }
     }
