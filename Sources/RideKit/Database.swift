@@ -11,10 +11,25 @@ import Synchronization
 /// this type serializes transactions with an async lock (in order of arrival). Several processes may share one file
 /// (the dispatcher's instances do): `BEGIN IMMEDIATE` takes SQLite's write lock up front and `busy_timeout` waits
 /// for another process's transaction instead of failing.
+///
+/// **Group commit.** Every commit is an fsync, and a service under a burst runs several transactions per request
+/// (the trip service: the trip with its outbox row, the relay marking it sent, the dispatch outcome), so one fsync
+/// each made requests queue behind the disk. Transactions that arrive while others wait share one: each runs in a
+/// savepoint of the group's `BEGIN IMMEDIATE` (a failing one rolls back to its savepoint and fails alone), and the
+/// last of the group (no one else waiting, or ``maximumGroup`` members) commits for all. Nobody's `transaction`
+/// returns before the `COMMIT` that covers it, so the promise stands: returned means on disk. A read takes the lock
+/// too and commits an open group before it reads, so it never sees writes that are not yet durable.
 public final class RideDatabase: Sendable {
     public let path: String
     private let connection: SQLiteConnection
-    private let lock = AsyncLock()
+    let lock = AsyncLock()
+    /// The members of the open group transaction, waiting for its commit; nil when none is open. Read and written
+    /// only while holding `lock` (the Mutex makes that checkable, it is never contended).
+    private let group = Mutex<[CommitTicket]?>(nil)
+    /// The most transactions one commit covers (so a group's write lock is held briefly for other processes).
+    public static let maximumGroup = 64
+    /// Commits made (each one fsync), for tests and metrics.
+    let commits = Mutex(0)
 
     private init(path: String, connection: SQLiteConnection) {
         self.path = path
@@ -43,24 +58,80 @@ public final class RideDatabase: Sendable {
         return database
     }
 
-    /// Runs `body` in one transaction (`BEGIN IMMEDIATE` ... `COMMIT`); rolls back if it throws.
+    /// Runs `body` in one transaction, all or nothing: if it throws, its writes are rolled back and the error is
+    /// rethrown. Returns once the writes are committed (fsynced), possibly together with others' (group commit).
     public func transaction<T: Sendable>(_ body: (Transaction) async throws -> T) async throws -> T {
-        try await lock.withLock {
-            _ = try await connection.query("BEGIN IMMEDIATE")
+        let (result, ticket): (T, CommitTicket?) = try await lock.withLock {
+            if group.withLock({ $0 == nil }) {
+                _ = try await connection.query("BEGIN IMMEDIATE")
+                group.withLock { $0 = [] }
+            }
             do {
-                let result = try await body(Transaction(connection: connection))
-                _ = try await connection.query("COMMIT")
-                return result
+                _ = try await connection.query("SAVEPOINT member")
             } catch {
-                _ = try? await connection.query("ROLLBACK")
+                await abortGroup(error)
                 throw error
             }
+            let result: T
+            do {
+                result = try await body(Transaction(connection: connection))
+                _ = try await connection.query("RELEASE member")
+            } catch {
+                do {
+                    _ = try await connection.query("ROLLBACK TO member")
+                    _ = try await connection.query("RELEASE member")
+                } catch let rollback {
+                    await abortGroup(rollback)
+                    throw error
+                }
+                if !lock.hasWaiters { try? await commitGroup() }
+                throw error
+            }
+            let members = group.withLock { $0?.count ?? 0 }
+            if lock.hasWaiters && members + 1 < Self.maximumGroup {
+                // Others are queued behind the lock: they join this transaction, and the last one commits.
+                let ticket = CommitTicket()
+                group.withLock { $0?.append(ticket) }
+                return (result, ticket)
+            }
+            try await commitGroup()
+            return (result, nil)
         }
+        try await ticket?.wait()
+        return result
     }
 
-    /// One read statement (a consistent snapshot by itself).
+    /// Commits the open group (if any) and tells its members how it went; throws if the commit failed (the group's
+    /// writes are then rolled back, and every member gets the error).
+    private func commitGroup() async throws {
+        guard let members = group.withLock({ $0 }) else { return }
+        group.withLock { $0 = nil }
+        do {
+            _ = try await connection.query("COMMIT")
+        } catch {
+            _ = try? await connection.query("ROLLBACK")
+            for member in members { member.complete(.failure(error)) }
+            throw error
+        }
+        commits.withLock { $0 += 1 }
+        for member in members { member.complete(.success(())) }
+    }
+
+    /// Rolls the open group back after a statement that keeps it from going on failed; its members get `error`.
+    private func abortGroup(_ error: any Error) async {
+        guard let members = group.withLock({ $0 }) else { return }
+        group.withLock { $0 = nil }
+        _ = try? await connection.query("ROLLBACK")
+        for member in members { member.complete(.failure(error)) }
+    }
+
+    /// One read statement (a consistent snapshot by itself), after committing an open group so that what it reads
+    /// is durable.
     public func query(_ sql: String, _ binds: [SQLiteData] = []) async throws -> [SQLiteRow] {
-        try await lock.withLock { try await connection.query(sql, binds) }
+        try await lock.withLock {
+            try? await commitGroup()  // a failed commit is its members' error, not this read's
+            return try await connection.query(sql, binds)
+        }
     }
 
     public func close() async {
@@ -80,6 +151,36 @@ public final class RideDatabase: Sendable {
     }
 }
 
+/// A group member's wait for the commit that covers it; completed once, by whoever commits or aborts the group
+/// (possibly before the member starts waiting).
+final class CommitTicket: Sendable {
+    private struct State {
+        var outcome: Result<Void, any Error>?
+        var waiter: CheckedContinuation<Void, any Error>?
+    }
+    private let state = Mutex(State())
+
+    func complete(_ outcome: Result<Void, any Error>) {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+            state.outcome = outcome
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(with: outcome)
+    }
+
+    func wait() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let outcome = state.withLock { state -> Result<Void, any Error>? in
+                if let outcome = state.outcome { return outcome }
+                state.waiter = continuation
+                return nil
+            }
+            if let outcome { continuation.resume(with: outcome) }
+        }
+    }
+}
+
 /// A FIFO lock for async code: `withLock` waits (without blocking a thread) until the holder releases it.
 public final class AsyncLock: Sendable {
     private struct State {
@@ -89,6 +190,12 @@ public final class AsyncLock: Sendable {
     private let state = Mutex(State())
 
     public init() {}
+
+    /// Whether someone is waiting for the lock (read by its holder: a waiter that arrives just after is simply
+    /// the first of the next round).
+    public var hasWaiters: Bool { state.withLock { !$0.waiters.isEmpty } }
+    /// How many wait (for tests that need a queue to have formed).
+    var waiting: Int { state.withLock { $0.waiters.count } }
 
     public func withLock<T: Sendable>(_ body: () async throws -> T) async throws -> T {
         await acquire()
