@@ -64,6 +64,12 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: upcoming
         ),
+        // AMQP 0-9-1's frames, field tables and content headers (issue 16: the second front end). NIOCore only.
+        .target(
+            name: "AMQPWire",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: upcoming
+        ),
         // CRC-32C with the SSE 4.2 instruction when the CPU has it (the message log checks every record).
         .target(name: "CCRC32C"),
         // libsystemd's notify, watchdog, socket activation and journal calls, loaded at run time
@@ -275,6 +281,11 @@ let package = Package(
         ),
         // Helpers shared by test targets (a seedable generator); not part of any product.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: upcoming),
+        .testTarget(
+            name: "AMQPWireTests",
+            dependencies: ["AMQPWire", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: upcoming
+        ),
         .testTarget(
             name: "WireProtocolTests",
             dependencies: ["WireProtocol", "TestSupport", .product(name: "NIOCore", package: "swift-nio")],
