@@ -278,3 +278,63 @@ extension AMQPWireTests {
         }
     }
 }
+
+// MARK: - Content assembly
+
+extension AMQPWireTests {
+    static func frame(_ method: AMQPMethod) throws -> AMQPFrame {
+        var payload = ByteBuffer()
+        try method.write(to: &payload)
+        return AMQPFrame(kind: .method, channel: 1, payload: payload)
+    }
+
+    static func header(_ size: UInt64, classId: UInt16 = 60) throws -> AMQPFrame {
+        var payload = ByteBuffer()
+        try AMQPContentHeader(classId: classId, bodySize: size, properties: AMQPBasicProperties(deliveryMode: 2)).write(to: &payload)
+        return AMQPFrame(kind: .header, channel: 1, payload: payload)
+    }
+
+    static func body(_ text: String) -> AMQPFrame { AMQPFrame(kind: .body, channel: 1, payload: ByteBuffer(string: text)) }
+
+    @Test("a publish is assembled from its method, header and any number of body frames; methods without content pass straight through")
+    func assembly() throws {
+        var assembler = AMQPContentAssembler(maximumBodySize: 1 << 20)
+        let publish = AMQPMethod("basic.publish", ["routing-key": .shortString("q")])
+        #expect(try assembler.feed(try Self.frame(publish)) == nil)
+        #expect(assembler.isAssembling)
+        #expect(try assembler.feed(try Self.header(11)) == nil)
+        #expect(try assembler.feed(Self.body("hello ")) == nil)
+        guard case .content(let method, let header, let body)? = try assembler.feed(Self.body("world")) else {
+            Issue.record("no command")
+            return
+        }
+        #expect(method == publish && header.properties.deliveryMode == 2 && String(buffer: body) == "hello world")
+        #expect(!assembler.isAssembling)
+        // An empty body completes at its header.
+        _ = try assembler.feed(try Self.frame(publish))
+        guard case .content(_, _, let empty)? = try assembler.feed(try Self.header(0)) else { Issue.record("no command"); return }
+        #expect(empty.readableBytes == 0)
+        let ack = AMQPMethod("basic.ack", ["delivery-tag": .longlong(7), "multiple": .bit(true)])
+        #expect(try assembler.feed(try Self.frame(ack)) == .method(ack))
+    }
+
+    @Test("frames out of order and oversized content are refused with the reply code the protocol prescribes")
+    func assemblyErrors() throws {
+        let publish = AMQPMethod("basic.publish")
+        func expectError(_ frames: [AMQPFrame], _ code: AMQPWireError.Code, _ text: String, sourceLocation: SourceLocation = #_sourceLocation) {
+            var assembler = AMQPContentAssembler(maximumBodySize: 100)
+            do {
+                for frame in frames { _ = try assembler.feed(frame) }
+                Issue.record("accepted", sourceLocation: sourceLocation)
+            } catch {
+                #expect(error.code == code && error.text.contains(text), "\(error)", sourceLocation: sourceLocation)
+            }
+        }
+        expectError([Self.body("x")], .unexpectedFrame, "no content-carrying method before it")
+        expectError([try Self.frame(publish), try Self.frame(publish)], .unexpectedFrame, "expected the content header of basic.publish")
+        expectError([try Self.frame(publish), try Self.header(3), try Self.frame(publish)], .unexpectedFrame, "expected body frames")
+        expectError([try Self.frame(publish), try Self.header(3), Self.body("toolong")], .frameError, "more than the 3 bytes")
+        expectError([try Self.frame(publish), try Self.header(101)], .preconditionFailed, "message size 101 is larger than the maximum 100")
+        expectError([try Self.frame(publish), try Self.header(1, classId: 50)], .frameError, "a content header of class 50")
+    }
+}
