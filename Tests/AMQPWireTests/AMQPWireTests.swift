@@ -338,3 +338,39 @@ extension AMQPWireTests {
         expectError([try Self.frame(publish), try Self.header(1, classId: 50)], .frameError, "a content header of class 50")
     }
 }
+
+// MARK: - Authentication
+
+extension AMQPWireTests {
+    @Test("PLAIN and AMQPLAIN responses round-trip; the AMQPLAIN bytes are a field table's entries without its length")
+    func credentials() throws {
+        let credentials = AMQPCredentials(user: "trip", password: "s3cret é")
+        for mechanism in ["PLAIN", "AMQPLAIN"] {
+            #expect(try AMQPCredentials.read(mechanism: mechanism, response: try credentials.response(mechanism: mechanism)) == credentials)
+        }
+        #expect(try AMQPCredentials.read(mechanism: "PLAIN", response: Array("admin\u{0}guest\u{0}guest".utf8))
+                == AMQPCredentials(user: "guest", password: "guest"), "an authzid is allowed and ignored")
+        // What pika 1.4's table encoder writes for {LOGIN: guest, PASSWORD: guest}, after its 4-byte length
+        // (checked by hand: pika.data.encode_table); the AMQPLAIN form that RabbitMQ's Java client sends.
+        let pika: [UInt8] = [5] + Array("LOGIN".utf8) + [UInt8(ascii: "S"), 0, 0, 0, 5] + Array("guest".utf8)
+            + [8] + Array("PASSWORD".utf8) + [UInt8(ascii: "S"), 0, 0, 0, 5] + Array("guest".utf8)
+        #expect(try AMQPCredentials(user: "guest", password: "guest").response(mechanism: "AMQPLAIN") == pika)
+    }
+
+    @Test("malformed or unknown responses are access-refused, and never echo the password", arguments: [
+        ("PLAIN", Array("guest-and-no-nul".utf8), "authzid NUL user NUL password"),
+        ("PLAIN", [0, 0] + Array("secretpw".utf8), "needs a UTF-8 user name"),
+        ("AMQPLAIN", [5] + Array("LOGIN".utf8) + [UInt8(ascii: "S"), 0, 0, 0, 9], "field table of LOGIN and PASSWORD"),
+        ("AMQPLAIN", [5] + Array("LOGIN".utf8) + [UInt8(ascii: "S"), 0, 0, 0, 1, 0x61], "needs LOGIN and PASSWORD"),
+        ("EXTERNAL", Array("secretpw".utf8), "unknown authentication mechanism 'EXTERNAL'; brokerd offers PLAIN AMQPLAIN"),
+    ])
+    func badCredentials(mechanism: String, response: [UInt8], text: String) {
+        do {
+            _ = try AMQPCredentials.read(mechanism: mechanism, response: response)
+            Issue.record("accepted")
+        } catch {
+            #expect(error.code == .accessRefused && error.text.contains(text), "\(error)")
+            #expect(!error.text.contains("secretpw"))
+        }
+    }
+}
