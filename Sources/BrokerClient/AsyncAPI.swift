@@ -239,8 +239,7 @@ public struct AsyncAPIDocument: Sendable, Equatable {
             return b
         }
 
-        var typeOrder: [String: [String]] = [:]  // exchange -> type names in order seen
-        var types: [String: [String: MessageTypeContract]] = [:]
+        var types: [String: [MessageTypeContract]] = [:]  // exchange -> its types, in the order first seen
         let channels = root["channels"]?.objectValue ?? [:]
         for id in channels.keys.sorted() {
             let place = "channels.\(id)"
@@ -306,20 +305,22 @@ public struct AsyncAPIDocument: Sendable, Equatable {
                     let entry = TypeVersionContract(version: version, status: status, sunset: message["x-brokerd-sunset"]?.stringValue,
                                                     replacement: message["x-brokerd-replacement"]?.stringValue, schema: schema)
                     let validates = try bool(message, "x-brokerd-validate", default: false, messagePlace)
-                    if types[name]?[typeName] == nil {
-                        typeOrder[name, default: []].append(typeName)
-                        types[name, default: [:]][typeName] = MessageTypeContract(name: typeName, versions: [], validatesPayload: validates)
+                    var list = types[name, default: []]
+                    if let index = list.firstIndex(where: { $0.name == typeName }) {
+                        list[index].versions.append(entry)
+                        if validates { list[index].validatesPayload = true }
+                    } else {
+                        list.append(MessageTypeContract(name: typeName, versions: [entry], validatesPayload: validates))
                     }
-                    types[name]![typeName]!.versions.append(entry)  // both set just above
-                    if validates { types[name]![typeName]!.validatesPayload = true }
+                    types[name] = list
                 }
             default:
                 throw fail(place, "bindings.amqp.is is '\(kind)'; it is queue or routingKey")
             }
         }
         for exchange in exchanges {
-            guard let names = typeOrder[exchange.name], let byName = types[exchange.name] else { continue }
-            let contract = ExchangeContract(exchange: exchange.name, types: names.compactMap { byName[$0] }.map { type in
+            guard let list = types[exchange.name] else { continue }
+            let contract = ExchangeContract(exchange: exchange.name, types: list.map { type in
                 var sorted = type
                 sorted.versions.sort { $0.version < $1.version }
                 return sorted

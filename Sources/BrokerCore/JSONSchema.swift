@@ -172,10 +172,11 @@ public struct JSONSchema: Sendable {
                 let article = "aeiou".contains(name.first ?? "x") ? "an" : "a"
                 return fail("\(value.summary) is \(article) \(name), not \(types.sorted().joined(separator: " or "))")
             }
-            if let enumValues, !enumValues.contains(where: { Self.equal($0, value) }) {
+            // JSONValue's == is JSON Schema's equality: numbers by value, objects regardless of member order.
+            if let enumValues, !enumValues.contains(value) {
                 return fail("\(value.summary) is not one of \(enumValues.map(\.summary).joined(separator: ", "))")
             }
-            if let constValue, !Self.equal(constValue, value) {
+            if let constValue, constValue != value {
                 return fail("\(value.summary) is not \(constValue.summary)")
             }
             switch value {
@@ -342,9 +343,6 @@ public struct JSONSchema: Sendable {
         }
 
         static let typeBits: [String: UInt8] = ["null": 1, "boolean": 2, "integer": 4, "number": 8, "string": 16, "array": 32, "object": 64]
-
-        /// JSON equality as JSON Schema defines it (numbers by value, objects regardless of member order).
-        static func equal(_ a: JSONValue, _ b: JSONValue) -> Bool { a == b }
 
         /// A member name as a JSON pointer segment (RFC 6901).
         static func escape(_ name: String) -> String { JSONValue.pointerSegment(name) }

@@ -104,8 +104,7 @@ public final class RideDatabase: Sendable {
     /// Commits the open group (if any) and tells its members how it went; throws if the commit failed (the group's
     /// writes are then rolled back, and every member gets the error).
     private func commitGroup() async throws {
-        guard let members = group.withLock({ $0 }) else { return }
-        group.withLock { $0 = nil }
+        guard let members = takeGroup() else { return }
         do {
             _ = try await connection.query("COMMIT")
         } catch {
@@ -117,10 +116,17 @@ public final class RideDatabase: Sendable {
         for member in members { member.complete(.success(())) }
     }
 
+    /// Closes the open group, if any, and returns its members (whoever ends it tells them how it went).
+    private func takeGroup() -> [CommitTicket]? {
+        group.withLock { open in
+            defer { open = nil }
+            return open
+        }
+    }
+
     /// Rolls the open group back after a statement that keeps it from going on failed; its members get `error`.
     private func abortGroup(_ error: any Error) async {
-        guard let members = group.withLock({ $0 }) else { return }
-        group.withLock { $0 = nil }
+        guard let members = takeGroup() else { return }
         _ = try? await connection.query("ROLLBACK")
         for member in members { member.complete(.failure(error)) }
     }

@@ -222,37 +222,32 @@ struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
 /// forget, and as written (the runtime would percent-encode generated header values).
 public struct DeprecationMiddleware: ServerMiddleware {
     /// The operation ids of the deprecated version.
-    public var operations: Set<String>
-    public var deprecatedSince: Date
-    public var sunset: Date
+    public let operations: Set<String>
     /// The path prefix of the deprecated version and of its successor (`/v1/`, `/v2/`).
-    public var from: String
-    public var to: String
+    public let from: String
+    public let to: String
+    /// `@` and Unix seconds: RFC 9745's structured-field date.
+    public let deprecationValue: String
+    /// An IMF-fixdate (RFC 9110), as RFC 8594 asks: `Wed, 30 Jun 2027 00:00:00 GMT`.
+    public let sunsetValue: String
 
+    /// The header values are formatted here, once, not per response.
     public init(operations: Set<String>, deprecatedSince: Date, sunset: Date, from: String = "/v1/", to: String = "/v2/") {
         self.operations = operations
-        self.deprecatedSince = deprecatedSince
-        self.sunset = sunset
         self.from = from
         self.to = to
+        deprecationValue = "@\(Int64(deprecatedSince.timeIntervalSince1970))"
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        sunsetValue = formatter.string(from: sunset)
     }
 
     // Literal names made only of RFC 9110 token characters: the failable initializer cannot fail on them.
     public static let deprecationField = HTTPField.Name("Deprecation")!
     public static let sunsetField = HTTPField.Name("Sunset")!
     public static let linkField = HTTPField.Name("Link")!
-
-    /// `@` and Unix seconds: RFC 9745's structured-field date.
-    public var deprecationValue: String { "@\(Int64(deprecatedSince.timeIntervalSince1970))" }
-
-    /// An IMF-fixdate (RFC 9110), as RFC 8594 asks: `Wed, 30 Jun 2027 00:00:00 GMT`.
-    public var sunsetValue: String {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "GMT")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
-        return formatter.string(from: sunset)
-    }
 
     public func intercept(_ request: HTTPRequest, body: HTTPBody?, metadata: ServerRequestMetadata, operationID: String,
                           next: @Sendable (HTTPRequest, HTTPBody?, ServerRequestMetadata) async throws -> (HTTPResponse, HTTPBody?))

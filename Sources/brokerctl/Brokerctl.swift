@@ -199,6 +199,29 @@ func readInput(_ file: String) throws -> Data {
     }
 }
 
+/// `value` as brokerctl writes JSON documents: pretty, keys sorted (two exports of the same state are the same
+/// bytes), slashes as they are, and a final newline.
+func documentJSON(_ value: some Encodable) throws -> Data {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    return try encoder.encode(value) + Data("\n".utf8)
+}
+
+/// Writes `data` to `file` (atomically), or to stdout when there is none. A file that cannot be written exits 73
+/// (EX_CANTCREAT) with the reason.
+func writeOutput(_ data: Data, to file: String?) throws {
+    guard let file else {
+        FileHandle.standardOutput.write(data)
+        return
+    }
+    do {
+        try data.write(to: URL(fileURLWithPath: file), options: .atomic)
+    } catch {
+        FileHandle.standardError.write(Data("brokerctl: cannot write \(file): \(error.localizedDescription)\n".utf8))
+        throw ExitCode(73)  // EX_CANTCREAT
+    }
+}
+
 /// Parses `key=value` arguments into a table: integers and true/false become typed values, the rest strings.
 func parseTable(_ pairs: [String], option: String) throws -> FieldTable {
     var table: FieldTable = [:]

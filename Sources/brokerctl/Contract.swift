@@ -120,9 +120,7 @@ extension Brokerctl.ContractCommand {
         func run() async throws {
             if let exchange, output.format == .json, output.columnList == nil {
                 let contract = try await connection.run { try await $0.contract(of: exchange) }
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try encoder.encode(contract), as: UTF8.self))
+                try writeOutput(try documentJSON(contract), to: nil)
                 return
             }
             let renderer = Renderer(format: output.format, requested: output.columnList)
@@ -210,27 +208,15 @@ extension Brokerctl.ContractCommand {
         @OptionGroup var connection: ConnectionOptions
 
         func run() async throws {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            var data: Data
+            let data: Data
             if asyncapi {
                 let server = self.server ?? "\(connection.host):\(connection.port)"
-                data = try encoder.encode(try await connection.run { try await $0.exportAsyncAPI(title: title, version: apiVersion, server: server) }.json)
+                data = try documentJSON(try await connection.run { try await $0.exportAsyncAPI(title: title, version: apiVersion, server: server) }.json)
             } else {
-                data = try encoder.encode(try await connection.run { try await $0.allContracts() })
+                data = try documentJSON(try await connection.run { try await $0.allContracts() })
             }
-            data += Data("\n".utf8)
-            guard let output else {
-                FileHandle.standardOutput.write(data)
-                return
-            }
-            do {
-                try data.write(to: URL(fileURLWithPath: output), options: .atomic)
-            } catch {
-                FileHandle.standardError.write(Data("brokerctl: cannot write \(output): \(error.localizedDescription)\n".utf8))
-                throw ExitCode(73)  // EX_CANTCREAT
-            }
-            FileHandle.standardError.write(Data("wrote \(output)\n".utf8))
+            try writeOutput(data, to: output)
+            if let output { FileHandle.standardError.write(Data("wrote \(output)\n".utf8)) }
         }
     }
 }

@@ -184,20 +184,8 @@ extension Brokerctl.Definitions {
 
         func run() async throws {
             let document = try await connection.run { try await DefinitionsDocument.read(from: $0) }
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            let data = try encoder.encode(document) + Data("\n".utf8)
-            if let file {
-                do {
-                    try data.write(to: URL(fileURLWithPath: file), options: .atomic)
-                } catch {
-                    FileHandle.standardError.write(Data("brokerctl: cannot write \(file): \(error.localizedDescription)\n".utf8))
-                    throw ExitCode(73)  // EX_CANTCREAT
-                }
-                print("exported \(document.summary) to \(file)")
-            } else {
-                FileHandle.standardOutput.write(data)
-            }
+            try writeOutput(try documentJSON(document), to: file)
+            if let file { print("exported \(document.summary) to \(file)") }
         }
     }
 
