@@ -64,10 +64,11 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: upcoming
         ),
-        // AMQP 0-9-1's frames, field tables and content headers (issue 16: the second front end). NIOCore only.
+        // AMQP 0-9-1's frames, field tables and content headers, and their mapping onto the native message
+        // (issue 16: the second front end). Codec only: NIOCore and WireProtocol.
         .target(
             name: "AMQPWire",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["WireProtocol", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: upcoming
         ),
         // CRC-32C with the SSE 4.2 instruction when the CPU has it (the message log checks every record).
@@ -102,7 +103,7 @@ let package = Package(
         .target(
             name: "BrokerServer",
             dependencies: [
-                "WireProtocol", "BrokerCore", "BrokerStorage", "CSystemd",
+                "WireProtocol", "AMQPWire", "BrokerCore", "BrokerStorage", "CSystemd",
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -320,7 +321,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "BrokerServer", "BrokerClient", "BrokerCore", "WireProtocol", "TestSupport",
+                "BrokerServer", "BrokerClient", "BrokerCore", "WireProtocol", "AMQPWire", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -59,7 +59,15 @@ public struct AMQPContentHeader: Hashable, Sendable {
     }
 
     public func write(to buffer: inout ByteBuffer) throws(AMQPWireError) {
-        let p = properties
+        buffer.writeMultipleIntegers(classId, UInt16(0), bodySize)
+        try properties.write(to: &buffer)
+    }
+}
+
+extension AMQPBasicProperties {
+    /// Writes the property flags and the present properties (a content header's part after the body size).
+    public func write(to buffer: inout ByteBuffer) throws(AMQPWireError) {
+        let p = self
         var flags: UInt16 = 0
         func bit(_ present: Bool, _ position: UInt16) { if present { flags |= 1 << position } }
         bit(p.contentType != nil, 15)
@@ -76,7 +84,7 @@ public struct AMQPContentHeader: Hashable, Sendable {
         bit(p.userId != nil, 4)
         bit(p.appId != nil, 3)
         bit(p.clusterId != nil, 2)
-        buffer.writeMultipleIntegers(classId, UInt16(0), bodySize, flags)
+        buffer.writeInteger(flags)
         if let v = p.contentType { try buffer.writeAMQPShortString(v) }
         if let v = p.contentEncoding { try buffer.writeAMQPShortString(v) }
         if let v = p.headers { try buffer.writeAMQPTable(v) }
@@ -92,7 +100,9 @@ public struct AMQPContentHeader: Hashable, Sendable {
         if let v = p.appId { try buffer.writeAMQPShortString(v) }
         if let v = p.clusterId { try buffer.writeAMQPShortString(v) }
     }
+}
 
+extension AMQPContentHeader {
     /// Reads a whole content header payload; anything left over, a truncated field or an unknown flag is an error.
     public static func read(from payload: ByteBuffer) throws(AMQPWireError) -> AMQPContentHeader {
         var buffer = payload

@@ -97,10 +97,15 @@ public struct ConnectionRow: ManagementRow {
     /// `running`, `notified` (an alarm is on) or `blocked`.
     public var state: String
     public var connectedSeconds: Int64
+    /// `native` or `amqp` (nil from brokers before AMQP 0-9-1 support).
+    public var protocolName: String?
+    /// The AMQP channel this row is (each AMQP channel is listed on its own); 0 for native connections.
+    public var channel: Int64?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case id, name, peer, user, consumers, published, delivered, state
+        case id, name, peer, user, consumers, published, delivered, state, channel
         case messagesUnacked = "messages_unacked", confirmMode = "confirm_mode", connectedSeconds = "connected_seconds"
+        case protocolName = "protocol"
     }
     public static var columns: [String] { CodingKeys.allCases.map(\.rawValue) }
 }

@@ -90,11 +90,12 @@ public final class Broker {
 
     /// Registers an authenticated connection.
     public func openSession(user: User, clientName: String, peer: String, transport: any SessionTransport,
-                            protocolVersion: ProtocolVersion = .v1_0) -> Session {
+                            protocolVersion: ProtocolVersion = .v1_0, front: SessionFront = .native) -> Session {
         nextSessionId += 1
         let session = Session(id: nextSessionId, user: user, clientName: clientName, peer: peer, broker: self, transport: transport,
-                              protocolVersion: protocolVersion)
+                              protocolVersion: protocolVersion, front: front)
         sessions[session.id] = session
+        sessionsPerConnection[session.connectionId, default: 0] += 1
         if let alarm {
             session.write(.connectionBlocked(reason: alarm))
             session.applyAlarm(true)
@@ -107,11 +108,25 @@ public final class Broker {
         guard sessions.removeValue(forKey: session.id) != nil else { return }
         session.close()
         census.disconnected(session.id)
-        for queue in queues.values where queue.exclusiveOwner == session.id {
-            removeQueue(queue, reason: "exclusive queue's connection closed")
+        let left = (sessionsPerConnection[session.connectionId] ?? 1) - 1
+        sessionsPerConnection[session.connectionId] = left > 0 ? left : nil
+        // An exclusive queue lives as long as its connection: with AMQP, until the last of its channels closes.
+        if left <= 0 {
+            for queue in queues.values where queue.exclusiveOwner == session.connectionId {
+                removeQueue(queue, reason: "exclusive queue's connection closed")
+            }
         }
         flush()
     }
+
+    /// A number for a connection whose sessions are its channels (AMQP): unique among session ids.
+    public func newConnectionId() -> UInt64 {
+        nextSessionId += 1
+        return nextSessionId
+    }
+
+    /// Open sessions per connection (``Session/connectionId``), so an exclusive queue outlives a closed channel.
+    private var sessionsPerConnection: [UInt64: Int] = [:]
 
     // MARK: - Alarms (flow control of publishers)
 
@@ -217,7 +232,7 @@ public final class Broker {
 
     // MARK: - Exchanges
 
-    func declareExchange(_ m: ExchangeDeclare, by session: Session) throws(BrokerError) {
+    public func declareExchange(_ m: ExchangeDeclare, by session: Session) throws(BrokerError) {
         if m.name.isEmpty { throw BrokerError(.accessRefused, "the default exchange cannot be declared") }
         try NameRules.validateName(m.name, kind: "exchange")
         if let existing = exchanges[m.name] {
@@ -247,7 +262,7 @@ public final class Broker {
         logger.debug("exchange declared", metadata: ["exchange": "\(m.name)", "type": "\(m.kind)"])
     }
 
-    func deleteExchange(_ m: ExchangeDelete, by session: Session) throws(BrokerError) {
+    public func deleteExchange(_ m: ExchangeDelete, by session: Session) throws(BrokerError) {
         // Built-in exchanges first: the default exchange's name is empty, which is not a valid name to declare
         // but is the built-in exchange to refuse (§8.1: 403).
         if let builtIn = exchanges[m.name], builtIn.builtIn {
@@ -277,7 +292,7 @@ public final class Broker {
 
     // MARK: - Queues
 
-    func declareQueue(_ m: QueueDeclare, by session: Session) throws(BrokerError) -> QueueDeclareOk {
+    public func declareQueue(_ m: QueueDeclare, by session: Session) throws(BrokerError) -> QueueDeclareOk {
         var name = m.name
         if name.isEmpty {
             if m.passive { throw BrokerError(.invalidArgument, "a passive declare needs a queue name") }
@@ -313,7 +328,7 @@ public final class Broker {
             throw BrokerError(.resourceError, "user '\(session.user.name)' has \(limit) queues, the most it may have")
         }
         let arguments = try QueueArguments(m.arguments)
-        let queue = Queue(name: name, durable: m.durable, autoDelete: m.autoDelete, exclusiveOwner: m.exclusive ? session.id : nil,
+        let queue = Queue(name: name, durable: m.durable, autoDelete: m.autoDelete, exclusiveOwner: m.exclusive ? session.connectionId : nil,
                           arguments: arguments, broker: self)
         queue.owner = session.user.name
         queueCounts[session.user.name, default: 0] += 1
@@ -334,6 +349,24 @@ public final class Broker {
         return QueueDeclareOk(requestId: m.requestId, name: name, messageCount: 0, consumerCount: 0)
     }
 
+    /// The queue behind RabbitMQ's direct reply-to (a consumer on `amq.rabbitmq.reply-to`, AMQP): server-named
+    /// under the prefix RabbitMQ gives it, exclusive to the session's connection, removed with its consumer. A
+    /// reply published to the default exchange with its name as routing key reaches the caller, from either
+    /// protocol. brokerd emulates the pseudo-queue with a real queue; docs/amqp.md says what differs.
+    public func declareDirectReplyQueue(by session: Session) -> String {
+        var name: String
+        repeat { name = Self.directReplyPrefix + Self.generatedName().dropFirst(8) } while queues[name] != nil
+        let queue = Queue(name: name, durable: false, autoDelete: true, exclusiveOwner: session.connectionId, broker: self)
+        queue.owner = session.user.name
+        queueCounts[session.user.name, default: 0] += 1
+        queues[name] = queue
+        topologyVersion &+= 1
+        return name
+    }
+
+    /// The names of direct reply-to queues start with this.
+    public static let directReplyPrefix = "amq.rabbitmq.reply-to."
+
     static func generatedName() -> String {
         let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
         var generator = SystemRandomNumberGenerator()
@@ -341,7 +374,7 @@ public final class Broker {
     }
 
     private func checkAccess(_ queue: Queue, by session: Session) throws(BrokerError) {
-        if let owner = queue.exclusiveOwner, owner != session.id {
+        if let owner = queue.exclusiveOwner, owner != session.connectionId {
             throw BrokerError(.resourceLocked, "queue '\(queue.name)' is exclusive to another connection")
         }
     }
@@ -361,7 +394,7 @@ public final class Broker {
         if let owner = queue.owner { release(&queueCounts, owner) }
     }
 
-    func deleteQueue(_ m: QueueDelete, by session: Session) throws(BrokerError) -> Int {
+    public func deleteQueue(_ m: QueueDelete, by session: Session) throws(BrokerError) -> Int {
         let queue = try accessibleQueue(m.name, by: session)
         try session.permissions.check(.configure, "queue", queue.name)
         if m.ifUnused && queue.consumerCount > 0 {
@@ -422,7 +455,7 @@ public final class Broker {
         eventLoop.execute { bound.value.detachBindings(of: queue, pending[...], by: nil) }
     }
 
-    func purgeQueue(_ name: String, by session: Session) throws(BrokerError) -> Int {
+    public func purgeQueue(_ name: String, by session: Session) throws(BrokerError) -> Int {
         let queue = try accessibleQueue(name, by: session)
         try session.permissions.check(.read, "queue", queue.name)
         return queue.purge(store: store)
@@ -441,7 +474,7 @@ public final class Broker {
 
     // MARK: - Bindings
 
-    func bind(_ m: QueueBinding, by session: Session) throws(BrokerError) {
+    public func bind(_ m: QueueBinding, by session: Session) throws(BrokerError) {
         let (exchange, queue) = try bindingTargets(m, by: session)
         if !m.arguments.isEmpty {
             throw BrokerError(.invalidArgument, "binding arguments are not supported: \(m.arguments.keys.sorted().joined(separator: ", "))")
@@ -459,7 +492,7 @@ public final class Broker {
         }
     }
 
-    func unbind(_ m: QueueBinding, by session: Session) throws(BrokerError) {
+    public func unbind(_ m: QueueBinding, by session: Session) throws(BrokerError) {
         let (exchange, queue) = try bindingTargets(m, by: session)
         if case .removed(let owner) = exchange.unbind(queue, key: m.bindingKey) {
             if let owner { release(&bindingCounts, owner) }

@@ -106,7 +106,7 @@ struct Census {
         var majors: ClosedRange<UInt16> = 0...0
 
         /// A consumer's entry for one type of its accepted-versions list.
-        static func consumer(_ consumer: Consumer, _ range: AcceptedVersions) -> Key {
+        static func consumer(_ consumer: QueueConsumer, _ range: AcceptedVersions) -> Key {
             Key(exchange: "", type: range.type, version: ContractVersion(0), role: .consumer, connection: consumer.session.id,
                 queue: consumer.queue.name, consumerTag: consumer.tag, majors: range.majors)
         }
@@ -246,7 +246,7 @@ extension Broker {
 
     /// A consumer with an accepted-versions list subscribed: the queue takes the selective path, the census lists
     /// it, and it is told if it accepts only deprecated versions of a type an exchange feeding it has a contract for.
-    func selectiveConsumerAdded(_ consumer: Consumer) {
+    func selectiveConsumerAdded(_ consumer: QueueConsumer) {
         guard let accepted = consumer.accepted else { return }
         consumer.queue.selectiveConsumers += 1
         let session = consumer.session
@@ -264,14 +264,14 @@ extension Broker {
     }
 
     /// The counterpart of ``selectiveConsumerAdded(_:)``: cancelled, or its connection closed.
-    func selectiveConsumerRemoved(_ consumer: Consumer) {
+    func selectiveConsumerRemoved(_ consumer: QueueConsumer) {
         guard consumer.accepted != nil else { return }
         consumer.queue.selectiveConsumers -= 1
         census.disconnected(consumer.session.id, consumerTag: consumer.tag)
     }
 
     /// Counts a delivery of a type the consumer lists.
-    func countConsumed(type: String, by consumer: Consumer) {
+    func countConsumed(type: String, by consumer: QueueConsumer) {
         guard let range = consumer.accepted?.first(where: { $0.type == type }) else { return }
         census.record(.consumer(consumer, range), session: consumer.session, at: wallClock())
     }

@@ -176,6 +176,8 @@ extension Broker {
             "name": .string(session.clientName),
             "peer": .string(session.peer),
             "user": .string(session.user.name),
+            "protocol": .string(session.protocolName),
+            "channel": .int(Int64(session.channel)),
             "consumers": .int(Int64(session.consumerCount)),
             "messages_unacked": .int(Int64(session.unackedCount)),
             "published": .int(Int64(clamping: session.publishedCount)),
@@ -186,15 +188,15 @@ extension Broker {
         ]
     }
 
-    private func consumerList() -> [(session: Session, consumer: Consumer)] {
-        var list: [(session: Session, consumer: Consumer)] = []
+    private func consumerList() -> [(session: Session, consumer: QueueConsumer)] {
+        var list: [(session: Session, consumer: QueueConsumer)] = []
         for session in sessions.values.sorted(by: { $0.id < $1.id }) {
             for consumer in session.consumers.values.sorted(by: { $0.tag < $1.tag }) { list.append((session, consumer)) }
         }
         return list
     }
 
-    private func consumerRow(_ entry: (session: Session, consumer: Consumer)) -> FieldTable {
+    private func consumerRow(_ entry: (session: Session, consumer: QueueConsumer)) -> FieldTable {
         let (session, consumer) = entry
         return [
             "queue": .string(consumer.queue.name),

@@ -70,7 +70,7 @@ public final class Queue {
     var lastUsed: UInt64 = 0
 
     var messages = Deque<QueuedMessage>()
-    var consumers: [Consumer] = []
+    var consumers: [QueueConsumer] = []
     var nextConsumer = 0
     var everConsumed = false
     var bindings: [Binding] = []
@@ -121,7 +121,7 @@ public final class Queue {
     var shouldAutoDelete: Bool { autoDelete && everConsumed && consumers.isEmpty }
 
     /// The next consumer able to take a message, in round-robin order.
-    func nextConsumerWithCredit() -> Consumer? {
+    func nextConsumerWithCredit() -> QueueConsumer? {
         let count = consumers.count
         guard count > 0 else { return nil }
         var index = nextConsumer < count ? nextConsumer : 0
@@ -176,7 +176,7 @@ public final class Queue {
 
     enum Choice {
         /// To this consumer; a type it lists is counted in the census.
-        case deliver(Consumer, type: String?)
+        case deliver(QueueConsumer, type: String?)
         /// A consumer that accepts it has no credit now.
         case wait
         /// No consumer accepts it.
@@ -387,7 +387,7 @@ public final class Queue {
         }
     }
 
-    private func deliver(_ message: QueuedMessage, to consumer: Consumer) {
+    private func deliver(_ message: QueuedMessage, to consumer: QueueConsumer) {
         deliveredCount &+= 1
         consumer.session.deliver(message, to: consumer, from: self)  // counts the delivery in its unacked record
     }
@@ -512,11 +512,14 @@ public final class Queue {
 }
 
 /// A consumer: a session's subscription to one queue.
-final class Consumer {
+public final class QueueConsumer {
+    /// The session's number for it (the native protocol's consumer tag).
     public let tag: UInt32
+    /// The front end's name for it, when its protocol names consumers (AMQP's consumer tag).
+    public let name: String?
     unowned let session: Session
     unowned let queue: Queue
-    let noAck: Bool
+    public let noAck: Bool
     let exclusive: Bool
     /// 0 = unlimited.
     let prefetch: Int
@@ -524,8 +527,10 @@ final class Consumer {
     /// The versions it accepts of the types it names (`x-accept-types`); nil accepts everything.
     let accepted: [AcceptedVersions]?
 
-    init(tag: UInt32, session: Session, queue: Queue, noAck: Bool, exclusive: Bool, prefetch: Int, accepted: [AcceptedVersions]? = nil) {
+    init(tag: UInt32, session: Session, queue: Queue, noAck: Bool, exclusive: Bool, prefetch: Int, accepted: [AcceptedVersions]? = nil,
+         name: String? = nil) {
         self.tag = tag
+        self.name = name
         self.session = session
         self.queue = queue
         self.noAck = noAck
@@ -533,6 +538,9 @@ final class Consumer {
         self.prefetch = prefetch
         self.accepted = accepted
     }
+
+    /// The name of the queue it consumes from.
+    public var queueName: String { queue.name }
 
     /// Whether it may be handed a message of `type` with this major: a type it does not list, or a major in the
     /// range it gives for the type. A message without a type goes to any consumer.
@@ -543,6 +551,6 @@ final class Consumer {
 
     /// Whether a message may be sent now: within prefetch and the connection is not pushing back.
     var hasCredit: Bool {
-        (noAck || prefetch == 0 || unacked < prefetch) && session.canDeliver
+        (noAck || ((prefetch == 0 || unacked < prefetch) && session.withinSharedPrefetch)) && session.canDeliver
     }
 }

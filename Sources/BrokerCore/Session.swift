@@ -23,6 +23,14 @@ public protocol SessionTransport: AnyObject {
 /// Frames are encoded into ``outbound`` as they arise and written once per read cycle by ``Broker/flush()``.
 public final class Session {
     public let id: UInt64
+    /// The connection this session belongs to: its own ``id`` for a native connection; one AMQP connection's
+    /// channels are sessions sharing it. Exclusive queues belong to the connection, not the session.
+    public let connectionId: UInt64
+    /// The protocol front end's encoder; nil for brokerd's native protocol (encoded inline, see ``SessionEncoder``).
+    public let encoder: (any SessionEncoder)?
+    /// The protocol the connection speaks and, for AMQP, the channel number (listings show them).
+    public let protocolName: String
+    public let channel: UInt16
     public private(set) var user: User
     public let clientName: String
     public let peer: String
@@ -34,7 +42,7 @@ public final class Session {
     var isDirty = false
     public private(set) var isClosed = false
 
-    var consumers: [UInt32: Consumer] = [:]
+    var consumers: [UInt32: QueueConsumer] = [:]
     private var nextConsumerTag: UInt32 = 0
     private var nextDeliveryTag: UInt64 = 0
     private var unacked = Deque<UnackedDelivery>()
@@ -65,8 +73,12 @@ public final class Session {
     var noticesSent: Set<String> = []
 
     init(id: UInt64, user: User, clientName: String, peer: String, broker: Broker, transport: any SessionTransport,
-         protocolVersion: ProtocolVersion = .v1_0) {
+         protocolVersion: ProtocolVersion = .v1_0, front: SessionFront = .native) {
         self.id = id
+        self.connectionId = front.connectionId ?? id
+        self.encoder = front.encoder
+        self.protocolName = front.protocolName
+        self.channel = front.channel
         self.protocolVersion = protocolVersion
         self.user = user
         self.clientName = clientName
@@ -92,7 +104,13 @@ public final class Session {
 
     /// Whether deliveries may be encoded now.
     var canDeliver: Bool {
-        !isClosed && !isClosing && outbound.readableBytes < Self.outboundLimit && (transport?.isWritable ?? false)
+        !isClosed && !isClosing && !deliveriesStopped && outbound.readableBytes < Self.outboundLimit && (transport?.isWritable ?? false)
+    }
+
+    /// The client asked for no deliveries for now (AMQP's `channel.flow` with active false); they resume when it
+    /// is set back.
+    public var deliveriesStopped = false {
+        didSet { if oldValue && !deliveriesStopped { dispatchConsumers() } }
     }
 
     // MARK: - Output
@@ -100,7 +118,19 @@ public final class Session {
     /// Encodes a frame for this session; it goes out at the next ``Broker/flush()``.
     public func write(_ message: ServerMessage) {
         guard !isClosed else { return }
-        message.encode(into: &outbound)
+        if let encoder {
+            encoder.write(message, into: &outbound)
+        } else {
+            message.encode(into: &outbound)
+        }
+        markDirty()
+    }
+
+    /// Appends bytes the front end encodes itself (an AMQP method's answer) to this session's output, in order with
+    /// everything the core writes; they go out at the next ``Broker/flush()``.
+    public func writeEncoded(_ body: (inout ByteBuffer) -> Void) {
+        guard !isClosed else { return }
+        body(&outbound)
         markDirty()
     }
 
@@ -163,11 +193,13 @@ public final class Session {
         case .publish(let publish):
             try self.publish(PublishView(publish))
         case .ack(let settle):
-            self.settle(settle, requeue: false, kind: .ack)
+            reportingErrors { () throws(BrokerError) in try self.settle(settle.deliveryTag, multiple: settle.multiple, requeue: false, kind: .ack) }
         case .nack(let settle):
-            self.settle(settle, requeue: settle.requeue, kind: .nack)
+            reportingErrors { () throws(BrokerError) in
+                try self.settle(settle.deliveryTag, multiple: settle.multiple, requeue: settle.requeue, kind: .nack)
+            }
         case .reject(let settle):
-            self.settle(Settle(deliveryTag: settle.deliveryTag, multiple: false), requeue: settle.requeue, kind: .reject)
+            reportingErrors { () throws(BrokerError) in try self.settle(settle.deliveryTag, multiple: false, requeue: settle.requeue, kind: .reject) }
         case .exchangeDeclare(let m):
             reply(m.requestId) { () throws(BrokerError) in
                 try broker.declareExchange(m, by: self)
@@ -199,21 +231,28 @@ public final class Session {
                 return .ok(requestId: m.requestId)
             }
         case .confirmSelect(let requestId):
-            confirmMode = true
+            enableConfirms()
             write(.ok(requestId: requestId))
         case .consume(let m):
-            consume(m)
+            do throws(BrokerError) {
+                let consumer = try addConsumer(queue: m.queue, noAck: m.noAck, exclusive: m.exclusive, prefetch: Int(m.prefetch),
+                                               arguments: m.arguments)
+                // ConsumeOk goes first, so the client knows the tag before the first delivery (and a notice).
+                write(.consumeOk(ConsumeOk(requestId: m.requestId, consumerTag: consumer.tag)))
+                startConsuming(consumer)
+            } catch {
+                write(.error(ErrorFrame(requestId: m.requestId, code: error.code, text: error.message)))
+            }
         case .cancel(let m):
             reply(m.requestId) { () throws(BrokerError) in
-                guard let consumer = consumers[m.consumerTag] else {
-                    throw BrokerError(.notFound, "no consumer with tag \(m.consumerTag) on this connection")
-                }
-                consumer.queue.lastUsed = broker.now()  // before: removing the last consumer may delete the queue
-                removeConsumer(consumer)
+                try cancel(consumerTag: m.consumerTag)
                 return .ok(requestId: m.requestId)
             }
         case .get(let m):
-            get(m)
+            reply(m.requestId) { () throws(BrokerError) in
+                try get(queue: m.queue, noAck: m.noAck, requestId: m.requestId)
+                return nil
+            }
         case .status(let requestId):
             reply(requestId) { () throws(BrokerError) in
                 guard user.isAdmin else {
@@ -237,11 +276,20 @@ public final class Session {
         }
     }
 
-    private func reply(_ requestId: UInt32, _ body: () throws(BrokerError) -> ServerMessage) {
+    private func reply(_ requestId: UInt32, _ body: () throws(BrokerError) -> ServerMessage?) {
         do {
-            write(try body())
+            if let answer = try body() { write(answer) }
         } catch {
             write(.error(ErrorFrame(requestId: requestId, code: error.code, text: error.message)))
+        }
+    }
+
+    /// Runs an operation that answers nothing on success and reports a failure as an `error` frame (request id 0).
+    private func reportingErrors(_ body: () throws(BrokerError) -> Void) {
+        do {
+            try body()
+        } catch {
+            write(.error(ErrorFrame(requestId: 0, code: error.code, text: error.message)))
         }
     }
 
@@ -294,7 +342,11 @@ public final class Session {
             confirmSucceeded(logged: logged)
         case .unroutable:
             if publish.mandatory {
-                Returned.writeFrame(into: &outbound, code: .noRoute, text: "NO_ROUTE", envelope: publish.envelope)
+                if let encoder {
+                    encoder.writeReturned(into: &outbound, code: .noRoute, text: "NO_ROUTE", envelope: publish.envelope)
+                } else {
+                    Returned.writeFrame(into: &outbound, code: .noRoute, text: "NO_ROUTE", envelope: publish.envelope)
+                }
                 markDirty()
             }
             confirmSucceeded(logged: false)
@@ -331,7 +383,8 @@ public final class Session {
 
     private func writePendingConfirm() {
         guard pendingConfirm != 0 else { return }
-        ServerMessage.confirmAck(Confirm(sequence: pendingConfirm, multiple: true)).encode(into: &outbound)
+        let ack = ServerMessage.confirmAck(Confirm(sequence: pendingConfirm, multiple: true))
+        if let encoder { encoder.write(ack, into: &outbound) } else { ack.encode(into: &outbound) }
         confirmedThrough = pendingConfirm
         pendingConfirm = 0
     }
@@ -383,50 +436,81 @@ public final class Session {
 
     // MARK: - Consuming
 
-    private func consume(_ m: Consume) {
-        do throws(BrokerError) {
-            var accepted: [AcceptedVersions]?
-            for key in m.arguments.keys.sorted() where key != AcceptedVersions.argument {
-                throw BrokerError(.invalidArgument, "unknown consume argument '\(key)'; known: \(AcceptedVersions.argument)")
-            }
-            if let value = m.arguments[AcceptedVersions.argument] {
-                guard let text = value.stringValue else {
-                    throw BrokerError(.invalidArgument, "consume argument '\(AcceptedVersions.argument)' must be a string like trip.requested@1-2")
-                }
-                accepted = try AcceptedVersions.parseList(text)
-            }
-            let queue = try broker.accessibleQueue(m.queue, by: self)
-            try permissions.check(.read, "queue", queue.name)
-            if let limit = user.limits?.maxConsumers, broker.consumerCount(of: user.name) >= limit {
-                throw BrokerError(.resourceError, "user '\(user.name)' has \(limit) consumers, the most it may have")
-            }
-            if queue.hasExclusiveConsumer {
-                throw BrokerError(.resourceLocked, "queue '\(queue.name)' has an exclusive consumer")
-            }
-            if m.exclusive && !queue.consumers.isEmpty {
-                throw BrokerError(.resourceLocked, "queue '\(queue.name)' already has consumers; cannot consume exclusively")
-            }
-            guard consumers.count < Int(UInt16.max) else {
-                throw BrokerError(.resourceError, "this connection already has \(consumers.count) consumers")
-            }
-            nextConsumerTag &+= 1
-            while consumers[nextConsumerTag] != nil || nextConsumerTag == 0 { nextConsumerTag &+= 1 }
-            let consumer = Consumer(tag: nextConsumerTag, session: self, queue: queue, noAck: m.noAck, exclusive: m.exclusive,
-                                    prefetch: Int(m.prefetch), accepted: accepted)
-            consumers[consumer.tag] = consumer
-            queue.consumers.append(consumer)
-            queue.everConsumed = true
-            // ConsumeOk goes first, so the client knows the tag before the first delivery (and a notice).
-            write(.consumeOk(ConsumeOk(requestId: m.requestId, consumerTag: consumer.tag)))
-            broker.selectiveConsumerAdded(consumer)
-            queue.dispatch()
-        } catch {
-            write(.error(ErrorFrame(requestId: m.requestId, code: error.code, text: error.message)))
+    /// Turns on publisher confirms: every later publish is confirmed (or nacked) by sequence number.
+    public func enableConfirms() { confirmMode = true }
+
+    /// Most unacknowledged deliveries all consumers of this session hold together (0: no limit). AMQP's
+    /// `basic.qos` with `global` set (RabbitMQ's per-channel prefetch); native consumers have their own prefetch.
+    public var sharedPrefetch = 0 {
+        didSet { if sharedPrefetch == 0 || sharedPrefetch > oldValue { dispatchConsumers() } }
+    }
+    /// Unacknowledged deliveries to this session's consumers (not gets), for ``sharedPrefetch``.
+    private(set) var consumerUnacked = 0
+
+    /// Whether the session-wide prefetch lets one more delivery go to a consumer that acknowledges.
+    var withinSharedPrefetch: Bool { sharedPrefetch == 0 || consumerUnacked < sharedPrefetch }
+
+    /// Registers a consumer on `queue` without delivering to it yet: the caller answers the client first (so the
+    /// client knows the tag before the first delivery), then calls ``startConsuming(_:)``. `arguments` are the
+    /// consume arguments (`x-accept-types`); `name` is the front end's own tag for it (AMQP's consumer tag).
+    public func addConsumer(queue name: String, noAck: Bool, exclusive: Bool, prefetch: Int, arguments: FieldTable,
+                            name label: String? = nil) throws(BrokerError) -> QueueConsumer {
+        var accepted: [AcceptedVersions]?
+        for key in arguments.keys.sorted() where key != AcceptedVersions.argument {
+            throw BrokerError(.invalidArgument, "unknown consume argument '\(key)'; known: \(AcceptedVersions.argument)")
         }
+        if let value = arguments[AcceptedVersions.argument] {
+            guard let text = value.stringValue else {
+                throw BrokerError(.invalidArgument, "consume argument '\(AcceptedVersions.argument)' must be a string like trip.requested@1-2")
+            }
+            accepted = try AcceptedVersions.parseList(text)
+        }
+        let queue = try broker.accessibleQueue(name, by: self)
+        try permissions.check(.read, "queue", queue.name)
+        if let limit = user.limits?.maxConsumers, broker.consumerCount(of: user.name) >= limit {
+            throw BrokerError(.resourceError, "user '\(user.name)' has \(limit) consumers, the most it may have")
+        }
+        if queue.hasExclusiveConsumer {
+            throw BrokerError(.resourceLocked, "queue '\(queue.name)' has an exclusive consumer")
+        }
+        if exclusive && !queue.consumers.isEmpty {
+            throw BrokerError(.resourceLocked, "queue '\(queue.name)' already has consumers; cannot consume exclusively")
+        }
+        guard consumers.count < Int(UInt16.max) else {
+            throw BrokerError(.resourceError, "this connection already has \(consumers.count) consumers")
+        }
+        nextConsumerTag &+= 1
+        while consumers[nextConsumerTag] != nil || nextConsumerTag == 0 { nextConsumerTag &+= 1 }
+        let consumer = QueueConsumer(tag: nextConsumerTag, session: self, queue: queue, noAck: noAck, exclusive: exclusive,
+                                prefetch: prefetch, accepted: accepted, name: label)
+        consumers[consumer.tag] = consumer
+        queue.consumers.append(consumer)
+        queue.everConsumed = true
+        return consumer
+    }
+
+    /// Starts deliveries to a consumer ``addConsumer(queue:noAck:exclusive:prefetch:arguments:name:)`` registered.
+    public func startConsuming(_ consumer: QueueConsumer) {
+        broker.selectiveConsumerAdded(consumer)
+        consumer.queue.dispatch()
+    }
+
+    /// Cancels one of this session's consumers; its unacknowledged deliveries stay with the session.
+    public func cancel(consumerTag: UInt32) throws(BrokerError) {
+        guard let consumer = consumers[consumerTag] else {
+            throw BrokerError(.notFound, "no consumer with tag \(consumerTag) on this connection")
+        }
+        consumer.queue.lastUsed = broker.now()  // before: removing the last consumer may delete the queue
+        removeConsumer(consumer)
+    }
+
+    /// Gives every queue this session consumes from a chance to deliver (session-wide credit was freed).
+    private func dispatchConsumers() {
+        for consumer in consumers.values where !consumer.queue.isDeleted { consumer.queue.dispatch() }
     }
 
     /// Removes a consumer (cancel, or its connection closing). Its unacknowledged deliveries stay with the session.
-    func removeConsumer(_ consumer: Consumer) {
+    func removeConsumer(_ consumer: QueueConsumer) {
         consumers[consumer.tag] = nil
         broker.selectiveConsumerRemoved(consumer)
         let queue = consumer.queue
@@ -443,19 +527,25 @@ public final class Session {
     }
 
     /// The broker cancelled a consumer because its queue went away.
-    func consumerCancelledByBroker(_ consumer: Consumer, reason: String) {
+    func consumerCancelledByBroker(_ consumer: QueueConsumer, reason: String) {
         consumers[consumer.tag] = nil
         broker.selectiveConsumerRemoved(consumer)
         write(.consumerCancelled(ConsumerCancelled(consumerTag: consumer.tag, code: .notFound, reason: reason)))
     }
 
     /// Encodes a delivery and, unless no-ack, records it as unacknowledged.
-    func deliver(_ message: QueuedMessage, to consumer: Consumer, from queue: Queue) {
+    func deliver(_ message: QueuedMessage, to consumer: QueueConsumer, from queue: Queue) {
         nextDeliveryTag &+= 1
         deliveredCount &+= 1
-        Deliver.writeFrame(into: &outbound, consumerTag: consumer.tag, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
-                           envelope: message.envelope)
+        if let encoder {
+            encoder.writeDeliver(into: &outbound, consumer: consumer, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
+                                 envelope: message.envelope)
+        } else {
+            Deliver.writeFrame(into: &outbound, consumerTag: consumer.tag, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
+                               envelope: message.envelope)
+        }
         if !consumer.noAck {
+            consumerUnacked += 1
             broker.memory.add(message.footprint)
             unacked.append(UnackedDelivery(tag: nextDeliveryTag, queue: queue, consumer: consumer, message: message))
             unacked[unacked.count - 1].message?.deliveries &+= 1
@@ -467,29 +557,33 @@ public final class Session {
         markDirty()
     }
 
-    private func get(_ m: Get) {
-        do throws(BrokerError) {
-            let queue = try broker.accessibleQueue(m.queue, by: self)
-            try permissions.check(.read, "queue", queue.name)
-            guard let message = queue.dequeue() else {
-                write(.getEmpty(requestId: m.requestId))
-                return
-            }
-            nextDeliveryTag &+= 1
-            deliveredCount &+= 1
-            if !m.noAck {
-                broker.memory.add(message.footprint)
-                unacked.append(UnackedDelivery(tag: nextDeliveryTag, queue: queue, consumer: nil, message: message))
-                unsettledCount += 1
-                queue.unackedCount += 1
-            }
-            if message.logId != 0 { recordDelivery(message, from: queue, settled: m.noAck) }
-            GetOk.writeFrame(into: &outbound, requestId: m.requestId, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
-                             messageCount: UInt32(clamping: queue.readyCount), envelope: message.envelope)
-            markDirty()
-        } catch {
-            write(.error(ErrorFrame(requestId: m.requestId, code: error.code, text: error.message)))
+    /// Takes the message at the head of `queue` for the client (`getOk`, or `getEmpty` when there is none).
+    /// `requestId` is the native request's id (front ends with their own encoder ignore it).
+    public func get(queue name: String, noAck: Bool, requestId: UInt32 = 0) throws(BrokerError) {
+        let queue = try broker.accessibleQueue(name, by: self)
+        try permissions.check(.read, "queue", queue.name)
+        guard let message = queue.dequeue() else {
+            write(.getEmpty(requestId: requestId))
+            return
         }
+        nextDeliveryTag &+= 1
+        deliveredCount &+= 1
+        if !noAck {
+            broker.memory.add(message.footprint)
+            unacked.append(UnackedDelivery(tag: nextDeliveryTag, queue: queue, consumer: nil, message: message))
+            unsettledCount += 1
+            queue.unackedCount += 1
+        }
+        if message.logId != 0 { recordDelivery(message, from: queue, settled: noAck) }
+        let count = UInt32(clamping: queue.readyCount)
+        if let encoder {
+            encoder.writeGetOk(into: &outbound, deliveryTag: nextDeliveryTag, redelivered: message.redelivered, messageCount: count,
+                               envelope: message.envelope)
+        } else {
+            GetOk.writeFrame(into: &outbound, requestId: requestId, deliveryTag: nextDeliveryTag, redelivered: message.redelivered,
+                             messageCount: count, envelope: message.envelope)
+        }
+        markDirty()
     }
 
     /// Logs that a persistent message left its queue (no-ack delivery) or was delivered (so it comes back marked
@@ -505,11 +599,15 @@ public final class Session {
 
     // MARK: - Settling
 
-    private enum SettleKind: String {
+    /// How a client settles a delivery.
+    public enum SettleKind: String, Sendable {
         case ack, nack, reject
     }
 
-    private func settle(_ settle: Settle, requeue: Bool, kind: SettleKind) {
+    /// Settles the delivery `deliveryTag` (or, with `multiple`, every outstanding one up to it; 0 means all): an
+    /// ack removes it; a nack or reject returns it to its queue's head (`requeue`) or dead-letters it (reason
+    /// `rejected`). An unknown or already settled tag is `preconditionFailed` and settles nothing.
+    public func settle(_ deliveryTag: UInt64, multiple: Bool, requeue: Bool, kind: SettleKind) throws(BrokerError) {
         // A nack or reject without requeue dead-letters (reason `rejected`); an ack just settles.
         let isReject = kind != .ack
         var returned: [(Queue, QueuedMessage)] = []
@@ -520,7 +618,10 @@ public final class Session {
             unacked[index].settled = true
             unacked[index].message = nil
             unsettledCount -= 1
-            entry.consumer?.unacked -= 1
+            if let consumer = entry.consumer {
+                consumer.unacked -= 1
+                consumerUnacked -= 1
+            }
             entry.queue.unackedCount -= 1
             if requeue, let message = entry.message {
                 returned.append((entry.queue, message))
@@ -533,29 +634,35 @@ public final class Session {
             }
             if !touched.contains(where: { $0 === entry.queue }) { touched.append(entry.queue) }
         }
-        if settle.multiple {
-            let upTo = settle.deliveryTag == 0 ? UInt64.max : settle.deliveryTag
+        let sharedCreditWasOut = !withinSharedPrefetch
+        if multiple {
+            let upTo = deliveryTag == 0 ? UInt64.max : deliveryTag
             var index = 0
             while index < unacked.count && unacked[index].tag <= upTo {
                 if !unacked[index].settled { release(index) }
                 index += 1
             }
-            if touched.isEmpty && settle.deliveryTag != 0 {
-                write(.error(ErrorFrame(requestId: 0, code: .preconditionFailed,
-                                        text: "\(kind.rawValue) multiple up to delivery tag \(settle.deliveryTag): nothing outstanding")))
-                return
+            if touched.isEmpty && deliveryTag != 0 {
+                throw BrokerError(.preconditionFailed, "\(kind.rawValue) multiple up to delivery tag \(deliveryTag): nothing outstanding")
             }
         } else {
-            guard let index = indexOfUnacked(settle.deliveryTag) else {
-                write(.error(ErrorFrame(requestId: 0, code: .preconditionFailed,
-                                        text: "\(kind.rawValue) of unknown or already settled delivery tag \(settle.deliveryTag)")))
-                return
+            guard let index = indexOfUnacked(deliveryTag) else {
+                throw BrokerError(.preconditionFailed, "\(kind.rawValue) of unknown or already settled delivery tag \(deliveryTag)")
             }
             release(index)
         }
         while let first = unacked.first, first.settled { unacked.removeFirst() }
         if !returned.isEmpty { self.requeue(returned) }
         for queue in touched where !queue.isDeleted { queue.dispatch() }
+        // Session-wide credit freed: the consumers of other queues may take messages again.
+        if sharedCreditWasOut && withinSharedPrefetch { dispatchConsumers() }
+    }
+
+    /// Returns every unacknowledged delivery to its queue, marked redelivered (AMQP's `basic.recover` with
+    /// requeue, as RabbitMQ does it: the messages may go to any consumer).
+    public func recover() {
+        guard unsettledCount > 0 else { return }
+        _ = try? settle(0, multiple: true, requeue: true, kind: .nack)
     }
 
     private func indexOfUnacked(_ tag: UInt64) -> Int? {
@@ -598,6 +705,7 @@ public final class Session {
         }
         unacked.removeAll()
         unsettledCount = 0
+        consumerUnacked = 0
         requeue(returned)
         for queue in touched where !queue.isDeleted { queue.dispatch() }
     }
@@ -606,11 +714,11 @@ public final class Session {
 struct UnackedDelivery {
     let tag: UInt64
     let queue: Queue
-    let consumer: Consumer?
+    let consumer: QueueConsumer?
     var message: QueuedMessage?
     var settled = false
 
-    init(tag: UInt64, queue: Queue, consumer: Consumer?, message: QueuedMessage) {
+    init(tag: UInt64, queue: Queue, consumer: QueueConsumer?, message: QueuedMessage) {
         self.tag = tag
         self.queue = queue
         self.consumer = consumer

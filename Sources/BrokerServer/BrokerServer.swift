@@ -16,6 +16,8 @@ public final class BrokerServer: Sendable {
     public let configuration: ServerConfiguration
     /// The port actually bound (useful when the configuration asked for port 0).
     public let port: Int
+    /// The AMQP 0-9-1 listener's port, when there is one.
+    public let amqpPort: Int?
     private let group: MultiThreadedEventLoopGroup
     private let serverChannels: [any Channel]
     private let state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry, logins: LoginScheduler)>
@@ -24,11 +26,12 @@ public final class BrokerServer: Sendable {
     private let writer: LogWriter?
     private let journal: DefinitionsJournal?
 
-    private init(configuration: ServerConfiguration, port: Int, group: MultiThreadedEventLoopGroup, serverChannels: [any Channel],
+    private init(configuration: ServerConfiguration, port: Int, amqpPort: Int?, group: MultiThreadedEventLoopGroup, serverChannels: [any Channel],
                  state: NIOLoopBound<(broker: Broker, registry: ConnectionRegistry, logins: LoginScheduler)>, logger: Logger, directory: DataDirectory?,
                  writer: LogWriter?, journal: DefinitionsJournal?) {
         self.configuration = configuration
         self.port = port
+        self.amqpPort = amqpPort
         self.group = group
         self.serverChannels = serverChannels
         self.state = state
@@ -89,27 +92,20 @@ public final class BrokerServer: Sendable {
                                         now: { Int64(truncatingIfNeeded: NIODeadline.now().uptimeNanoseconds) })
             return NIOLoopBound((broker: broker, registry: ConnectionRegistry(), logins: logins), eventLoop: loop)
         }.get()
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            // One read of at most 64 KiB per connection per event-loop turn: a fast publisher then cannot delay
-            // other connections' acks for long, which keeps the credit round trip of ack-mode consumers short
-            // (docs/benchmarks.md: 16 reads of 256 KiB starved an ack-every-100 consumer to 7k msg/s).
-            .childChannelOption(.maxMessagesPerRead, value: 1)
-            // Reads start small and grow on full reads (to 64 KiB after one): NIO keeps each connection's receive
-            // buffer between reads, so an idle connection costs its last read's size, not 64 KiB
-            // (docs/benchmarks.md, "Idle connections").
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 2048, maximum: 65536))
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    // The group has one loop, so every connection is on the broker's loop.
-                    let (broker, registry, logins) = state.value
-                    let handler = ConnectionHandler(broker: broker, registry: registry, logins: logins, configuration: configuration, logger: logger)
-                    if let tls { try channel.pipeline.syncOperations.addHandler(tls.makeHandler()) }
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
+        // Both front ends share the loop, the core and the socket options; each has its own handler.
+        let bootstrap = Self.bootstrap(group) { channel in
+            // The group has one loop, so every connection is on the broker's loop.
+            let (broker, registry, logins) = state.value
+            let handler = ConnectionHandler(broker: broker, registry: registry, logins: logins, configuration: configuration, logger: logger)
+            if let tls { try channel.pipeline.syncOperations.addHandler(tls.makeHandler()) }
+            try channel.pipeline.syncOperations.addHandler(handler)
+        }
+        // The AMQP 0-9-1 front end (docs/amqp.md), plain TCP.
+        let amqpBootstrap = Self.bootstrap(group) { channel in
+            let (broker, registry, logins) = state.value
+            try channel.pipeline.syncOperations.addHandler(
+                AMQPConnectionHandler(broker: broker, registry: registry, logins: logins, configuration: configuration, logger: logger))
+        }
         do {
             var channels: [any Channel] = []
             if configuration.activatedSockets.isEmpty {
@@ -127,6 +123,18 @@ public final class BrokerServer: Sendable {
                 }
             }
             let port = channels.first?.localAddress?.port ?? configuration.port
+            var amqpPort: Int?
+            if let requested = configuration.amqpPort {
+                do {
+                    let channel = try await amqpBootstrap.bind(host: configuration.host, port: requested).get()
+                    channels.append(channel)
+                    amqpPort = channel.localAddress?.port ?? requested
+                } catch let error as IOError where error.errnoCode == EADDRINUSE {
+                    throw ListenError("cannot listen for AMQP on \(configuration.host):\(requested): the port is in use by another process (is RabbitMQ running? stop it, or choose another --amqp-port)")
+                } catch {
+                    throw ListenError("cannot listen for AMQP on \(configuration.host):\(requested): \(error)")
+                }
+            }
             let listeners = channels.map { channel in
                 channel.localAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
             }
@@ -168,7 +176,7 @@ public final class BrokerServer: Sendable {
                 }
             }
             logger.info("listening", metadata: ["listeners": "\(listeners.joined(separator: ", "))"])
-            return BrokerServer(configuration: configuration, port: port, group: group, serverChannels: channels, state: state, logger: logger,
+            return BrokerServer(configuration: configuration, port: port, amqpPort: amqpPort, group: group, serverChannels: channels, state: state, logger: logger,
                                 directory: directory, writer: writer, journal: recoveryResult?.2)
         } catch {
             try? await group.shutdownGracefully()
@@ -176,6 +184,26 @@ public final class BrokerServer: Sendable {
             directory?.unlock()
             throw error
         }
+    }
+
+    /// A listener's bootstrap: `addHandlers` sets up each accepted connection's pipeline.
+    private static func bootstrap(_ group: MultiThreadedEventLoopGroup,
+                                  addHandlers: @escaping @Sendable (any Channel) throws -> Void) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            // One read of at most 64 KiB per connection per event-loop turn: a fast publisher then cannot delay
+            // other connections' acks for long, which keeps the credit round trip of ack-mode consumers short
+            // (docs/benchmarks.md: 16 reads of 256 KiB starved an ack-every-100 consumer to 7k msg/s).
+            .childChannelOption(.maxMessagesPerRead, value: 1)
+            // Reads start small and grow on full reads (to 64 KiB after one): NIO keeps each connection's receive
+            // buffer between reads, so an idle connection costs its last read's size, not 64 KiB
+            // (docs/benchmarks.md, "Idle connections").
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 2048, maximum: 65536))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try addHandlers(channel) }
+            }
     }
 
     /// Runs `body` on the broker's event loop with the broker (tests and management).

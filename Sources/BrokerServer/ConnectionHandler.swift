@@ -50,7 +50,7 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        peer = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "unknown"
+        peer = peerDescription(context)
         logger[metadataKey: "peer"] = "\(peer)"
     }
 
@@ -162,31 +162,9 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
 
     // MARK: - Reading
 
-    /// Reasons to stop reading the socket; each is lifted on its own.
-    struct ReadPauses: OptionSet {
-        let rawValue: UInt8
-        /// A memory or disk alarm blocks this publisher (``Session/pauseReading()``).
-        static let alarm = ReadPauses(rawValue: 1)
-        /// The peer does not read what we write.
-        static let output = ReadPauses(rawValue: 2)
-        /// Its password is being checked.
-        static let authentication = ReadPauses(rawValue: 4)
-    }
+    private func pause(_ reason: ReadPauses) { pauses.pause(reason, context) }
 
-    private func pause(_ reason: ReadPauses) {
-        let wasReading = pauses.isEmpty
-        pauses.insert(reason)
-        if wasReading, let context { try? context.channel.syncOptions?.setOption(.autoRead, value: false) }
-    }
-
-    private func resume(_ reason: ReadPauses) {
-        guard pauses.contains(reason) else { return }
-        pauses.remove(reason)
-        if pauses.isEmpty, let context {
-            try? context.channel.syncOptions?.setOption(.autoRead, value: true)
-            context.read()
-        }
-    }
+    private func resume(_ reason: ReadPauses) { pauses.resume(reason, context) }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         logger.debug("connection error", metadata: ["error": "\(error)"])
@@ -250,16 +228,8 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     /// One line per opened connection when it ends (its logger carries client, user, peer and connection id);
     /// connections refused before they opened are logged where they are refused.
     private func logClosed() {
-        guard let openedAt else {
-            if let closeReason { logger.info("connection ended before it opened", metadata: ["reason": "\(closeReason)"]) }
-            return
-        }
-        self.openedAt = nil
-        let seconds = Double((NIODeadline.now() - openedAt).nanoseconds) / 1e9
-        logger.info("connection closed", metadata: [
-            "reason": "\(closeReason ?? "the client dropped the connection without closing it")",
-            "duration_s": "\((seconds * 1000).rounded() / 1000)",
-        ])
+        logConnectionClosed(logger, openedAt: openedAt, reason: closeReason)
+        openedAt = nil
     }
 
     private func writeNow(_ message: ServerMessage) {
@@ -273,61 +243,15 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     /// failing logins waits behind legitimate ones) and may refuse it outright.
     private func verify(_ auth: Authenticate) {
         guard let context else { return }
-        let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        loginTicket = logins.submit(address: address, user: auth.user, start: { ticket in
-            bound.value.startVerification(auth, address: address, ticket: ticket)
-        }, refuse: { error in
+        logins.check(user: auth.user, password: auth.password, channel: context.channel, broker: broker, logger: logger,
+                     ticket: { bound.value.loginTicket = $0 }, isGone: { bound.value.context == nil }, finish: { outcome in
             let handler = bound.value
-            handler.loginTicket = nil
-            handler.logger.warning("login refused without a check", metadata: ["user": "\(auth.user)", "reason": "\(error.message)"])
-            handler.run(handler.machine.refused(error))
-        })
-    }
-
-    private func startVerification(_ auth: Authenticate, address: String, ticket: UInt64) {
-        guard let context else {
-            logins.abandon(ticket)  // gone meanwhile: free the slot without counting a failure
-            return
-        }
-        loginTicket = ticket
-        let user = broker.users.user(named: auth.user)
-        let fromLoopback = Self.isLoopback(context.channel.remoteAddress)
-        let password = auth.password
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let eventLoop = context.eventLoop
-        // PBKDF2 takes milliseconds: run it on the thread pool so the event loop keeps moving messages.
-        NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
-            UserStore.authenticate(user, password: password, fromLoopback: fromLoopback)
-        }.whenComplete { result in
-            let handler = bound.value
-            handler.loginTicket = nil
-            let outcome: Result<User, BrokerError> = switch result {
-            case .success(let checked): checked
-            case .failure(let error): .failure(BrokerError(.internalError, "authentication failed: \(error)"))
-            }
-            let succeeded = if case .success = outcome { true } else { false }
-            let delay = handler.logins.finished(ticket, succeeded: succeeded)
             switch outcome {
-            case .success(let user):
-                handler.authenticated(as: user)
-            case .failure(let error):
-                let failures = handler.logins.recentFailures(from: address)
-                // One line for the first failures from an address, then one per hundred: a storm does not flood the log.
-                if failures <= 3 || failures % 100 == 0 {
-                    handler.logger.warning("login failed", metadata: ["user": "\(auth.user)", "recent_failures_from_address": "\(failures)"])
-                }
-                guard delay > 0 else {
-                    handler.run(handler.machine.refused(error))
-                    return
-                }
-                // Slow down an address that keeps failing: answer later, at no CPU cost.
-                eventLoop.scheduleTask(in: .nanoseconds(delay)) {
-                    let handler = bound.value
-                    handler.run(handler.machine.refused(error))
-                }
+            case .success(let user): handler.authenticated(as: user)
+            case .failure(let error): handler.run(handler.machine.refused(error))
             }
-        }
+        })
     }
 
     private func authenticated(as user: User) {
@@ -369,11 +293,8 @@ final class ConnectionHandler: ChannelInboundHandler, SessionTransport {
     /// Schedules the next heartbeat check for when it has something to do (``HeartbeatMonitor``).
     private func scheduleHeartbeatCheck() {
         guard let monitor = heartbeat, let context else { return }
-        let delay = monitor.nanosUntilNextCheck(nowNanos: NIODeadline.now().uptimeNanoseconds.asInt64)
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        heartbeatTask = context.eventLoop.scheduleTask(in: .nanoseconds(delay)) {
-            bound.value.heartbeatCheck()
-        }
+        heartbeatTask = monitor.scheduleCheck(on: context.eventLoop) { bound.value.heartbeatCheck() }
     }
 
     private func heartbeatCheck() {
@@ -441,20 +362,30 @@ extension UInt64 {
     var asInt64: Int64 { Int64(truncatingIfNeeded: self) }
 }
 
+/// A client connection of either protocol, as the registry knows it.
+protocol RegisteredConnection: AnyObject {
+    /// The authenticated user, once there is one.
+    var userName: String? { get }
+    /// Closes the connection with a reason: the broker is shutting down.
+    func closeForShutdown()
+}
+
+extension ConnectionHandler: RegisteredConnection {}
+
 /// The live connections, so shutdown can close each with a reason. Lives on the broker's event loop.
 final class ConnectionRegistry {
-    private var handlers: [ObjectIdentifier: ConnectionHandler] = [:]
+    private var handlers: [ObjectIdentifier: any RegisteredConnection] = [:]
     /// Authenticated connections per user, for `maxConnectionsPerUser`.
     private var perUser: [String: Int] = [:]
-    func add(_ handler: ConnectionHandler) { handlers[ObjectIdentifier(handler)] = handler }
-    func remove(_ handler: ConnectionHandler) {
+    func add(_ handler: any RegisteredConnection) { handlers[ObjectIdentifier(handler)] = handler }
+    func remove(_ handler: any RegisteredConnection) {
         guard handlers.removeValue(forKey: ObjectIdentifier(handler)) != nil, let user = handler.userName else { return }
         perUser[user, default: 1] -= 1
         if perUser[user] == 0 { perUser[user] = nil }
     }
     /// A registered connection authenticated as `user`.
-    func opened(_ handler: ConnectionHandler, user: String) { perUser[user, default: 0] += 1 }
+    func opened(_ handler: any RegisteredConnection, user: String) { perUser[user, default: 0] += 1 }
     func connections(of user: String) -> Int { perUser[user] ?? 0 }
-    var all: [ConnectionHandler] { Array(handlers.values) }
+    var all: [any RegisteredConnection] { Array(handlers.values) }
     var count: Int { handlers.count }
 }

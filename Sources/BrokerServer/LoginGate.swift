@@ -1,3 +1,7 @@
+import BrokerCore
+import Logging
+import NIOCore
+import NIOPosix
 import DequeModule
 import WireProtocol
 
@@ -223,5 +227,57 @@ final class LoginScheduler {
                 entries.removeValue(forKey: id)?.refuse(error)
             }
         }
+    }
+}
+
+extension LoginScheduler {
+    /// Runs one connection's password check, for either protocol front end: queued by the gate, PBKDF2 on the
+    /// thread pool (it takes milliseconds; the event loop keeps moving messages), answered later after repeated
+    /// failures from the address. `ticket` is told the check's ticket while it is pending (nil once it ended), so
+    /// the connection can withdraw it if it goes away; `isGone` says it went meanwhile; `finish` gets the outcome
+    /// on the event loop.
+    func check(user name: String, password: String, channel: any Channel, broker: Broker, logger: Logger,
+               ticket: @escaping (UInt64?) -> Void, isGone: @escaping () -> Bool,
+               finish: @escaping (Result<User, BrokerError>) -> Void) {
+        let eventLoop = channel.eventLoop
+        let address = channel.remoteAddress?.ipAddress ?? "unknown"
+        let fromLoopback = ConnectionHandler.isLoopback(channel.remoteAddress)
+        let callbacks = NIOLoopBound((ticket: ticket, isGone: isGone, finish: finish, logins: self), eventLoop: eventLoop)
+        ticket(submit(address: address, user: name, start: { id in
+            let (ticket, isGone, finish, logins) = callbacks.value
+            guard !isGone() else {
+                logins.abandon(id)  // gone meanwhile: free the slot without counting a failure
+                return
+            }
+            ticket(id)
+            let user = broker.users.user(named: name)
+            NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
+                UserStore.authenticate(user, password: password, fromLoopback: fromLoopback)
+            }.whenComplete { result in
+                let (ticket, _, finish, logins) = callbacks.value
+                ticket(nil)
+                let outcome: Result<User, BrokerError> = switch result {
+                case .success(let checked): checked
+                case .failure(let error): .failure(BrokerError(.internalError, "authentication failed: \(error)"))
+                }
+                let succeeded = if case .success = outcome { true } else { false }
+                let delay = logins.finished(id, succeeded: succeeded)
+                if !succeeded {
+                    let failures = logins.recentFailures(from: address)
+                    // One line for the first failures from an address, then one per hundred: a storm does not flood the log.
+                    if failures <= 3 || failures % 100 == 0 {
+                        logger.warning("login failed", metadata: ["user": "\(name)", "recent_failures_from_address": "\(failures)"])
+                    }
+                }
+                guard delay > 0, !succeeded else { return finish(outcome) }
+                // Slow down an address that keeps failing: answer later, at no CPU cost.
+                eventLoop.scheduleTask(in: .nanoseconds(delay)) { callbacks.value.finish(outcome) }
+            }
+        }, refuse: { error in
+            let (ticket, _, finish, _) = callbacks.value
+            ticket(nil)
+            logger.warning("login refused without a check", metadata: ["user": "\(name)", "reason": "\(error.message)"])
+            finish(.failure(error))
+        }))
     }
 }

@@ -37,6 +37,10 @@ public struct ServerConfiguration: Sendable {
     /// Most connections of one user at once; 0: no limit. Default 0.
     public var maxConnectionsPerUser: Int = 0
 
+    /// TCP port of the AMQP 0-9-1 listener (docs/amqp.md), on the same `host`; nil: no AMQP listener. 0 picks a
+    /// free port (tests). Default nil; `--amqp` turns it on at ``defaultAMQPPort``.
+    public var amqpPort: Int?
+
     /// TLS on the listener; nil serves plain TCP. Default nil.
     public var tls: ServerTLS?
 
@@ -45,6 +49,8 @@ public struct ServerConfiguration: Sendable {
     public var activatedSockets: [Int32] = []
 
     public static let defaultPort = 5680
+    /// AMQP's registered port, as RabbitMQ uses it.
+    public static let defaultAMQPPort = 5672
 
     /// 40% of physical memory.
     public static var defaultMemoryLimit: Int { Int(ProcessInfo.processInfo.physicalMemory / 10 * 4) }

@@ -9,12 +9,15 @@ import TOMLKit
 /// ```toml
 /// host = "127.0.0.1"
 /// port = 5680
+/// amqp_port = 5672
 /// data_dir = "/var/lib/brokerd"
 /// memory_limit = 2_000_000_000
 /// ```
 public struct BrokerSettings: Decodable, Equatable, Sendable {
     public var host: String?
     public var port: Int?
+    /// The AMQP 0-9-1 listener's port (off when unset).
+    public var amqpPort: Int?
     public var dataDir: String?
     public var heartbeat: Int?
     public var maxFrameSize: Int?
@@ -34,6 +37,7 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case host, port, heartbeat, fsync
         case dataDir = "data_dir"
+        case amqpPort = "amqp_port"
         case maxFrameSize = "max_frame_size"
         case fsyncIntervalMs = "fsync_interval_ms"
         case diskFreeLimit = "disk_free_limit"
@@ -61,6 +65,7 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         var merged = self
         merged.host = host ?? file.host
         merged.port = port ?? file.port
+        merged.amqpPort = amqpPort ?? file.amqpPort
         merged.dataDir = dataDir ?? file.dataDir
         merged.heartbeat = heartbeat ?? file.heartbeat
         merged.maxFrameSize = maxFrameSize ?? file.maxFrameSize
@@ -84,6 +89,10 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
     public func problem(naming name: (String) -> String) -> String? {
         if let host, host.isEmpty { return "\(name("host")) must not be empty" }
         if let port, !(0...65535).contains(port) { return "\(name("port")) must be between 0 and 65535, got \(port)" }
+        if let amqpPort, !(0...65535).contains(amqpPort) { return "\(name("amqp_port")) must be between 0 and 65535, got \(amqpPort)" }
+        if let amqpPort, let port, amqpPort == port, port != 0 {
+            return "\(name("amqp_port")) and \(name("port")) are both \(port): the two listeners need different ports"
+        }
         if let dataDir, dataDir.isEmpty { return "\(name("data_dir")) must not be empty" }
         if let heartbeat, !(0...3600).contains(heartbeat) { return "\(name("heartbeat")) must be from 0 to 3600 seconds, got \(heartbeat)" }
         if let maxFrameSize, !(4096...(1 << 30)).contains(maxFrameSize) {
@@ -126,6 +135,7 @@ public struct BrokerSettings: Decodable, Equatable, Sendable {
         var configuration = ServerConfiguration()
         if let host { configuration.host = host }
         if let port { configuration.port = port }
+        if let amqpPort { configuration.amqpPort = amqpPort }
         if let dataDir { configuration.dataDirectory = dataDir }
         if let heartbeat { configuration.heartbeatSeconds = UInt16(clamping: heartbeat) }
         if let maxFrameSize { configuration.maxFrameSize = UInt32(clamping: maxFrameSize) }

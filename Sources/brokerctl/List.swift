@@ -24,7 +24,7 @@ extension Brokerctl {
                      "publish_rate", "deliver_rate", "state"]
                 case .exchanges: ["name", "type", "durable", "auto_delete", "bindings"]
                 case .bindings: ["source", "destination", "routing_key"]
-                case .connections: ["id", "name", "peer", "user", "consumers", "messages_unacked", "state"]
+                case .connections: ["id", "name", "peer", "user", "protocol", "consumers", "messages_unacked", "state"]
                 case .consumers: ["queue", "consumer_tag", "connection", "ack_required", "prefetch", "messages_unacked"]
                 }
             }

@@ -35,6 +35,12 @@ struct Brokerd: AsyncParsableCommand {
     @Option(help: "TCP port to listen on; 0 picks a free port (default \(ServerConfiguration.defaultPort)).")
     var port: Int?
 
+    @Option(name: .customLong("amqp-port"), help: "Also speak AMQP 0-9-1 on this TCP port (docs/amqp.md); 0 picks a free port (default: off).")
+    var amqpPort: Int?
+
+    @Flag(name: .customLong("amqp"), help: "Also speak AMQP 0-9-1, on port \(ServerConfiguration.defaultAMQPPort) unless --amqp-port says another.")
+    var amqp = false
+
     @Option(name: .customLong("data-dir"), help: "Data directory, created if missing (default ./brokerd-data).")
     var dataDir: String?
 
@@ -85,6 +91,7 @@ struct Brokerd: AsyncParsableCommand {
         var settings = BrokerSettings()
         settings.host = host
         settings.port = port
+        settings.amqpPort = amqpPort ?? (amqp ? ServerConfiguration.defaultAMQPPort : nil)
         settings.dataDir = dataDir
         settings.heartbeat = heartbeat
         settings.maxFrameSize = maxFrameSize
@@ -153,7 +160,9 @@ struct Brokerd: AsyncParsableCommand {
 
         let service = BrokerService(configuration: configuration, logger: logger) { server in
             // A line scripts and tests can wait for; with --port 0 it tells the port chosen.
-            logger.notice("brokerd ready", metadata: ["port": "\(server.port)", "version": "\(Broker.version)"])
+            var metadata: Logger.Metadata = ["port": "\(server.port)", "version": "\(Broker.version)"]
+            if let amqpPort = server.amqpPort { metadata["amqp_port"] = "\(amqpPort)" }
+            logger.notice("brokerd ready", metadata: metadata)
         }
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup,

@@ -51,7 +51,7 @@ struct DaemonTests {
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline && process.isRunning {
             if let line = log.text.split(separator: "\n").first(where: { $0.contains("brokerd ready") }),
-               let range = line.range(of: "port="),
+               let range = line.range(of: " port="),
                let port = Int(line[range.upperBound...].prefix(while: \.isNumber)) {
                 return (process, port, log)
             }

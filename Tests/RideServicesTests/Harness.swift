@@ -106,7 +106,7 @@ final class BrokerProcess: Sendable {
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline && child.isRunning {
             if let line = child.log.split(separator: "\n").first(where: { $0.contains("brokerd ready") }),
-               let range = line.range(of: "port="), let bound = Int(line[range.upperBound...].prefix(while: \.isNumber)) {
+               let range = line.range(of: " port="), let bound = Int(line[range.upperBound...].prefix(while: \.isNumber)) {
                 return (child, bound)
             }
             Thread.sleep(forTimeInterval: 0.02)

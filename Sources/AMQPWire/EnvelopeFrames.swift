@@ -1,0 +1,161 @@
+public import NIOCore
+public import WireProtocol
+
+/// Writes AMQP frames straight into an output buffer: methods, and the three content-carrying methods a broker
+/// sends (`basic.deliver`, `basic.get-ok`, `basic.return`) around a native ``MessageEnvelope``.
+///
+/// A native envelope starts with the exchange and routing key as two `u8`-length-prefixed strings, which is how
+/// AMQP encodes a `shortstr`: the method frame copies those bytes as they are. The properties are translated
+/// (``AMQPNativeMapping``); a message without properties skips the translation. The body is split into frames of
+/// at most `frameMax - 8` bytes.
+public enum AMQPFrameWriter {
+    /// The class and method ids of the methods written here.
+    static let basicDeliver: (UInt16, UInt16) = (60, 60)
+    static let basicGetOk: (UInt16, UInt16) = (60, 71)
+    static let basicReturn: (UInt16, UInt16) = (60, 50)
+
+    /// One method frame.
+    public static func writeMethod(_ method: AMQPMethod, channel: UInt16, into buffer: inout ByteBuffer) throws(AMQPWireError) {
+        let start = beginFrame(.method, channel: channel, into: &buffer)
+        try method.write(to: &buffer)
+        endFrame(start, into: &buffer)
+    }
+
+    /// `basic.deliver` with its content.
+    public static func writeDeliver(into buffer: inout ByteBuffer, channel: UInt16, consumerTag: String, deliveryTag: UInt64,
+                                    redelivered: Bool, envelope: MessageEnvelope, frameMax: UInt32) {
+        let start = beginFrame(.method, channel: channel, into: &buffer)
+        buffer.writeMultipleIntegers(basicDeliver.0, basicDeliver.1)
+        writeShortString(consumerTag, into: &buffer)
+        buffer.writeMultipleIntegers(deliveryTag, UInt8(redelivered ? 1 : 0))
+        writeNames(of: envelope, into: &buffer)
+        endFrame(start, into: &buffer)
+        writeContent(of: envelope, channel: channel, frameMax: frameMax, into: &buffer)
+    }
+
+    /// `basic.get-ok` with its content.
+    public static func writeGetOk(into buffer: inout ByteBuffer, channel: UInt16, deliveryTag: UInt64, redelivered: Bool,
+                                  messageCount: UInt32, envelope: MessageEnvelope, frameMax: UInt32) {
+        let start = beginFrame(.method, channel: channel, into: &buffer)
+        buffer.writeMultipleIntegers(basicGetOk.0, basicGetOk.1, deliveryTag, UInt8(redelivered ? 1 : 0))
+        writeNames(of: envelope, into: &buffer)
+        buffer.writeInteger(messageCount)
+        endFrame(start, into: &buffer)
+        writeContent(of: envelope, channel: channel, frameMax: frameMax, into: &buffer)
+    }
+
+    /// `basic.return` with its content.
+    public static func writeReturn(into buffer: inout ByteBuffer, channel: UInt16, replyCode: UInt16, replyText: String,
+                                   envelope: MessageEnvelope, frameMax: UInt32) {
+        let start = beginFrame(.method, channel: channel, into: &buffer)
+        buffer.writeMultipleIntegers(basicReturn.0, basicReturn.1, replyCode)
+        writeShortString(replyText, into: &buffer)
+        writeNames(of: envelope, into: &buffer)
+        endFrame(start, into: &buffer)
+        writeContent(of: envelope, channel: channel, frameMax: frameMax, into: &buffer)
+    }
+
+    /// A heartbeat frame.
+    public static func writeHeartbeat(into buffer: inout ByteBuffer) {
+        buffer.writeMultipleIntegers(AMQPFrame.Kind.heartbeat.rawValue, UInt16(0), UInt32(0), AMQPFrame.frameEnd)
+    }
+
+    // MARK: - Parts
+
+    private static func beginFrame(_ kind: AMQPFrame.Kind, channel: UInt16, into buffer: inout ByteBuffer) -> Int {
+        let start = buffer.writerIndex
+        buffer.writeMultipleIntegers(kind.rawValue, channel, UInt32(0))
+        return start
+    }
+
+    private static func endFrame(_ start: Int, into buffer: inout ByteBuffer) {
+        buffer.setInteger(UInt32(truncatingIfNeeded: buffer.writerIndex - start - 7), at: start + 3)
+        buffer.writeInteger(AMQPFrame.frameEnd)
+    }
+
+    /// A short string known to fit (names the broker made or checked: at most 255 bytes).
+    private static func writeShortString(_ text: String, into buffer: inout ByteBuffer) {
+        let utf8 = text.utf8
+        let length = min(utf8.count, 255)
+        buffer.writeInteger(UInt8(length))
+        buffer.writeBytes(utf8.prefix(length))
+    }
+
+    /// The envelope's exchange and routing key: already two short strings.
+    private static func writeNames(of envelope: MessageEnvelope, into buffer: inout ByteBuffer) {
+        buffer.writeImmutableBuffer(envelope.bytes.getSlice(at: envelope.bytes.readerIndex, length: envelope.namesLength) ?? ByteBuffer())
+    }
+
+    /// The content header (translated properties) and the body frames.
+    private static func writeContent(of envelope: MessageEnvelope, channel: UInt16, frameMax: UInt32, into buffer: inout ByteBuffer) {
+        let body = envelope.body
+        let start = beginFrame(.header, channel: channel, into: &buffer)
+        buffer.writeMultipleIntegers(AMQPContentHeader.basicClass, UInt16(0), UInt64(body.readableBytes))
+        writeProperties(of: envelope, into: &buffer)
+        endFrame(start, into: &buffer)
+        let chunk = Int(frameMax) - AMQPFrame.overhead
+        var rest = body
+        while rest.readableBytes > 0, let part = rest.readSlice(length: min(chunk, rest.readableBytes)) {
+            buffer.writeMultipleIntegers(AMQPFrame.Kind.body.rawValue, channel, UInt32(part.readableBytes))
+            buffer.writeImmutableBuffer(part)
+            buffer.writeInteger(AMQPFrame.frameEnd)
+        }
+    }
+
+    private static func writeProperties(of envelope: MessageEnvelope, into buffer: inout ByteBuffer) {
+        typealias Bit = MessageProperties.Bit
+        switch envelope.propertyFlags {
+        case 0:
+            buffer.writeInteger(UInt16(0))
+        case Bit.persistent:
+            buffer.writeMultipleIntegers(UInt16(1 << 12), UInt8(2))  // delivery-mode 2 alone
+        default:
+            // The envelope's properties were checked when it was published (MessageEnvelope(parsing:)).
+            let native = (try? envelope.properties.decode()) ?? MessageProperties()
+            let amqp = AMQPNativeMapping.amqpProperties(native)
+            let mark = buffer.writerIndex
+            do {
+                try amqp.write(to: &buffer)
+            } catch {
+                // Unreachable: native strings are at most 255 bytes and tables at most 16 deep. Send none rather
+                // than a malformed header.
+                buffer.moveWriterIndex(to: mark)
+                buffer.writeInteger(UInt16(0))
+            }
+        }
+    }
+}
+
+extension AMQPMethod {
+    /// A `bit` argument (false when absent).
+    public func bool(_ name: String) -> Bool {
+        if case .bit(let v)? = self[name] { return v }
+        return false
+    }
+
+    /// A `shortstr` argument ("" when absent).
+    public func string(_ name: String) -> String {
+        if case .shortString(let v)? = self[name] { return v }
+        return ""
+    }
+
+    /// A `table` argument (empty when absent).
+    public func table(_ name: String) -> AMQPTable {
+        if case .table(let v)? = self[name] { return v }
+        return AMQPTable()
+    }
+
+    /// An integer argument of any width (0 when absent).
+    public func integer(_ name: String) -> UInt64 {
+        switch self[name] {
+        case .octet(let v)?: UInt64(v)
+        case .short(let v)?: UInt64(v)
+        case .long(let v)?: UInt64(v)
+        case .longlong(let v)?, .timestamp(let v)?: v
+        default: 0
+        }
+    }
+
+    /// The method's class and method ids.
+    public var ids: (classId: UInt16, methodId: UInt16) { (signature.classId, signature.methodId) }
+}
