@@ -6,7 +6,9 @@
 #   scripts/bench-brokerd.sh [RESULTS_FILE]
 #
 # Knobs: REPS (3), DUR (10 s per run), SCENARIOS ("S1 S2 S3 S4 S5"), PORT (5690), BROKERD_ARGS (extra flags
-# for brokerd, e.g. "--memory-limit 128000000").
+# for brokerd, e.g. "--memory-limit 128000000"), CLIENT (brokerbench, the native protocol; or amqp_bench: the
+# same scenarios over brokerd's AMQP 0-9-1 listener on AMQP_PORT (5691), with ../shared/bench-rabbitmq's tool,
+# which takes the same long options, exactly as run-rabbitmq.sh drives RabbitMQ).
 # The scenario parameters are those of ../shared/bench-rabbitmq/run-rabbitmq.sh, with brokerbench's long option
 # names, so every label means the same workload on both brokers. Every run is bounded by brokerbench's own
 # duration limits and by `timeout`.
@@ -16,13 +18,23 @@ REPS=${REPS:-3}
 DUR=${DUR:-10}
 SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S5"}
 PORT=${PORT:-5690}
+AMQP_PORT=${AMQP_PORT:-5691}
+CLIENT=${CLIENT:-brokerbench}
 results=${RESULTS_DIR:-/tmp/bench-results}; mkdir -p "$results"
 out=${1:-$results/brokerd-$(date +%Y%m%d-%H%M%S).txt}
 : > "$out"
 
 (cd "$here" && swift build -c release --product brokerd >&2 && swift build -c release --product brokerbench >&2)
 bin="$here/.build/release"
-B="$bin/brokerbench"
+case $CLIENT in
+brokerbench) B="$bin/brokerbench"; BENCH_PORT=$PORT ;;
+amqp_bench)
+    make -C "$here/../shared/bench-rabbitmq" -s amqp_bench >&2
+    B="$here/../shared/bench-rabbitmq/amqp_bench"; BENCH_PORT=$AMQP_PORT
+    BROKERD_ARGS="${BROKERD_ARGS:-} --amqp-port $AMQP_PORT"
+    ;;
+*) echo "CLIENT must be brokerbench or amqp_bench" >&2; exit 64 ;;
+esac
 
 d=$(mktemp -d /tmp/brokerdbench.XXXXXX)
 "$bin/brokerd" --port "$PORT" --data-dir "$d/data" --log-level warning ${BROKERD_ARGS:-} 2> "$d/brokerd.log" &
@@ -30,11 +42,11 @@ pid=$!
 cleanup() { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$d"; }
 trap cleanup EXIT
 for _ in $(seq 1 50); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break
+    (exec 3<>/dev/tcp/127.0.0.1/"$BENCH_PORT") 2>/dev/null && break
     sleep 0.1
 done
 tck=$(getconf CLK_TCK)
-echo "# brokerd $(cd "$here" && git rev-parse --short HEAD) nproc=$(nproc) cpu=\"$(lscpu | sed -n 's/^Model name: *//p')\" date=$(date -u +%FT%TZ)" >> "$out"
+echo "# brokerd $(cd "$here" && git rev-parse --short HEAD) client=$CLIENT nproc=$(nproc) cpu=\"$(lscpu | sed -n 's/^Model name: *//p')\" date=$(date -u +%FT%TZ)" >> "$out"
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$pid/stat"; }
 rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$pid/status"; }
@@ -45,7 +57,7 @@ run_once() {
     {
         local c0 c1 line peak
         c0=$(cpu_ticks)
-        timeout 300 "$B" --port "$PORT" --label "$label" "$@" > "$d/run.txt" &
+        timeout 300 "$B" --port "$BENCH_PORT" --label "$label" "$@" > "$d/run.txt" &
         local bp=$!
         peak=$(rss_kb)
         while kill -0 "$bp" 2>/dev/null; do

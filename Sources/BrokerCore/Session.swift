@@ -45,18 +45,10 @@ public final class Session {
     var consumers: [UInt32: QueueConsumer] = [:]
     private var nextConsumerTag: UInt32 = 0
     private var nextDeliveryTag: UInt64 = 0
-    private var unacked = Deque<UnackedDelivery>()
-    private var unsettledCount = 0
+    private var unacked = UnackedLedger()
 
     public private(set) var confirmMode = false
-    private var publishSequence: UInt64 = 0
-    /// Highest sequence number to confirm with a coalesced `multiple` ack at the next flush (0: none).
-    private var pendingConfirm: UInt64 = 0
-    /// Highest sequence number confirmed (acked or nacked) so far.
-    private var confirmedThrough: UInt64 = 0
-    /// Persistent publishes whose log batch is not yet durable: per batch, the first sequence number in it. Nothing
-    /// from the first of them on may be confirmed yet.
-    private var awaitingLog = Deque<(batch: UInt64, firstSequence: UInt64)>()
+    private var confirms = ConfirmLedger()
 
     private var routeCache: Broker.RouteCache?
     /// The user's permissions, compiled; replaced when an operator changes them (``Broker/setPermissions``).
@@ -96,7 +88,7 @@ public final class Session {
     }
 
     public var consumerCount: Int { consumers.count }
-    public var unackedCount: Int { unsettledCount }
+    public var unackedCount: Int { unacked.count }
 
     /// Most bytes of deliveries encoded for one flush. Past it the session takes no more deliveries until the batch
     /// is written, so a consumer with a deep backlog cannot make one write, or the broker's memory, grow without bound.
@@ -336,7 +328,7 @@ public final class Session {
             if before >= 0 && graceLeft < 0 { broker.pauseAfterCycle(self) }  // once, as the grace runs out
         }
         publishedCount &+= 1
-        if confirmMode { publishSequence &+= 1 }
+        if confirmMode { confirms.published() }
         switch broker.route(publish, cache: &routeCache, permissions: permissions, publisher: self) {
         case .routed(let logged):
             confirmSucceeded(logged: logged)
@@ -366,51 +358,36 @@ public final class Session {
 
     private func confirmSucceeded(logged: Bool) {
         guard confirmMode else { return }
-        if logged && awaitingLog.last?.batch != broker.openBatch {
-            awaitingLog.append((broker.openBatch, publishSequence))
-        }
-        updateConfirmable()
-    }
-
-    /// Everything before the first publish still waiting for the log may be confirmed.
-    private func updateConfirmable() {
-        let confirmable = awaitingLog.first.map { $0.firstSequence - 1 } ?? publishSequence
-        if confirmable > confirmedThrough && confirmable > pendingConfirm {
-            pendingConfirm = confirmable
-            markDirty()
-        }
+        if confirms.accepted(waitingFor: logged ? broker.openBatch : nil) { markDirty() }
     }
 
     private func writePendingConfirm() {
-        guard pendingConfirm != 0 else { return }
-        let ack = ServerMessage.confirmAck(Confirm(sequence: pendingConfirm, multiple: true))
-        if let encoder { encoder.write(ack, into: &outbound) } else { ack.encode(into: &outbound) }
-        confirmedThrough = pendingConfirm
-        pendingConfirm = 0
+        guard let ack = confirms.takeAck() else { return }
+        let message = ServerMessage.confirmAck(Confirm(sequence: ack, multiple: true))
+        if let encoder { encoder.write(message, into: &outbound) } else { message.encode(into: &outbound) }
     }
 
     private func confirmFailed(_ error: BrokerError) {
         // A nack must not be overtaken by a later coalesced ack that would cover its sequence number,
         // so the acks before it are written first.
         writePendingConfirm()
-        write(.confirmNack(Confirm(sequence: publishSequence, multiple: false, code: error.code, text: error.message)))
+        write(.confirmNack(Confirm(sequence: confirms.lastSequence, multiple: false, code: error.code, text: error.message)))
     }
 
-    /// A log batch is durable (or failed): release the confirms that waited for it. A failed write nacks every
-    /// publish from the first one in the failed batch up to the next batch still pending.
+    /// A log batch is durable (or failed): release the confirms that waited for it.
     func logBatchFinished(_ batch: UInt64, failed: Bool) {
-        guard confirmMode, let first = awaitingLog.first, first.batch <= batch else { return }
-        while let entry = awaitingLog.first, entry.batch <= batch { awaitingLog.removeFirst() }
-        if failed {
-            writePendingConfirm()
-            let through = awaitingLog.first.map { $0.firstSequence - 1 } ?? publishSequence
+        guard confirmMode else { return }
+        switch confirms.batchFinished(batch, failed: failed) {
+        case .none:
+            return
+        case .released:
+            markDirty()
+        case .nack(let ackFirst, let through):
+            if let ackFirst { write(.confirmAck(Confirm(sequence: ackFirst, multiple: true))) }
             write(.confirmNack(Confirm(sequence: through, multiple: true, code: .internalError,
                                        text: "the broker could not write the message log; publish again")))
-            confirmedThrough = through
-        } else {
-            updateConfirmable()
         }
-        if awaitingLog.isEmpty, let body = whenConfirmed {
+        if !confirms.awaitsLog, let body = whenConfirmed {
             whenConfirmed = nil
             body()
         }
@@ -424,7 +401,7 @@ public final class Session {
     public private(set) var isClosing = false
 
     /// Whether a publish of this session still waits for the log before its confirm can be sent.
-    public var awaitsConfirms: Bool { confirmMode && !awaitingLog.isEmpty }
+    public var awaitsConfirms: Bool { confirmMode && confirms.awaitsLog }
 
     /// The client asked to close while publishes still wait for their confirms: stop delivering, and call `body` once
     /// the last of them is confirmed (or nacked) and encoded, so the `closeOk` written after it follows every confirm.
@@ -547,9 +524,9 @@ public final class Session {
         if !consumer.noAck {
             consumerUnacked += 1
             broker.memory.add(message.footprint)
-            unacked.append(UnackedDelivery(tag: nextDeliveryTag, queue: queue, consumer: consumer, message: message))
-            unacked[unacked.count - 1].message?.deliveries &+= 1
-            unsettledCount += 1
+            var held = message
+            held.deliveries &+= 1
+            unacked.append(UnackedDelivery(tag: nextDeliveryTag, queue: queue, consumer: consumer, message: held))
             consumer.unacked += 1
             queue.unackedCount += 1
         }
@@ -571,7 +548,6 @@ public final class Session {
         if !noAck {
             broker.memory.add(message.footprint)
             unacked.append(UnackedDelivery(tag: nextDeliveryTag, queue: queue, consumer: nil, message: message))
-            unsettledCount += 1
             queue.unackedCount += 1
         }
         if message.logId != 0 { recordDelivery(message, from: queue, settled: noAck) }
@@ -609,24 +585,25 @@ public final class Session {
     /// `rejected`). An unknown or already settled tag is `preconditionFailed` and settles nothing.
     public func settle(_ deliveryTag: UInt64, multiple: Bool, requeue: Bool, kind: SettleKind) throws(BrokerError) {
         // A nack or reject without requeue dead-letters (reason `rejected`); an ack just settles.
-        let isReject = kind != .ack
+        let sharedCreditWasOut = !withinSharedPrefetch
+        guard let settled = unacked.settle(deliveryTag, multiple: multiple) else {
+            throw multiple
+                ? BrokerError(.preconditionFailed, "\(kind.rawValue) multiple up to delivery tag \(deliveryTag): nothing outstanding")
+                : BrokerError(.preconditionFailed, "\(kind.rawValue) of unknown or already settled delivery tag \(deliveryTag)")
+        }
         var returned: [(Queue, QueuedMessage)] = []
         var touched: [Queue] = []
-        func release(_ index: Int) {
-            let entry = unacked[index]
-            if let message = entry.message { broker.memory.add(-message.footprint) }
-            unacked[index].settled = true
-            unacked[index].message = nil
-            unsettledCount -= 1
+        for entry in settled {
             if let consumer = entry.consumer {
                 consumer.unacked -= 1
                 consumerUnacked -= 1
             }
             entry.queue.unackedCount -= 1
-            if requeue, let message = entry.message {
-                returned.append((entry.queue, message))
-            } else if let message = entry.message {
-                if isReject {
+            if let message = entry.message {
+                broker.memory.add(-message.footprint)
+                if requeue {
+                    returned.append((entry.queue, message))
+                } else if kind != .ack {
                     broker.deadLetter(message, from: entry.queue, reason: "rejected")
                 } else if message.logId != 0, let store = broker.store, let id = entry.queue.durableId {
                     store.appendSettle(id: message.logId, queue: id)
@@ -634,24 +611,6 @@ public final class Session {
             }
             if !touched.contains(where: { $0 === entry.queue }) { touched.append(entry.queue) }
         }
-        let sharedCreditWasOut = !withinSharedPrefetch
-        if multiple {
-            let upTo = deliveryTag == 0 ? UInt64.max : deliveryTag
-            var index = 0
-            while index < unacked.count && unacked[index].tag <= upTo {
-                if !unacked[index].settled { release(index) }
-                index += 1
-            }
-            if touched.isEmpty && deliveryTag != 0 {
-                throw BrokerError(.preconditionFailed, "\(kind.rawValue) multiple up to delivery tag \(deliveryTag): nothing outstanding")
-            }
-        } else {
-            guard let index = indexOfUnacked(deliveryTag) else {
-                throw BrokerError(.preconditionFailed, "\(kind.rawValue) of unknown or already settled delivery tag \(deliveryTag)")
-            }
-            release(index)
-        }
-        while let first = unacked.first, first.settled { unacked.removeFirst() }
         if !returned.isEmpty { self.requeue(returned) }
         for queue in touched where !queue.isDeleted { queue.dispatch() }
         // Session-wide credit freed: the consumers of other queues may take messages again.
@@ -661,20 +620,8 @@ public final class Session {
     /// Returns every unacknowledged delivery to its queue, marked redelivered (AMQP's `basic.recover` with
     /// requeue, as RabbitMQ does it: the messages may go to any consumer).
     public func recover() {
-        guard unsettledCount > 0 else { return }
+        guard unacked.count > 0 else { return }
         _ = try? settle(0, multiple: true, requeue: true, kind: .nack)
-    }
-
-    private func indexOfUnacked(_ tag: UInt64) -> Int? {
-        var low = 0
-        var high = unacked.count - 1
-        while low <= high {
-            let mid = (low + high) / 2
-            let midTag = unacked[mid].tag
-            if midTag == tag { return unacked[mid].settled ? nil : mid }
-            if midTag < tag { low = mid + 1 } else { high = mid - 1 }
-        }
-        return nil
     }
 
     /// Returns messages to the heads of their queues, each queue's in the original order.
@@ -697,14 +644,14 @@ public final class Session {
         for consumer in consumers.values.sorted(by: { $0.tag < $1.tag }) { removeConsumer(consumer) }
         var returned: [(Queue, QueuedMessage)] = []
         var touched: [Queue] = []
-        for entry in unacked where !entry.settled {
+        for entry in unacked.removeAll() {
             entry.queue.unackedCount -= 1
-            if let message = entry.message { broker.memory.add(-message.footprint) }
-            if let message = entry.message { returned.append((entry.queue, message)) }
+            if let message = entry.message {
+                broker.memory.add(-message.footprint)
+                returned.append((entry.queue, message))
+            }
             if !touched.contains(where: { $0 === entry.queue }) { touched.append(entry.queue) }
         }
-        unacked.removeAll()
-        unsettledCount = 0
         consumerUnacked = 0
         requeue(returned)
         for queue in touched where !queue.isDeleted { queue.dispatch() }

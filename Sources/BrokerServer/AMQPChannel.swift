@@ -141,10 +141,17 @@ final class AMQPChannel: SessionEncoder, SessionTransport {
         case "exchange.bind", "exchange.unbind":
             throw AMQPFailure(.notImplemented, "exchange-to-exchange bindings are not supported: bind queues to exchanges", method)
         case "queue.declare":
+            var arguments = method.table("arguments").native
+            switch arguments.removeValue(forKey: "x-queue-type") {
+            case nil, .string("classic")?:
+                break  // what every brokerd queue is
+            case let other?:
+                throw AMQPFailure(.preconditionFailed, "x-queue-type \(other.stringValue.map { "'\($0)'" } ?? "\(other)") is not available: brokerd is a single node with classic queues; quorum and stream queues need a RabbitMQ cluster (docs/operations.md, \"Scaling out\")", method)
+            }
             let ok = try core(method) { () throws(BrokerError) in
                 try broker.declareQueue(QueueDeclare(
                     requestId: 0, name: method.string("queue"), durable: method.bool("durable"), exclusive: method.bool("exclusive"),
-                    autoDelete: method.bool("auto-delete"), passive: method.bool("passive"), arguments: method.table("arguments").native), by: session)
+                    autoDelete: method.bool("auto-delete"), passive: method.bool("passive"), arguments: arguments), by: session)
             }
             reply("queue.declare-ok", [
                 "queue": .shortString(ok.name), "message-count": .long(ok.messageCount), "consumer-count": .long(ok.consumerCount),
