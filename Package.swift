@@ -284,7 +284,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: upcoming),
         .testTarget(
             name: "AMQPWireTests",
-            dependencies: ["AMQPWire", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["AMQPWire", "WireProtocol", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: upcoming
         ),
         .testTarget(

@@ -24,6 +24,8 @@ public enum AMQPFrameWriter {
     /// `basic.deliver` with its content.
     public static func writeDeliver(into buffer: inout ByteBuffer, channel: UInt16, consumerTag: String, deliveryTag: UInt64,
                                     redelivered: Bool, envelope: MessageEnvelope, frameMax: UInt32) {
+        if writeSimpleDeliver(into: &buffer, channel: channel, consumerTag: consumerTag, deliveryTag: deliveryTag,
+                              redelivered: redelivered, envelope: envelope, frameMax: frameMax) { return }
         let start = beginFrame(.method, channel: channel, into: &buffer)
         buffer.writeMultipleIntegers(basicDeliver.0, basicDeliver.1)
         writeShortString(consumerTag, into: &buffer)
@@ -31,6 +33,59 @@ public enum AMQPFrameWriter {
         writeNames(of: envelope, into: &buffer)
         endFrame(start, into: &buffer)
         writeContent(of: envelope, channel: channel, frameMax: frameMax, into: &buffer)
+    }
+
+    /// The hot path of ``writeDeliver(into:channel:consumerTag:deliveryTag:redelivered:envelope:frameMax:)``: a
+    /// message with no properties but persistence and a body that fits one frame is written as its three frames in
+    /// one reservation, with the names and body copied once (as the native `deliver` is). False, having written
+    /// nothing, for any other message.
+    private static func writeSimpleDeliver(into buffer: inout ByteBuffer, channel: UInt16, consumerTag: String, deliveryTag: UInt64,
+                                           redelivered: Bool, envelope: MessageEnvelope, frameMax: UInt32) -> Bool {
+        let flags = envelope.propertyFlags
+        guard flags == 0 || flags == MessageProperties.Bit.persistent else { return false }
+        let tagLength = consumerTag.utf8.count
+        let names = envelope.namesLength
+        // The envelope: names, u16 properties length, properties (0 or 2 bytes of flags), body.
+        let propertiesLength = Int(envelope.bytes.getInteger(at: envelope.bytes.readerIndex + names, as: UInt16.self) ?? 0)
+        let bodyOffset = names + 2 + propertiesLength
+        let bodyLength = envelope.bytes.readableBytes - bodyOffset
+        guard tagLength <= 255, bodyLength > 0, bodyLength <= Int(frameMax) - AMQPFrame.overhead else { return false }
+        let methodSize = 4 + 1 + tagLength + 8 + 1 + names
+        let headerSize = 14 + (flags == 0 ? 0 : 1)
+        let total = (7 + methodSize + 1) + (7 + headerSize + 1) + (7 + bodyLength + 1)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { out in
+            var at = 0
+            func byte(_ value: UInt8) { out.storeBytes(of: value, toByteOffset: at, as: UInt8.self); at += 1 }
+            func short(_ value: UInt16) { out.storeBytes(of: value.bigEndian, toByteOffset: at, as: UInt16.self); at += 2 }
+            func long(_ value: UInt32) { out.storeBytes(of: value.bigEndian, toByteOffset: at, as: UInt32.self); at += 4 }
+            func longlong(_ value: UInt64) { out.storeBytes(of: value.bigEndian, toByteOffset: at, as: UInt64.self); at += 8 }
+            func copy(_ source: UnsafeRawBufferPointer) {
+                UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + source.count)]).copyMemory(from: source)
+                at += source.count
+            }
+            envelope.bytes.withUnsafeReadableBytes { raw in
+                // Method frame.
+                byte(AMQPFrame.Kind.method.rawValue); short(channel); long(UInt32(methodSize))
+                short(basicDeliver.0); short(basicDeliver.1)
+                byte(UInt8(tagLength))
+                var tag = consumerTag
+                tag.withUTF8 { copy(UnsafeRawBufferPointer($0)) }
+                longlong(deliveryTag); byte(redelivered ? 1 : 0)
+                copy(UnsafeRawBufferPointer(rebasing: raw[0..<names]))
+                byte(AMQPFrame.frameEnd)
+                // Content header: class, weight, body size, flags (delivery-mode 2 when persistent).
+                byte(AMQPFrame.Kind.header.rawValue); short(channel); long(UInt32(headerSize))
+                short(AMQPContentHeader.basicClass); short(0); longlong(UInt64(bodyLength))
+                if flags == 0 { short(0) } else { short(1 << 12); byte(2) }
+                byte(AMQPFrame.frameEnd)
+                // Body.
+                byte(AMQPFrame.Kind.body.rawValue); short(channel); long(UInt32(bodyLength))
+                copy(UnsafeRawBufferPointer(rebasing: raw[bodyOffset..<(bodyOffset + bodyLength)]))
+                byte(AMQPFrame.frameEnd)
+            }
+            return total
+        }
+        return true
     }
 
     /// `basic.get-ok` with its content.

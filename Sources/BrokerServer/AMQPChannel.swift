@@ -50,11 +50,11 @@ final class AMQPChannel: SessionEncoder, SessionTransport {
             return
         }
         do {
-            switch try assembler.feed(frame) {
+            switch try assembler.feed(frame, translate: { properties throws(AMQPWireError) in try translate(properties) }) {
             case .method(let method)?:
                 try perform(method)
-            case .content(let method, let header, let body)?:
-                try publish(method, header, body)
+            case .publish(let publish)?:
+                try self.publish(publish)
             case nil:
                 break
             }
@@ -289,38 +289,39 @@ final class AMQPChannel: SessionEncoder, SessionTransport {
         }
     }
 
-    private func publish(_ method: AMQPMethod, _ header: AMQPContentHeader, _ body: ByteBuffer) throws {
-        guard let session else { return }
-        if method.bool("immediate") {
-            throw AMQPFailure(.notImplemented, "immediate=true", method)
+    /// The method a publish's exceptions name (its class and method ids go into the close).
+    private static let publishMethod = AMQPMethod("basic.publish")
+
+    /// The native properties of a publish that has more than delivery-mode (the assembler's slow path).
+    private func translate(_ amqp: AMQPBasicProperties) throws(AMQPWireError) -> RawProperties {
+        guard let session else { return .empty }
+        if let userId = amqp.userId, userId != session.user.name {
+            throw AMQPWireError(.preconditionFailed, "PRECONDITION_FAILED - user_id property set to '\(userId)' but authenticated user was '\(session.user.name)'")
         }
-        let exchange = method.string("exchange")
-        // RabbitMQ closes the channel for an unknown exchange, confirms or not; the native protocol nacks.
-        guard connection.broker.exchangeExists(exchange) else {
-            throw AMQPFailure(.notFound, "NOT_FOUND - no exchange '\(exchange)' in vhost '/'", method)
-        }
-        if let userId = header.properties.userId, userId != session.user.name {
-            throw AMQPFailure(.preconditionFailed, "PRECONDITION_FAILED - user_id property set to '\(userId)' but authenticated user was '\(session.user.name)'", method)
-        }
-        var properties: MessageProperties
-        do {
-            properties = try AMQPNativeMapping.nativeProperties(header.properties)
-        } catch {
-            throw AMQPFailure(error.code, error.text, method)
-        }
+        var properties = try AMQPNativeMapping.nativeProperties(amqp)
         if properties.replyTo == Self.directReplyTo {
             // Direct reply-to: the reply goes to this channel's reply queue, by its name.
             guard let directReplyQueue else {
-                throw AMQPFailure(.preconditionFailed, "fast reply consumer does not exist: consume \(Self.directReplyTo) on this channel first", method)
+                throw AMQPWireError(.preconditionFailed, "fast reply consumer does not exist: consume \(Self.directReplyTo) on this channel first")
             }
             properties.replyTo = directReplyQueue
         }
-        let envelope = MessageEnvelope(exchange: exchange, routingKey: method.string("routing-key"), properties: RawProperties(properties),
-                                       body: body)
+        return RawProperties(properties)
+    }
+
+    private func publish(_ publish: AMQPPublish) throws {
+        guard let session else { return }
+        if publish.immediate {
+            throw AMQPFailure(.notImplemented, "immediate=true", Self.publishMethod)
+        }
+        // RabbitMQ closes the channel for an unknown exchange, confirms or not; the native protocol nacks.
+        guard connection.broker.exchangeExists(publish.exchange) else {
+            throw AMQPFailure(.notFound, "NOT_FOUND - no exchange '\(publish.exchange)' in vhost '/'", Self.publishMethod)
+        }
         do {
-            try session.publish(PublishView(mandatory: method.bool("mandatory"), envelope: envelope))
+            try session.publish(PublishView(mandatory: publish.mandatory, envelope: publish.envelope))
         } catch {
-            throw AMQPFailure(AMQPChannel.code(for: error.code), error.message, method)
+            throw AMQPFailure(AMQPChannel.code(for: error.code), error.message, Self.publishMethod)
         }
     }
 

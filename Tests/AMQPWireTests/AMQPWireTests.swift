@@ -2,6 +2,7 @@ import AMQPWire
 import Foundation
 import NIOCore
 import Testing
+import WireProtocol
 
 /// AMQP 0-9-1's frames, field tables and content headers: round trips, streams split anywhere, and malformed
 /// input refused with the reply code the specification prescribes, never a trap.
@@ -296,26 +297,42 @@ extension AMQPWireTests {
 
     static func body(_ text: String) -> AMQPFrame { AMQPFrame(kind: .body, channel: 1, payload: ByteBuffer(string: text)) }
 
-    @Test("a publish is assembled from its method, header and any number of body frames; methods without content pass straight through")
+    @Test("a publish is assembled from its method, header and any number of body frames into a native envelope; methods without content pass straight through")
     func assembly() throws {
         var assembler = AMQPContentAssembler(maximumBodySize: 1 << 20)
-        let publish = AMQPMethod("basic.publish", ["routing-key": .shortString("q")])
-        #expect(try assembler.feed(try Self.frame(publish)) == nil)
+        let publish = AMQPMethod("basic.publish", ["exchange": .shortString("ride"), "routing-key": .shortString("q"), "mandatory": .bit(true)])
+        #expect(try assembler.feed(try Self.frame(publish), translate: Self.noTranslation) == nil)
         #expect(assembler.isAssembling)
-        #expect(try assembler.feed(try Self.header(11)) == nil)
-        #expect(try assembler.feed(Self.body("hello ")) == nil)
-        guard case .content(let method, let header, let body)? = try assembler.feed(Self.body("world")) else {
+        #expect(try assembler.feed(try Self.header(11), translate: Self.noTranslation) == nil)
+        #expect(try assembler.feed(Self.body("hello "), translate: Self.noTranslation) == nil)
+        guard case .publish(let command)? = try assembler.feed(Self.body("world"), translate: Self.noTranslation) else {
             Issue.record("no command")
             return
         }
-        #expect(method == publish && header.properties.deliveryMode == 2 && String(buffer: body) == "hello world")
+        #expect(command.exchange == "ride" && command.mandatory && !command.immediate)
+        #expect(try command.envelope.names() == ("ride", "q"))
+        #expect(command.envelope.isPersistent && String(buffer: command.envelope.body) == "hello world", "delivery-mode 2 alone: persistent")
         #expect(!assembler.isAssembling)
-        // An empty body completes at its header.
-        _ = try assembler.feed(try Self.frame(publish))
-        guard case .content(_, _, let empty)? = try assembler.feed(try Self.header(0)) else { Issue.record("no command"); return }
-        #expect(empty.readableBytes == 0)
+        // An empty body completes at its header; other properties go through the translation.
+        _ = try assembler.feed(try Self.frame(publish), translate: Self.noTranslation)
+        var header = ByteBuffer()
+        try AMQPContentHeader(bodySize: 0, properties: AMQPBasicProperties(messageId: "m")).write(to: &header)
+        var translated: [AMQPBasicProperties] = []
+        guard case .publish(let empty)? = try assembler.feed(AMQPFrame(kind: .header, channel: 1, payload: header), translate: { (properties: AMQPBasicProperties) throws(AMQPWireError) -> RawProperties in
+            translated.append(properties)
+            return RawProperties(try AMQPNativeMapping.nativeProperties(properties))
+        }) else { Issue.record("no command"); return }
+        #expect(empty.envelope.bodyLength == 0 && translated.map(\.messageId) == ["m"])
+        #expect(try empty.envelope.properties.decode().messageId == "m")
         let ack = AMQPMethod("basic.ack", ["delivery-tag": .longlong(7), "multiple": .bit(true)])
-        #expect(try assembler.feed(try Self.frame(ack)) == .method(ack))
+        guard case .method(let passed)? = try assembler.feed(try Self.frame(ack), translate: Self.noTranslation) else { Issue.record("no method"); return }
+        #expect(passed == ack)
+    }
+
+    /// A translation the test does not expect to be called.
+    static func noTranslation(_ properties: AMQPBasicProperties) throws(AMQPWireError) -> RawProperties {
+        Issue.record("translation called for \(properties)")
+        return .empty
     }
 
     @Test("frames out of order and oversized content are refused with the reply code the protocol prescribes")
@@ -324,7 +341,7 @@ extension AMQPWireTests {
         func expectError(_ frames: [AMQPFrame], _ code: AMQPWireError.Code, _ text: String, sourceLocation: SourceLocation = #_sourceLocation) {
             var assembler = AMQPContentAssembler(maximumBodySize: 100)
             do {
-                for frame in frames { _ = try assembler.feed(frame) }
+                for frame in frames { _ = try assembler.feed(frame) { _ throws(AMQPWireError) in .empty } }
                 Issue.record("accepted", sourceLocation: sourceLocation)
             } catch {
                 #expect(error.code == code && error.text.contains(text), "\(error)", sourceLocation: sourceLocation)

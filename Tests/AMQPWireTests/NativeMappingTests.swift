@@ -78,4 +78,24 @@ struct NativeMappingTests {
         for frame in frames.dropFirst(2) { joined.writeImmutableBuffer(frame.payload) }
         #expect(joined == body)
     }
+
+    @Test("the one-reservation deliver (no properties or persistent only, one body frame) writes the same frames as the general one",
+          arguments: [false, true])
+    func simpleDeliver(persistent: Bool) throws {
+        let envelope = MessageEnvelope(exchange: "x", routingKey: "key", properties: RawProperties(MessageProperties(persistent: persistent)),
+                                       body: ByteBuffer(string: "sixteen bytes!!!"))
+        var fast = ByteBuffer()
+        AMQPFrameWriter.writeDeliver(into: &fast, channel: 2, consumerTag: "amq.ctag-1", deliveryTag: 42, redelivered: false,
+                                     envelope: envelope, frameMax: 4096)
+        var frames: [AMQPFrame] = []
+        while let frame = try AMQPFrame.read(from: &fast, maxFrameSize: 4096) { frames.append(frame) }
+        #expect(fast.readableBytes == 0 && frames.map(\.kind) == [.method, .header, .body])
+        let method = try AMQPMethod.read(from: frames[0].payload)
+        #expect(method.signature.name == "basic.deliver" && method.string("consumer-tag") == "amq.ctag-1")
+        #expect(method.integer("delivery-tag") == 42 && !method.bool("redelivered"))
+        #expect(method.string("exchange") == "x" && method.string("routing-key") == "key")
+        let header = try AMQPContentHeader.read(from: frames[1].payload)
+        #expect(header.bodySize == 16 && header.properties == AMQPBasicProperties(deliveryMode: persistent ? 2 : nil))
+        #expect(String(buffer: frames[2].payload) == "sixteen bytes!!!")
+    }
 }
