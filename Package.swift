@@ -118,7 +118,7 @@ let package = Package(
         .target(
             name: "BrokerClient",
             dependencies: [
-                "WireProtocol",
+                "WireProtocol", "AMQPWire",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -239,7 +239,7 @@ let package = Package(
         .executableTarget(
             name: "ride",
             dependencies: [
-                "RideServices", "RideKit",
+                "RideServices", "RideKit", "BrokerClient",
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -300,7 +300,7 @@ let package = Package(
         .testTarget(
             name: "BrokerClientTests",
             dependencies: [
-                "BrokerClient", "WireProtocol", .product(name: "NIOCore", package: "swift-nio"),
+                "BrokerClient", "WireProtocol", "AMQPWire", .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Instrumentation", package: "swift-distributed-tracing"),
             ],
             swiftSettings: upcoming

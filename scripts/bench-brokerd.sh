@@ -24,7 +24,8 @@ results=${RESULTS_DIR:-/tmp/bench-results}; mkdir -p "$results"
 out=${1:-$results/brokerd-$(date +%Y%m%d-%H%M%S).txt}
 : > "$out"
 
-(cd "$here" && swift build -c release --product brokerd >&2 && swift build -c release --product brokerbench >&2)
+(cd "$here" && swift build -c release --product brokerd >&2)
+if [ "$CLIENT" = brokerbench ]; then (cd "$here" && swift build -c release --product brokerbench >&2); fi
 bin="$here/.build/release"
 case $CLIENT in
 brokerbench) B="$bin/brokerbench"; BENCH_PORT=$PORT ;;

@@ -208,3 +208,17 @@ extension ByteBuffer {
         }
     }
 }
+
+extension String {
+    /// The text cut at a character boundary to fit a short string (255 bytes): for reply texts and reasons, which
+    /// are better shortened than refused.
+    public var amqpShortText: String {
+        guard utf8.count > 255 else { return self }
+        var result = ""
+        for character in self {
+            if result.utf8.count + character.utf8.count > 255 { break }
+            result.append(character)
+        }
+        return result
+    }
+}

@@ -70,6 +70,9 @@ public struct ClientConfiguration: Sendable {
     public var metricsFactory: (any MetricsFactory)?
     /// TLS to the broker; nil connects over plain TCP. Default nil.
     public var tls: ClientTLS?
+    /// The protocol spoken to the broker: brokerd's own (the default), or AMQP 0-9-1, to brokerd's AMQP listener or a
+    /// RabbitMQ node (docs/client.md, "AMQP 0-9-1"). The API is the same; `status` and `manage` need the native one.
+    public var wireProtocol: BrokerProtocol = .native
 
     public init(host: String = "127.0.0.1", port: Int = 5680, user: String = "guest", password: String = "guest",
                 clientName: String = "swift-client", heartbeatSeconds: UInt16 = 0, maxFrameSize: UInt32 = 0,
@@ -91,6 +94,74 @@ public struct ClientConfiguration: Sendable {
         self.republishUnconfirmed = republishUnconfirmed
         self.shutdownTimeout = shutdownTimeout
         self.logger = logger
+    }
+
+    /// A configuration from a URL: `brokerd://user:password@host:port` (native, default port 5680) or
+    /// `amqp://user:password@host:port/` (AMQP 0-9-1, default port 5672; the virtual host, if given, must be `/`).
+    /// User and password default to guest; percent-escapes are decoded. Several hosts may be given separated by
+    /// commas (`amqp://guest:guest@node1:5672,node2:5672`): they are the endpoints, tried in turn.
+    public init(url: String, clientName: String = "swift-client") throws(BrokerError) {
+        self.init(clientName: clientName)
+        let pieces = url.split(separator: "://", maxSplits: 1)
+        guard pieces.count == 2 else {
+            throw BrokerError(.invalidArgument, "'\(url)' is not a broker URL: expected brokerd://host:port or amqp://user:password@host:port")
+        }
+        let scheme = pieces[0].lowercased()
+        let defaultPort: Int
+        switch scheme {
+        case "brokerd":
+            wireProtocol = .native
+            defaultPort = 5680
+        case "amqp":
+            wireProtocol = .amqp
+            defaultPort = 5672
+        default:
+            throw BrokerError(.invalidArgument, "unknown URL scheme '\(scheme)': use brokerd:// or amqp:// (amqps is not supported; use tls with brokerd://)")
+        }
+        var rest = String(pieces[1])
+        if let slash = rest.firstIndex(of: "/") {
+            let path = Self.percentDecoded(rest[rest.index(after: slash)...])
+            guard path.isEmpty || path == "/" else {
+                throw BrokerError(.invalidArgument, "virtual host '\(path)' in '\(url)': brokerd and this client use the default virtual host '/' only")
+            }
+            rest = String(rest[..<slash])
+        }
+        if let at = rest.lastIndex(of: "@") {
+            let credentials = rest[..<at]
+            rest = String(rest[rest.index(after: at)...])
+            let parts = credentials.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+            user = Self.percentDecoded(parts[0])
+            if parts.count > 1 { password = Self.percentDecoded(parts[1]) }
+        }
+        var endpoints: [Endpoint] = []
+        for host in rest.split(separator: ",") {
+            if let colon = host.lastIndex(of: ":"), !host.hasSuffix("]") {
+                guard let port = Int(host[host.index(after: colon)...]), (1...65535).contains(port) else {
+                    throw BrokerError(.invalidArgument, "bad port in '\(host)' of '\(url)'")
+                }
+                endpoints.append(Endpoint(host: String(host[..<colon]), port: port))
+            } else {
+                endpoints.append(Endpoint(host: String(host), port: defaultPort))
+            }
+        }
+        if !endpoints.isEmpty { self.endpoints = endpoints.map { Endpoint(host: $0.host.isEmpty ? "127.0.0.1" : $0.host, port: $0.port) } }
+        if endpoints.isEmpty { self.endpoints = [Endpoint(host: "127.0.0.1", port: defaultPort)] }
+    }
+
+    /// `%2F` and the like decoded (an invalid escape is kept as it is).
+    static func percentDecoded(_ text: Substring) -> String {
+        var bytes: [UInt8] = []
+        var utf8 = Array(text.utf8)[...]
+        while let byte = utf8.popFirst() {
+            if byte == UInt8(ascii: "%"), utf8.count >= 2,
+               let value = UInt8(String(decoding: utf8.prefix(2), as: UTF8.self), radix: 16) {
+                bytes.append(value)
+                utf8 = utf8.dropFirst(2)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// A configuration that tries `endpoints` in turn (an empty list means the default, 127.0.0.1:5680).
@@ -179,4 +250,12 @@ public struct QueueInfo: Sendable, Hashable {
 public enum FlowEvent: Sendable, Hashable {
     case blocked(reason: String)
     case unblocked
+}
+
+/// The protocol a client speaks to its broker (``ClientConfiguration/wireProtocol``).
+public enum BrokerProtocol: String, Sendable, CaseIterable {
+    /// brokerd's own binary protocol (docs/protocol.md).
+    case native
+    /// AMQP 0-9-1 (docs/amqp.md): brokerd's AMQP listener, or RabbitMQ.
+    case amqp
 }

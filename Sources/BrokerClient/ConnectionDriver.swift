@@ -223,6 +223,8 @@ final class ConnectionDriver {
             run(machine.connectFailed(BrokerError(.connectionClosed, "cannot set up TLS to \(endpoint): \(error)")))
             return
         }
+        let wireProtocol = configuration.wireProtocol
+        let clientName = configuration.clientName
         let future = ClientBootstrap(group: loop)
             .connectTimeout(timeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -233,6 +235,7 @@ final class ConnectionDriver {
                         let sni = (try? SocketAddress(ipAddress: tls.name, port: 0)) == nil ? tls.name : nil
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls.context, serverHostname: sni))
                     }
+                    if wireProtocol == .amqp { try channel.pipeline.syncOperations.addHandler(AMQPClientHandler(clientName: clientName)) }
                     try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(driver: bound.value, tls: tls != nil))
                 }
             }

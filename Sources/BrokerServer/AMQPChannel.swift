@@ -81,7 +81,7 @@ final class AMQPChannel: SessionEncoder, SessionTransport {
         guard !closing else { return }
         closing = true
         send(AMQPMethod("channel.close", [
-            "reply-code": .short(error.code.rawValue), "reply-text": .shortString(AMQPConnectionHandler.shortText(error.text)),
+            "reply-code": .short(error.code.rawValue), "reply-text": .shortString(error.text.amqpShortText),
             "class-id": .short(classId), "method-id": .short(methodId),
         ]))
         connection.releaseLater(self)
@@ -366,7 +366,7 @@ final class AMQPChannel: SessionEncoder, SessionTransport {
                 return
             }
             method = AMQPMethod("channel.close", [
-                "reply-code": .short(code.rawValue), "reply-text": .shortString(AMQPConnectionHandler.shortText(error.text)),
+                "reply-code": .short(code.rawValue), "reply-text": .shortString(error.text.amqpShortText),
                 "class-id": .short(60), "method-id": .short(40),
             ])
             connection.releaseLater(self)

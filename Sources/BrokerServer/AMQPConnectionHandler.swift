@@ -285,7 +285,7 @@ final class AMQPConnectionHandler: ChannelInboundHandler, RegisteredConnection {
             broker.flush()
             releaseAllChannels()
             writeMethod(AMQPMethod("connection.close", [
-                "reply-code": .short(error.code.rawValue), "reply-text": .shortString(Self.shortText(error.text)),
+                "reply-code": .short(error.code.rawValue), "reply-text": .shortString(error.text.amqpShortText),
                 "class-id": .short(classId), "method-id": .short(methodId),
             ]), channel: 0)
             // A client that never answers close-ok is disconnected after a while.
@@ -319,15 +319,6 @@ final class AMQPConnectionHandler: ChannelInboundHandler, RegisteredConnection {
         run(machine.fail(code, text, method))
     }
 
-    /// AMQP's reply-text is a short string: long texts are cut at a character boundary.
-    static func shortText(_ text: String) -> String {
-        var result = ""
-        for character in text {
-            if result.utf8.count + String(character).utf8.count > 255 { break }
-            result.append(character)
-        }
-        return result
-    }
 
     func writeMethod(_ method: AMQPMethod, channel: UInt16) {
         guard let context else { return }
@@ -453,7 +444,7 @@ final class AMQPConnectionHandler: ChannelInboundHandler, RegisteredConnection {
         if let reason {
             guard !blockedSent else { return }
             blockedSent = true
-            writeMethod(AMQPMethod("connection.blocked", ["reason": .shortString(Self.shortText(reason))]), channel: 0)
+            writeMethod(AMQPMethod("connection.blocked", ["reason": .shortString(reason.amqpShortText)]), channel: 0)
         } else {
             guard blockedSent else { return }
             blockedSent = false

@@ -8,6 +8,9 @@ public struct RideSettings: Sendable {
     public var brokerPort = 5680
     public var brokerUser = "guest"
     public var brokerPassword = "guest"
+    /// The broker as a URL (``ClientConfiguration/init(url:clientName:)``), instead of host, port, user and password:
+    /// `amqp://...` runs the service over AMQP 0-9-1 against brokerd's AMQP listener or a RabbitMQ cluster.
+    public var brokerURL: String?
     public var httpHost = "127.0.0.1"
     /// 0 picks a free port (reported by `onListening` and written to `portFile`).
     public var httpPort = 0
@@ -41,6 +44,13 @@ public struct RideSettings: Sendable {
     public func clientConfiguration(service: String, logger: Logger) -> ClientConfiguration {
         var configuration = ClientConfiguration(host: brokerHost, port: brokerPort, user: brokerUser, password: brokerPassword,
                                                 clientName: "ride-\(service)")
+        // Checked when the settings were read (`ride` refuses a bad URL); an unparsable one keeps host and port.
+        if let brokerURL, let parsed = try? ClientConfiguration(url: brokerURL, clientName: "ride-\(service)") {
+            configuration.endpoints = parsed.endpoints
+            configuration.user = parsed.user
+            configuration.password = parsed.password
+            configuration.wireProtocol = parsed.wireProtocol
+        }
         configuration.recovery = RecoveryPolicy(initialDelay: .milliseconds(100), maximumDelay: .seconds(2))
         configuration.publishTimeout = .seconds(60)
         configuration.logger = logger

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BrokerClient
 import Foundation
 import Logging
 import RideKit
@@ -30,6 +31,8 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "The broker's port (default 5680).") var brokerPort: Int?
     @Option(help: "The broker user (default guest).") var brokerUser: String?
     @Option(help: "The broker password (default guest).") var brokerPassword: String?
+    @Option(help: "The broker as a URL instead of host and port: brokerd://host:port, or amqp://user:password@host:port for brokerd's AMQP listener or RabbitMQ (several hosts comma-separated: a cluster).")
+    var brokerUrl: String?
     @Option(help: "The address the HTTP server listens on (default 127.0.0.1).") var host: String?
     @Option(help: "The HTTP port (0 picks a free one; default: the service's documented port).") var port: Int?
     @Option(help: "Where the service keeps its SQLite database (default ./ride-data).") var dataDir: String?
@@ -76,6 +79,14 @@ struct CommonOptions: ParsableArguments {
         settings.brokerPort = try int(brokerPort, "broker_port", 5680, 1...65535)
         settings.brokerUser = brokerUser ?? file.string("broker_user", for: name) ?? "guest"
         settings.brokerPassword = brokerPassword ?? file.string("broker_password", for: name) ?? "guest"
+        settings.brokerURL = brokerUrl ?? file.string("broker_url", for: name)
+        if let url = settings.brokerURL {
+            do {
+                _ = try ClientConfiguration(url: url)
+            } catch {
+                throw ValidationError("broker-url: \(error.message)")
+            }
+        }
         settings.httpHost = host ?? file.string("host", for: name) ?? "127.0.0.1"
         settings.httpPort = try int(port, "port", service.defaultPort, 0...65535)
         settings.dataDirectory = dataDir ?? file.string("data_dir", for: name) ?? "./ride-data"
