@@ -17,6 +17,8 @@ public final class BrokerConnection: Sendable, Service {
     public let configuration: ClientConfiguration
     /// The version, limits and server name agreed in the first handshake (a reconnect offers the same).
     public let serverName: String
+    /// The protocol this connection speaks (``ClientConfiguration/wireProtocol``).
+    public var wireProtocol: BrokerProtocol { configuration.wireProtocol }
     public let protocolVersion: ProtocolVersion
     /// The broker's id for the first connection; after a reconnect the broker knows this client by a new id.
     public let connectionId: UInt64

@@ -27,7 +27,13 @@ public enum RideAsyncAPI {
     /// so. A refusal the services can live with (no administrator rights: `ACCESS_REFUSED`; a change that would
     /// break connected clients: `PRECONDITION_FAILED`) is logged with what to do, and the service goes on with
     /// whatever contract the broker has; other errors are thrown.
+    /// Over AMQP 0-9-1 (brokerd's AMQP listener, RabbitMQ) contracts cannot be applied at all: that is logged once and
+    /// the service runs without them.
     public static func applyContracts(on connection: BrokerConnection, logger: Logger) async throws {
+        guard connection.wireProtocol == .native else {
+            logger.warning("message contracts are not applied over AMQP 0-9-1 (management needs brokerd's native protocol); on brokerd, apply Sources/RideContracts/ride.asyncapi.json with brokerctl contract apply")
+            return
+        }
         for contract in try document().contracts {
             do {
                 try await connection.declareContract(contract)

@@ -27,31 +27,35 @@ public enum RideTopology {
     ///
     /// Then it gives the exchanges the contracts of ``RideAsyncAPI`` (with a logged warning, not an error, when the
     /// broker refuses: a service user without administrator rights, or a contract an operator changed on purpose).
-    public static func declare(on connection: BrokerConnection, retryDelayMs: Int64, logger: Logger) async throws {
-        try await declareTopology(on: connection, retryDelayMs: retryDelayMs)
+    ///
+    /// `quorumQueues`: every queue is declared with `x-queue-type: quorum`, for a RabbitMQ cluster (replicated
+    /// queues; docs/operations.md, "Scaling out"). brokerd refuses that argument.
+    public static func declare(on connection: BrokerConnection, retryDelayMs: Int64, quorumQueues: Bool = false, logger: Logger) async throws {
+        try await declareTopology(on: connection, retryDelayMs: retryDelayMs, quorumQueues: quorumQueues)
         try await RideAsyncAPI.applyContracts(on: connection, logger: logger)
     }
 
-    static func declareTopology(on connection: BrokerConnection, retryDelayMs: Int64) async throws {
+    static func declareTopology(on connection: BrokerConnection, retryDelayMs: Int64, quorumQueues: Bool = false) async throws {
+        let type: FieldTable = quorumQueues ? ["x-queue-type": .string("quorum")] : [:]
         try await connection.declareExchange(tripsExchange, type: .topic, durable: true)
         try await connection.declareExchange(dispatchExchange, type: .fanout, durable: true)
         // A trip the dispatcher rejects (no driver yet) is dead-lettered through the default exchange into the
         // retry queue, atomically in the broker: no window where it is in neither.
-        try await connection.declareQueue(dispatcherQueue, durable: true, arguments: [
+        try await connection.declareQueue(dispatcherQueue, durable: true, arguments: type.merging([
             "x-dead-letter-exchange": .string(""),
             "x-dead-letter-routing-key": .string(retryQueue),
-        ])
+        ]) { $1 })
         try await connection.bind(queue: dispatcherQueue, exchange: tripsExchange, key: TripRequested.type)
         // Nobody consumes the retry queue: its messages expire after the delay and go back to the trips exchange.
-        try await connection.declareQueue(retryQueue, durable: true, arguments: [
+        try await connection.declareQueue(retryQueue, durable: true, arguments: type.merging([
             "x-message-ttl": .int(retryDelayMs),
             "x-dead-letter-exchange": .string(tripsExchange),
             "x-dead-letter-routing-key": .string(TripRequested.type),
-        ])
-        try await connection.declareQueue(driverRPCQueue, durable: true)
-        try await connection.declareQueue(notificationQueue, durable: true)
+        ]) { $1 })
+        try await connection.declareQueue(driverRPCQueue, durable: true, arguments: type)
+        try await connection.declareQueue(notificationQueue, durable: true, arguments: type)
         for queue in [tripDispatchQueue, passengerDispatchQueue, driverDispatchQueue] {
-            try await connection.declareQueue(queue, durable: true)
+            try await connection.declareQueue(queue, durable: true, arguments: type)
             try await connection.bind(queue: queue, exchange: dispatchExchange)
         }
     }

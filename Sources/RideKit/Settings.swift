@@ -11,6 +11,9 @@ public struct RideSettings: Sendable {
     /// The broker as a URL (``ClientConfiguration/init(url:clientName:)``), instead of host, port, user and password:
     /// `amqp://...` runs the service over AMQP 0-9-1 against brokerd's AMQP listener or a RabbitMQ cluster.
     public var brokerURL: String?
+    /// Declare the services' queues as quorum queues (`x-queue-type: quorum`): for a RabbitMQ cluster, where they are
+    /// replicated. brokerd refuses the argument, so this goes with a move (docs/operations.md, "Scaling out").
+    public var quorumQueues = false
     public var httpHost = "127.0.0.1"
     /// 0 picks a free port (reported by `onListening` and written to `portFile`).
     public var httpPort = 0

@@ -46,7 +46,7 @@ public struct DispatcherService: Service {
     public func run() async throws {
         let database = try await RideDatabase.open(directory: settings.dataDirectory, file: "dispatcher.sqlite", schema: Self.schema, logger: logger)
         let connection = try await settings.connect(service: "dispatcher", logger: logger)
-        try await RideTopology.declare(on: connection, retryDelayMs: settings.retryDelayMs, logger: logger)
+        try await RideTopology.declare(on: connection, retryDelayMs: settings.retryDelayMs, quorumQueues: settings.quorumQueues, logger: logger)
         try await connection.declareQueue(Self.poisonQueue, durable: true)
         let relay = OutboxRelay(database: database, connection: connection, service: "dispatcher", logger: logger)
         let rpc = try await RPCClient.make(connection: connection)

@@ -38,7 +38,7 @@ public struct DriverService: Service {
     public func run() async throws {
         let database = try await RideDatabase.open(directory: settings.dataDirectory, file: "driver.sqlite", schema: Self.schema, logger: logger)
         let connection = try await settings.connect(service: "driver", logger: logger)
-        try await RideTopology.declare(on: connection, retryDelayMs: settings.retryDelayMs, logger: logger)
+        try await RideTopology.declare(on: connection, retryDelayMs: settings.retryDelayMs, quorumQueues: settings.quorumQueues, logger: logger)
         let relay = OutboxRelay(database: database, connection: connection, service: "driver", logger: logger)
         let handlers = DriverHandlers(database: database)
         let settings = self.settings

@@ -45,7 +45,7 @@ public struct NotificationService: Service {
         let database = try await RideDatabase.open(directory: settings.dataDirectory, file: "notification.sqlite", schema: Self.schema,
                                                    logger: logger)
         let connection = try await settings.connect(service: "notification", logger: logger)
-        try await RideTopology.declare(on: connection, retryDelayMs: settings.retryDelayMs, logger: logger)
+        try await RideTopology.declare(on: connection, retryDelayMs: settings.retryDelayMs, quorumQueues: settings.quorumQueues, logger: logger)
         let hub = NotificationHub()
         let handlers = NotificationHandlers(database: database, hub: hub)
         let settings = self.settings

@@ -29,7 +29,7 @@ public struct PassengerService: Service {
     public func run() async throws {
         let database = try await RideDatabase.open(directory: settings.dataDirectory, file: "passenger.sqlite", schema: Self.schema, logger: logger)
         let connection = try await settings.connect(service: "passenger", logger: logger)
-        try await RideTopology.declare(on: connection, retryDelayMs: settings.retryDelayMs, logger: logger)
+        try await RideTopology.declare(on: connection, retryDelayMs: settings.retryDelayMs, quorumQueues: settings.quorumQueues, logger: logger)
         let relay = OutboxRelay(database: database, connection: connection, service: "passenger", logger: logger)
         let handlers = PassengerHandlers(database: database)
         let settings = self.settings

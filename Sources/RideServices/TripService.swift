@@ -43,7 +43,7 @@ public struct TripService: Service {
     public func run() async throws {
         let database = try await RideDatabase.open(directory: settings.dataDirectory, file: "trip.sqlite", schema: Self.schema, logger: logger)
         let connection = try await settings.connect(service: "trip", logger: logger)
-        try await RideTopology.declare(on: connection, retryDelayMs: settings.retryDelayMs, logger: logger)
+        try await RideTopology.declare(on: connection, retryDelayMs: settings.retryDelayMs, quorumQueues: settings.quorumQueues, logger: logger)
         let relay = OutboxRelay(database: database, connection: connection, service: "trip", logger: logger)
         let http = HTTPClient(eventLoopGroupProvider: .singleton)
         guard let passengerURL = URL(string: settings.passengerURL) else {

@@ -180,10 +180,31 @@ extension Brokerctl.Definitions {
         static let configuration = CommandConfiguration(abstract: "Write the definitions as JSON to a file, or to stdout.")
 
         @Argument(help: ArgumentHelp("File to write (default: stdout).", valueName: "file")) var file: String?
+        @Flag(help: "Write RabbitMQ's definitions format instead, for 'rabbitmqctl import_definitions' (docs/operations.md, \"Scaling out\").")
+        var rabbitmq = false
+        @Option(help: "With --rabbitmq: the type durable queues get, classic or quorum (replicated; what a cluster is for).")
+        var queueType: RabbitMQDefinitions.QueueType = .quorum
         @OptionGroup var connection: ConnectionOptions
+
+        func validate() throws {
+            if !rabbitmq && queueType != .quorum { throw ValidationError("--queue-type goes with --rabbitmq") }
+        }
 
         func run() async throws {
             let document = try await connection.run { try await DefinitionsDocument.read(from: $0) }
+            if rabbitmq {
+                let converted = RabbitMQDefinitions(document, queueType: queueType)
+                try writeOutput(try documentJSON(converted), to: file)
+                if !converted.users.isEmpty {
+                    FileHandle.standardError.write(Data("""
+                        brokerctl: RabbitMQ cannot use brokerd's password hashes: the \(converted.users.count) users are exported without a \
+                        password; set each with 'rabbitmqctl change_password NAME PASSWORD' after the import
+
+                        """.utf8))
+                }
+                if let file { print("exported \(document.summary) in RabbitMQ's format to \(file)") }
+                return
+            }
             try writeOutput(try documentJSON(document), to: file)
             if let file { print("exported \(document.summary) to \(file)") }
         }
@@ -281,5 +302,88 @@ extension Brokerctl.Definitions {
             @unknown default: return "\(error)"
             }
         }
+    }
+}
+
+/// brokerd's definitions in RabbitMQ's definitions format (what `rabbitmqctl export_definitions` writes and
+/// `import_definitions` reads), for moving to a RabbitMQ cluster (docs/operations.md, "Scaling out"): the default
+/// virtual host `/`; durable queues as quorum queues unless told otherwise (quorum queues are durable, never
+/// auto-delete, so other queues stay classic); users with their tags (`administrator` for brokerd's admins) and
+/// permissions, but no password (RabbitMQ's hashes are not PBKDF2), except `guest`, which RabbitMQ has already;
+/// brokerd's per-user limits and loopback-only flags have no RabbitMQ counterpart in this format and are left out.
+struct RabbitMQDefinitions: Encodable {
+    enum QueueType: String, CaseIterable, ExpressibleByArgument { case classic, quorum }
+
+    struct User: Encodable {
+        var name: String
+        var passwordHash = ""
+        var hashingAlgorithm = "rabbit_password_hashing_sha256"
+        var tags: [String]
+        enum CodingKeys: String, CodingKey { case name, tags, passwordHash = "password_hash", hashingAlgorithm = "hashing_algorithm" }
+    }
+    struct Permission: Encodable {
+        var user: String
+        var vhost = "/"
+        var configure: String
+        var write: String
+        var read: String
+    }
+    struct Queue: Encodable {
+        var name: String
+        var vhost = "/"
+        var durable: Bool
+        var autoDelete: Bool
+        var arguments: [String: DefinitionsDocument.ArgumentValue]
+        enum CodingKeys: String, CodingKey { case name, vhost, durable, arguments, autoDelete = "auto_delete" }
+    }
+    struct Exchange: Encodable {
+        var name: String
+        var vhost = "/"
+        var type: String
+        var durable: Bool
+        var autoDelete: Bool
+        var `internal` = false
+        var arguments: [String: DefinitionsDocument.ArgumentValue] = [:]
+        enum CodingKeys: String, CodingKey { case name, vhost, type, durable, arguments, `internal`, autoDelete = "auto_delete" }
+    }
+    struct Binding: Encodable {
+        var source: String
+        var vhost = "/"
+        var destination: String
+        var destinationType = "queue"
+        var routingKey: String
+        var arguments: [String: DefinitionsDocument.ArgumentValue] = [:]
+        enum CodingKeys: String, CodingKey {
+            case source, vhost, destination, arguments
+            case destinationType = "destination_type", routingKey = "routing_key"
+        }
+    }
+    struct VirtualHost: Encodable { var name = "/" }
+
+    var users: [User]
+    var vhosts = [VirtualHost()]
+    var permissions: [Permission]
+    var queues: [Queue]
+    var exchanges: [Exchange]
+    var bindings: [Binding]
+
+    init(_ document: DefinitionsDocument, queueType: QueueType) {
+        // RabbitMQ has its own guest (loopback-only, as brokerd's): importing brokerd's, without its password,
+        // would lock it out.
+        let users = document.users.filter { $0.name != "guest" }
+        self.users = users.map { User(name: $0.name, tags: $0.admin ? ["administrator"] : []) }
+        // A brokerd user without permissions may do anything: RabbitMQ says that with ".*" for each.
+        permissions = users.map { user in
+            let p = user.permissions
+            return Permission(user: user.name, configure: p?.configure ?? ".*", write: p?.write ?? ".*", read: p?.read ?? ".*")
+        }
+        queues = document.queues.map { queue in
+            var arguments = queue.arguments
+            arguments["x-incompatible"] = nil  // brokerd's own (contracts); RabbitMQ would refuse it
+            if queueType == .quorum && queue.durable && !queue.autoDelete { arguments["x-queue-type"] = .string("quorum") }
+            return Queue(name: queue.name, durable: queue.durable, autoDelete: queue.autoDelete, arguments: arguments)
+        }
+        exchanges = document.exchanges.map { Exchange(name: $0.name, type: $0.type, durable: $0.durable, autoDelete: $0.autoDelete) }
+        bindings = document.bindings.map { Binding(source: $0.source, destination: $0.destination, routingKey: $0.routingKey) }
     }
 }

@@ -14,7 +14,7 @@ import TOMLKit
 struct RideConfigFile {
     enum Kind { case string, integer }
     static let keys: [String: Kind] = [
-        "broker_host": .string, "broker_port": .integer, "broker_user": .string, "broker_password": .string, "broker_url": .string,
+        "broker_host": .string, "broker_port": .integer, "broker_user": .string, "broker_password": .string, "broker_url": .string, "quorum_queues": .string,
         "host": .string, "port": .integer, "data_dir": .string, "retry_delay_ms": .integer, "dispatch_attempts": .integer,
         "assignment_hold_seconds": .integer, "passenger_url": .string, "passenger_timeout_ms": .integer, "trip_requested_version": .integer, "log_level": .string,
     ]

@@ -33,6 +33,8 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "The broker password (default guest).") var brokerPassword: String?
     @Option(help: "The broker as a URL instead of host and port: brokerd://host:port, or amqp://user:password@host:port for brokerd's AMQP listener or RabbitMQ (several hosts comma-separated: a cluster).")
     var brokerUrl: String?
+    @Flag(help: "Declare the services' queues as quorum queues (x-queue-type quorum), for a RabbitMQ cluster.")
+    var quorumQueues = false
     @Option(help: "The address the HTTP server listens on (default 127.0.0.1).") var host: String?
     @Option(help: "The HTTP port (0 picks a free one; default: the service's documented port).") var port: Int?
     @Option(help: "Where the service keeps its SQLite database (default ./ride-data).") var dataDir: String?
@@ -80,6 +82,7 @@ struct CommonOptions: ParsableArguments {
         settings.brokerUser = brokerUser ?? file.string("broker_user", for: name) ?? "guest"
         settings.brokerPassword = brokerPassword ?? file.string("broker_password", for: name) ?? "guest"
         settings.brokerURL = brokerUrl ?? file.string("broker_url", for: name)
+        settings.quorumQueues = quorumQueues || file.string("quorum_queues", for: name) == "true"
         if let url = settings.brokerURL {
             do {
                 _ = try ClientConfiguration(url: url)

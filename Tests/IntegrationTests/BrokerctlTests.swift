@@ -340,6 +340,43 @@ struct BrokerctlTests {
         }
     }
 
+    @Test("definitions export --rabbitmq writes RabbitMQ's format: vhost /, durable queues as quorum queues, bindings, users with tags and no password")
+    func rabbitMQDefinitions() async throws {
+        try await DaemonTests.withDaemon { _, port, _ in
+            #expect(try ctl(port, ["declare", "exchange", "ride.trips", "--type", "topic", "--durable"]).0 == 0)
+            #expect(try ctl(port, ["declare", "queue", "dispatcher.trips", "--durable", "--argument", "x-message-ttl=60000"]).0 == 0)
+            #expect(try ctl(port, ["declare", "queue", "scratch"]).0 == 0)
+            #expect(try ctl(port, ["bind", "ride.trips", "dispatcher.trips", "--routing-key", "trip.requested"]).0 == 0)
+            #expect(try ctl(port, ["users", "add", "trip-service", "--new-password", "secret-pw"]).0 == 0)
+            let (status, out, err) = try ctl(port, ["definitions", "export", "--rabbitmq"])
+            #expect(status == 0 && err.contains("rabbitmqctl change_password"), "\(err)")
+            #expect(!out.contains("secret-pw"))
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+            #expect((json["vhosts"] as? [[String: Any]])?.first?["name"] as? String == "/")
+            let queues = try #require(json["queues"] as? [[String: Any]])
+            let byName = Dictionary(queues.map { ($0["name"] as? String ?? "", $0) }, uniquingKeysWith: { a, _ in a })
+            let dispatcher = try #require(byName["dispatcher.trips"]?["arguments"] as? [String: Any])
+            #expect(dispatcher["x-queue-type"] as? String == "quorum" && dispatcher["x-message-ttl"] as? Int == 60000)
+            #expect((byName["scratch"]?["arguments"] as? [String: Any])?["x-queue-type"] == nil, "a transient queue stays classic")
+            #expect(byName["dispatcher.trips"]?["vhost"] as? String == "/")
+            let bindings = try #require(json["bindings"] as? [[String: Any]])
+            #expect(bindings.contains { $0["source"] as? String == "ride.trips" && $0["destination"] as? String == "dispatcher.trips"
+                && $0["routing_key"] as? String == "trip.requested" && $0["destination_type"] as? String == "queue" })
+            let users = try #require(json["users"] as? [[String: Any]])
+            #expect(!users.contains { $0["name"] as? String == "guest" }, "RabbitMQ's own guest is left alone")
+            #expect(try ctl(port, ["users", "add", "ops", "--admin", "--new-password", "ops-pw"]).0 == 0)
+            let (_, withAdmin, _) = try ctl(port, ["definitions", "export", "--rabbitmq"])
+            #expect(withAdmin.contains("administrator"), "an admin gets RabbitMQ's administrator tag")
+            #expect(users.contains { $0["name"] as? String == "trip-service" && ($0["tags"] as? [String]) == [] && $0["password_hash"] as? String == "" })
+            let permissions = try #require(json["permissions"] as? [[String: Any]])
+            #expect(permissions.contains { $0["user"] as? String == "trip-service" && $0["configure"] as? String == ".*" })
+            let (classic, classicOut, _) = try ctl(port, ["definitions", "export", "--rabbitmq", "--queue-type", "classic"])
+            #expect(classic == 0 && !classicOut.contains("x-queue-type"))
+            let (misuse, _, misuseErr) = try ctl(port, ["definitions", "export", "--queue-type", "classic"])
+            #expect(misuse == 64 && misuseErr.contains("--queue-type goes with --rabbitmq"), "\(misuseErr)")
+        }
+    }
+
     @Test("contract apply, show, census and delete; a bad file and a retire in use exit non-zero with the reason")
     func contracts() async throws {
         try await DaemonTests.withDaemon { _, port, _ in
