@@ -4,8 +4,7 @@
 #  2. brokerd's definitions (the ride services' topology, as the services declare it) exported with
 #     `brokerctl definitions export --rabbitmq` and imported with `rabbitmqctl import_definitions`: the durable
 #     queues arrive as quorum queues;
-#  3. the Swift suite "Scaling out" (RabbitMQClusterTests): BrokerClient over AMQP through quorum queues while a
-#     node stops.
+#  3. BrokerClient through a quorum queue while a node stops (RabbitMQClusterTests).
 # Needs the built products (swift build --build-tests); installs rabbitmq-server if missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,7 +50,14 @@ echo "$types" | grep -Eq '^dispatcher\.trips[[:space:]]+quorum$' || { echo "disp
 echo "$types" | grep -Eq '^notification\.requests[[:space:]]+quorum$' || { echo "notification.requests is not a quorum queue" >&2; exit 1; }
 scripts/rabbitmq-cluster.sh ctl "$d" 3 -q list_bindings source_name destination_name routing_key | grep -q "ride.trips.*dispatcher.trips.*trip.requested" \
     || { echo "the binding did not arrive" >&2; exit 1; }
+# Leave the cluster as the next step expects it (the ride services declare these queues with other arguments).
+for queue in dispatcher.trips notification.requests; do scripts/rabbitmq-cluster.sh ctl "$d" 1 -q delete_queue "$queue" >/dev/null; done
 
-# 3. BrokerClient through the cluster while a node stops.
-BROKERD_RABBITMQ_CLUSTER="$d" BROKERD_RABBITMQ_BASE_PORT="$BASE_PORT" swift test --skip-build --filter RabbitMQClusterTests
+# 3. BrokerClient through a quorum queue of the cluster while a node stops.
+export BROKERD_RABBITMQ_CLUSTER="$d" BROKERD_RABBITMQ_BASE_PORT="$BASE_PORT"
+# A filter that matches nothing passes: each run must have run its one test.
+for suite in RabbitMQClusterTests; do
+    swift test --skip-build --filter "$suite" 2>&1 | tee "$d/$suite.log"
+    grep -q "Test run with 1 test in 1 suite passed" "$d/$suite.log" || { echo "$suite did not run and pass" >&2; exit 1; }
+done
 echo "scale-out check passed"

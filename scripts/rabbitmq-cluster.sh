@@ -6,6 +6,7 @@
 #   scripts/rabbitmq-cluster.sh start DIR     # boots three nodes in DIR, joins them; prints the AMQP ports
 #   scripts/rabbitmq-cluster.sh ctl DIR N ARGS...   # rabbitmqctl against node N (1..3)
 #   scripts/rabbitmq-cluster.sh stop-node DIR N     # stops node N (the others keep the cluster)
+#   scripts/rabbitmq-cluster.sh start-node DIR N    # starts node N again (it rejoins its cluster)
 #   scripts/rabbitmq-cluster.sh stop DIR      # stops every node and the epmd this script started
 #
 # Knobs: BASE_PORT (5772: nodes listen on BASE_PORT+1..3 for AMQP, BASE_PORT+20001..3 for distribution),
@@ -97,6 +98,11 @@ ctl)
     d=${2:?directory}; n=${3:?node}; shift 3
     ctl "$d" "$n" "$@"
     ;;
+start-node)
+    d=${2:?directory}; n=${3:?node}
+    start_node "$d" "$n"
+    await_node "$d" "$n"
+    ;;
 stop-node)
     d=${2:?directory}; n=${3:?node}
     ctl "$d" "$n" -q stop "$d/node$n/rabbit.pid" >/dev/null 2>&1 || true
@@ -112,7 +118,7 @@ stop)
     if [ -n "$epid" ] && [ "$(cat /proc/"$epid"/comm 2>/dev/null)" = "epmd" ]; then kill "$epid" 2>/dev/null || true; fi
     ;;
 *)
-    echo "usage: $0 start DIR | ctl DIR N args... | stop-node DIR N | stop DIR" >&2
+    echo "usage: $0 start DIR | ctl DIR N args... | stop-node DIR N | start-node DIR N | stop DIR" >&2
     exit 64
     ;;
 esac

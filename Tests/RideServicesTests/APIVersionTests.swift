@@ -17,7 +17,7 @@ struct APIVersionTests {
         defer { try? FileManager.default.removeItem(atPath: root) }
         let broker = try BrokerProcess(dataDirectory: root + "/broker")
         defer { broker.stop() }
-        let passenger = try await ServiceProcess("passenger", brokerPort: broker.port, dataDirectory: root + "/passenger")
+        let passenger = try await ServiceProcess("passenger", broker: ["--broker-port", "\(broker.port)"], dataDirectory: root + "/passenger")
         defer { _ = passenger.child.stop() }
         let http = HTTP()
         do {

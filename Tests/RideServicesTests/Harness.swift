@@ -134,13 +134,14 @@ final class ServiceProcess: Sendable {
     let port: Int
     let child: Child
 
-    init(_ service: String, brokerPort: Int, dataDirectory: String, extra: [String] = []) async throws {
+    /// `broker`: the flags that say where the broker is (`--broker-port N`, or `--broker-url amqp://...`).
+    init(_ service: String, broker: [String], dataDirectory: String, extra: [String] = []) async throws {
         self.service = service
         let portFile = FileManager.default.temporaryDirectory.appendingPathComponent("ride-port-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: portFile) }
         child = try Child(name: service, executable: try Executables.path("ride"), arguments: [
-            service, "--broker-port", "\(brokerPort)", "--port", "0", "--port-file", portFile, "--data-dir", dataDirectory,
-        ] + extra)
+            service, "--port", "0", "--port-file", portFile, "--data-dir", dataDirectory,
+        ] + broker + extra)
         let deadline = ContinuousClock.now + .seconds(30)
         var found: Int?
         while ContinuousClock.now < deadline && child.isRunning {
@@ -165,7 +166,15 @@ final class ServiceProcess: Sendable {
 /// directory under one temporary root.
 final class RideSystem: Sendable {
     let root: String
-    let broker: BrokerProcess
+    /// brokerd, unless the system runs against another broker (``Options/brokerURL``).
+    let brokerProcess: BrokerProcess?
+    /// The local brokerd. Only tests that started one use it (a system on an external broker has none).
+    var broker: BrokerProcess {
+        guard let brokerProcess else { preconditionFailure("this RideSystem runs against an external broker") }
+        return brokerProcess
+    }
+    /// How the services are told where the broker is.
+    let brokerFlags: [String]
     let passenger: ServiceProcess
     let driver: ServiceProcess
     let notification: ServiceProcess
@@ -174,31 +183,68 @@ final class RideSystem: Sendable {
     /// The trip service's flags: `tripBase` always, plus the test's own.
     let tripBase: [String]
     let tripExtra: [String]
-    let http = HTTP()
+    let http: HTTP
 
     struct Options {
         var dispatchers = 1
         var retryDelayMs = 200
         var dispatchAttempts = 3
         var tripExtra: [String] = []
+        /// Run against this broker (`amqp://...`: a RabbitMQ cluster) instead of starting brokerd; the services
+        /// then also declare quorum queues.
+        var brokerURL: String?
     }
 
     init(_ options: Options = Options()) async throws {
-        root = FileManager.default.temporaryDirectory.appendingPathComponent("ride-system-\(UUID().uuidString)").path
-        broker = try BrokerProcess(dataDirectory: root + "/broker")
-        let common = ["--retry-delay-ms", "\(options.retryDelayMs)", "--dispatch-attempts", "\(options.dispatchAttempts)"]
-        passenger = try await ServiceProcess("passenger", brokerPort: broker.port, dataDirectory: root + "/passenger", extra: common)
-        driver = try await ServiceProcess("driver", brokerPort: broker.port, dataDirectory: root + "/driver", extra: common)
-        notification = try await ServiceProcess("notification", brokerPort: broker.port, dataDirectory: root + "/notification", extra: common)
-        var dispatchers: [ServiceProcess] = []
-        for _ in 0..<options.dispatchers {
-            // The instances share one database: the decision for a trip is made once, whichever instance gets it.
-            dispatchers.append(try await ServiceProcess("dispatcher", brokerPort: broker.port, dataDirectory: root + "/dispatcher", extra: common))
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("ride-system-\(UUID().uuidString)").path
+        let http = HTTP()
+        var brokerProcess: BrokerProcess?
+        var started: [ServiceProcess] = []
+        do {
+            let brokerFlags: [String]
+            if let url = options.brokerURL {
+                brokerFlags = ["--broker-url", url, "--quorum-queues"]
+            } else {
+                let process = try BrokerProcess(dataDirectory: root + "/broker")
+                brokerProcess = process
+                brokerFlags = ["--broker-port", "\(process.port)"]
+            }
+            func start(_ service: String, _ directory: String, _ extra: [String]) async throws -> ServiceProcess {
+                let process = try await ServiceProcess(service, broker: brokerFlags, dataDirectory: root + "/" + directory, extra: extra)
+                started.append(process)
+                return process
+            }
+            let common = ["--retry-delay-ms", "\(options.retryDelayMs)", "--dispatch-attempts", "\(options.dispatchAttempts)"]
+            let passenger = try await start("passenger", "passenger", common)
+            let driver = try await start("driver", "driver", common)
+            let notification = try await start("notification", "notification", common)
+            var dispatchers: [ServiceProcess] = []
+            for _ in 0..<options.dispatchers {
+                // The instances share one database: the decision for a trip is made once, whichever instance gets it.
+                dispatchers.append(try await start("dispatcher", "dispatcher", common))
+            }
+            let tripBase = common + ["--passenger-url", "http://127.0.0.1:\(passenger.port)"]
+            let tripExtra = tripBase + options.tripExtra
+            let trip = try await start("trip", "trip", tripExtra)
+            self.root = root
+            self.http = http
+            self.brokerProcess = brokerProcess
+            self.brokerFlags = brokerFlags
+            self.passenger = passenger
+            self.driver = driver
+            self.notification = notification
+            self.dispatchers = dispatchers
+            self.tripBase = tripBase
+            self.tripExtra = tripExtra
+            self.tripProcess = Mutex(trip)
+        } catch {
+            // A service that did not start: stop what did, so nothing outlives the test.
+            for process in started { _ = process.child.stop(kill9: true) }
+            brokerProcess?.stop()
+            try? await http.client.shutdown()
+            try? FileManager.default.removeItem(atPath: root)
+            throw error
         }
-        self.dispatchers = dispatchers
-        tripBase = common + ["--passenger-url", "http://127.0.0.1:\(passenger.port)"]
-        tripExtra = tripBase + options.tripExtra
-        tripProcess = Mutex(try await ServiceProcess("trip", brokerPort: broker.port, dataDirectory: root + "/trip", extra: tripExtra))
     }
 
     var trip: ServiceProcess { tripProcess.withLock { $0 } }
@@ -208,7 +254,7 @@ final class RideSystem: Sendable {
     func restartTrip(kill9: Bool, extra: [String]? = nil) async throws {
         trip.child.stop(kill9: kill9)
         let flags = extra.map { tripBase + $0 } ?? tripExtra
-        let fresh = try await ServiceProcess("trip", brokerPort: broker.port, dataDirectory: root + "/trip", extra: flags)
+        let fresh = try await ServiceProcess("trip", broker: brokerFlags, dataDirectory: root + "/trip", extra: flags)
         tripProcess.withLock { $0 = fresh }
     }
 
@@ -218,7 +264,7 @@ final class RideSystem: Sendable {
             let status = process.child.stop()
             #expect(status == 0 || status == nil, "ride \(process.service) exited \(status.map(String.init) ?? "-") on SIGTERM:\n\(process.child.log)")
         }
-        broker.stop()
+        brokerProcess?.stop()
         try? await http.client.shutdown()
         try? FileManager.default.removeItem(atPath: root)
     }
@@ -240,9 +286,14 @@ final class RideSystem: Sendable {
     /// On failure, the tail of every log goes into the test output.
     func dumpLogs() async {
         for process in [trip, passenger, driver, notification] + dispatchers {
-            print("---- ride \(process.service) log (tail) ----\n" + process.child.log.split(separator: "\n").suffix(30).joined(separator: "\n"))
+            let lines = process.child.log.split(separator: "\n")
+            // A crash's first lines say why; its backtrace would push them out of the tail.
+            let fatal = lines.filter { $0.contains("Fatal error") || $0.contains("Crash") }
+            print("---- ride \(process.service) log (tail) ----\n" + (fatal + lines.suffix(30)).joined(separator: "\n"))
         }
-        print("---- brokerd log (tail) ----\n" + broker.log.split(separator: "\n").suffix(20).joined(separator: "\n"))
+        if let brokerProcess {
+            print("---- brokerd log (tail) ----\n" + brokerProcess.log.split(separator: "\n").suffix(20).joined(separator: "\n"))
+        }
     }
 
     // MARK: - The public API, as an app would call it
