@@ -182,6 +182,15 @@ public enum AMQPFrameWriter {
 }
 
 extension AMQPMethod {
+    /// `connection.close`, or `channel.close` with `channel` set: the reply code, its text (cut to fit a short
+    /// string) and the ids of the method that caused it (0 when none did).
+    public static func close(channel: Bool, code: UInt16, text: String, classId: UInt16 = 0, methodId: UInt16 = 0) -> AMQPMethod {
+        AMQPMethod(channel ? "channel.close" : "connection.close", [
+            "reply-code": .short(code), "reply-text": .shortString(text.amqpShortText),
+            "class-id": .short(classId), "method-id": .short(methodId),
+        ])
+    }
+
     /// A `bit` argument (false when absent).
     public func bool(_ name: String) -> Bool {
         if case .bit(let v)? = self[name] { return v }

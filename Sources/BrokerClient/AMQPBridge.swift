@@ -97,9 +97,7 @@ struct AMQPBridge {
         case .heartbeat:
             AMQPFrameWriter.writeHeartbeat(into: &effects.toBroker)
         case .close(let close):
-            try write(AMQPMethod("connection.close", [
-                "reply-code": .short(close.code == .normal ? 200 : 320), "reply-text": .shortString(close.reason.amqpShortText),
-            ]), channel: 0, &effects)
+            try write(.close(channel: false, code: close.code == .normal ? 200 : 320, text: close.reason), channel: 0, &effects)
         case .closeOk:
             try write(AMQPMethod("connection.close-ok"), channel: 0, &effects)
         case .exchangeDeclare(let m):

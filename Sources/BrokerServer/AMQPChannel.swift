@@ -29,7 +29,7 @@ final class AMQPChannel: SessionEncoder, SessionTransport {
         self.number = number
         self.connection = connection
         // A body larger than the broker's frame limit would not fit a native publish either.
-        self.assembler = AMQPContentAssembler(maximumBodySize: UInt64(connection.configurationMaxMessageSize))
+        self.assembler = AMQPContentAssembler(maximumBodySize: UInt64(connection.maxMessageSize))
     }
 
     // MARK: - Incoming frames
@@ -80,10 +80,7 @@ final class AMQPChannel: SessionEncoder, SessionTransport {
     private func closeWithException(_ error: AMQPWireError, classId: UInt16, methodId: UInt16) {
         guard !closing else { return }
         closing = true
-        send(AMQPMethod("channel.close", [
-            "reply-code": .short(error.code.rawValue), "reply-text": .shortString(error.text.amqpShortText),
-            "class-id": .short(classId), "method-id": .short(methodId),
-        ]))
+        send(.close(channel: true, code: error.code.rawValue, text: error.text, classId: classId, methodId: methodId))
         connection.releaseLater(self)
     }
 
@@ -365,10 +362,7 @@ final class AMQPChannel: SessionEncoder, SessionTransport {
                 connection.fail(code, error.text)
                 return
             }
-            method = AMQPMethod("channel.close", [
-                "reply-code": .short(code.rawValue), "reply-text": .shortString(error.text.amqpShortText),
-                "class-id": .short(60), "method-id": .short(40),
-            ])
+            method = .close(channel: true, code: code.rawValue, text: error.text, classId: 60, methodId: 40)
             connection.releaseLater(self)
         case .connectionBlocked(let reason):
             connection.sendBlocked(reason)

@@ -76,7 +76,7 @@ final class AMQPConnectionHandler: ChannelInboundHandler, RegisteredConnection {
 
     var frameMax: UInt32 { tuning.frameMax }
     /// The largest message body accepted: the broker's frame limit, as for a native publish.
-    var configurationMaxMessageSize: UInt32 { configuration.maxFrameSize }
+    var maxMessageSize: UInt32 { configuration.maxFrameSize }
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
     // MARK: - Channel events
@@ -284,10 +284,7 @@ final class AMQPConnectionHandler: ChannelInboundHandler, RegisteredConnection {
             logger.debug("closing the connection", metadata: ["code": "\(error.code.rawValue)", "text": "\(error.text)"])
             broker.flush()
             releaseAllChannels()
-            writeMethod(AMQPMethod("connection.close", [
-                "reply-code": .short(error.code.rawValue), "reply-text": .shortString(error.text.amqpShortText),
-                "class-id": .short(classId), "method-id": .short(methodId),
-            ]), channel: 0)
+            writeMethod(.close(channel: false, code: error.code.rawValue, text: error.text, classId: classId, methodId: methodId), channel: 0)
             // A client that never answers close-ok is disconnected after a while.
             if let context {
                 let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
